@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic files, hashing, seeding, devices, progress bars, paths."""
