@@ -1,0 +1,236 @@
+"""Training reference models, with a content-addressed checkpoint cache.
+
+``train("cnn", "fashion-mnist")`` trains the model (or loads it from the cache) and returns a
+:class:`TrainedModel`. Checkpoints live in ``~/.cache/sanitas/models/`` (``$SANITAS_CACHE``),
+named by a hash of the full training config, next to a JSON of metrics that records the
+checkpoint's SHA-256. Writes are atomic; a checkpoint whose hash does not match its JSON
+(corrupt, truncated, tampered) is never loaded: it is reported and retrained.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sanitas
+from sanitas.data import Dataset, load_dataset
+from sanitas.errors import ConfigError
+from sanitas.models.zoo import MODELS, build_model
+from sanitas.utils.device import resolve_device
+from sanitas.utils.hashing import config_hash, tensor_digest
+from sanitas.utils.io import atomic_torch_save, atomic_write_json, read_json, sha256_file
+from sanitas.utils.paths import models_dir
+from sanitas.utils.progress import log, progress
+from sanitas.utils.seed import isolated_rng, make_generator
+
+# Bump when an architecture or the training loop changes in a way that changes results.
+TRAINING_VERSION = 1
+LABEL_MODES = ("true", "permuted")
+
+
+@dataclass
+class TrainedModel:
+    """A trained model (in eval mode) with its config, metrics and checkpoint path."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    path: Path
+    from_cache: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.metrics["test_accuracy"])
+
+    @property
+    def train_accuracy(self) -> float:
+        return float(self.metrics["train_accuracy"])
+
+
+def permute_labels(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed random permutation of the label vector (class frequencies are preserved)."""
+    g = make_generator(seed)
+    return y[torch.randperm(len(y), generator=g)]
+
+
+def _dataset_key(name: str, ds: Dataset) -> str:
+    """Registry datasets are identified by name; a user's files by a hash of their content."""
+    from sanitas.data import DATASETS
+
+    if name in DATASETS:
+        return DATASETS.canonical(name)
+    return f"{ds.name}-{tensor_digest(ds.x)[:12]}{tensor_digest(ds.y)[:12]}"
+
+
+def training_config(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
+                    epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+                    weight_decay: float = 0.0, train_size: int | None = None,
+                    target_accuracy: float | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
+    """The full, resolved training config (defaults filled in from the model's spec)."""
+    spec = MODELS.get(model)
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise ConfigError(f"target accuracy must be in (0, 1], got {target_accuracy}")
+    cfg = {
+        "model": spec.name, "dataset": str(dataset), "labels": labels, "seed": int(seed),
+        "epochs": int(epochs if epochs is not None else spec.epochs),
+        "lr": float(lr if lr is not None else spec.lr),
+        "batch_size": int(batch_size if batch_size is not None else spec.batch_size),
+        "weight_decay": float(weight_decay), "train_size": None if train_size is None else int(train_size),
+        "target_accuracy": None if target_accuracy is None else float(target_accuracy),
+        "optimizer": "adam", "schedule": "cosine", "model_kwargs": dict(model_kwargs or {}),
+        "training_version": TRAINING_VERSION,
+    }
+    for key in ("epochs", "batch_size"):
+        if cfg[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {cfg[key]}")
+    if cfg["train_size"] is not None and cfg["train_size"] <= 0:
+        raise ConfigError(f"train_size must be positive, got {cfg['train_size']}")
+    return cfg
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (the model's mode is restored)."""
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        pred = model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+        correct += int((pred == y[i:i + batch_size]).sum())
+    model.train(was)
+    return correct / max(len(x), 1)
+
+
+def _paths(cfg: dict) -> tuple[Path, Path, str]:
+    key = config_hash(cfg)
+    stem = f"{cfg['model']}-{cfg['dataset_key'][:40]}-{cfg['labels']}-s{cfg['seed']}-{key}"
+    root = models_dir()
+    return root / f"{stem}.pt", root / f"{stem}.json", key
+
+
+def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes, quiet) -> TrainedModel | None:
+    if not (pt.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = read_json(meta_path)
+        expected = meta["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError):
+        log(f"warning: unreadable cache entry {meta_path}; retraining", quiet=quiet)
+        return None
+    actual = sha256_file(pt)
+    if actual != expected:
+        log(f"warning: cached checkpoint {pt} is corrupt (sha256 {actual[:12]}... != recorded "
+            f"{expected[:12]}...); retraining", quiet=quiet)
+        return None
+    with isolated_rng(0):
+        model = build_model(cfg["model"], input_shape, num_classes, **cfg["model_kwargs"])
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return TrainedModel(model, cfg, meta["metrics"], pt, from_cache=True, history=meta.get("history", []))
+
+
+def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
+          epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+          weight_decay: float = 0.0, train_size: int | None = None, target_accuracy: float | None = None,
+          model_kwargs: dict | None = None, device: str | torch.device = "auto", cache: bool = True,
+          force: bool = False, quiet: bool | None = None) -> TrainedModel:
+    """Train reference model ``model`` on ``dataset`` (or load it from the cache).
+
+    Adam with a cosine learning-rate schedule; deterministic for a given ``seed`` (the
+    caller's global RNG is left untouched). ``labels="permuted"`` trains on a fixed random
+    permutation of the training labels (the data randomization test). ``target_accuracy``
+    stops training once the accuracy on the training labels reaches it, checked after each
+    epoch; ``metrics["memorized"]`` says whether it was reached within ``epochs``.
+    """
+    cfg = training_config(model, dataset, labels, seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                          weight_decay=weight_decay, train_size=train_size, target_accuracy=target_accuracy,
+                          model_kwargs=model_kwargs)
+    train_ds = load_dataset(dataset, "train")
+    test_ds = load_dataset(dataset, "test")
+    cfg["dataset_key"] = _dataset_key(str(dataset), train_ds)
+    pt, meta_path, key = _paths(cfg)
+    if cache and not force:
+        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes, quiet)
+        if hit is not None:
+            return hit
+
+    dev = resolve_device(device)
+    if cfg["train_size"] is not None:
+        train_ds = train_ds.sample(cfg["train_size"], seed=cfg["seed"])
+    x, y_true = train_ds.x, train_ds.y
+    y = permute_labels(y_true, seed=cfg["seed"] + 1_000_003) if labels == "permuted" else y_true
+    n = len(x)
+    steps_per_epoch = math.ceil(n / cfg["batch_size"])
+    total_steps = steps_per_epoch * cfg["epochs"]
+    history: list[dict] = []
+    start = time.perf_counter()
+    with isolated_rng(cfg["seed"]):
+        net = build_model(cfg["model"], train_ds.input_shape, train_ds.num_classes, **cfg["model_kwargs"]).to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+        g = make_generator(cfg["seed"])
+        memorized = None
+        train_acc = float("nan")
+        for epoch in range(1, cfg["epochs"] + 1):
+            net.train()
+            order = torch.randperm(n, generator=g)
+            seen = correct = 0
+            loss_sum = 0.0
+            bar = progress(range(steps_per_epoch), desc=f"{cfg['model']} epoch {epoch}/{cfg['epochs']}", quiet=quiet)
+            for step in bar:
+                idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+                xb, yb = x[idx].to(dev), y[idx].to(dev)
+                out = net(xb)
+                loss = F.cross_entropy(out, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(idx)
+                correct += int((out.argmax(1) == yb).sum())
+                loss_sum += float(loss.detach()) * len(idx)
+            record = {"epoch": epoch, "loss": loss_sum / seen, "running_train_accuracy": correct / seen}
+            if cfg["target_accuracy"] is not None:
+                train_acc = accuracy(net, x, y, device=dev)
+                record["train_accuracy"] = train_acc
+                memorized = train_acc >= cfg["target_accuracy"]
+            history.append(record)
+            log(f"{cfg['model']} epoch {epoch}: loss {record['loss']:.4f}, running train acc "
+                f"{record['running_train_accuracy']:.4f}" + (f", train acc {train_acc:.4f}" if memorized is not None else ""),
+                quiet=quiet)
+            if memorized:
+                break
+    seconds = time.perf_counter() - start
+    net.eval()
+    if cfg["target_accuracy"] is None:
+        train_acc = accuracy(net, x, y, device=dev)
+    metrics = {
+        "train_accuracy": train_acc, "test_accuracy": accuracy(net, test_ds.x, test_ds.y, device=dev),
+        "epochs_run": len(history), "seconds": round(seconds, 2), "n_train": n, "labels": labels,
+        "memorized": memorized, "device": str(dev),
+    }
+    if labels == "permuted":
+        metrics["train_accuracy_true_labels"] = accuracy(net, x, y_true, device=dev)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    net = net.cpu()
+    if cache:
+        digest = atomic_torch_save(pt, state)
+        atomic_write_json(meta_path, {
+            "config": cfg, "key": key, "metrics": metrics, "history": history, "checkpoint_sha256": digest,
+            "versions": {"sanitas": sanitas.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        })
+    return TrainedModel(net, cfg, metrics, pt, from_cache=False, history=history)
