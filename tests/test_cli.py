@@ -1,0 +1,35 @@
+from click.testing import CliRunner
+
+from sanitas.cli import main
+
+
+def test_datasets_lists_everything():
+    res = CliRunner().invoke(main, ["datasets"])
+    assert res.exit_code == 0, res.output
+    for name in ("fashion-mnist", "mnist", "digits", "lfw-faces", "sample-images"):
+        assert name in res.output
+
+
+def test_models_lists_everything():
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0
+    for name in ("cnn", "mlp", "alexnet1", "vgg-small", "resnet-small", "linear", "sumpool-conv"):
+        assert name in res.output
+
+
+def test_train_prints_accuracy_then_hits_cache():
+    args = ["train", "linear", "--dataset", "digits", "--epochs", "2", "--quiet"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "test accuracy" in first.output and "trained in" in first.output
+    second = CliRunner().invoke(main, args)
+    assert "loaded from cache" in second.output
+
+
+def test_errors_are_one_line_not_a_traceback():
+    res = CliRunner().invoke(main, ["train", "nope", "--dataset", "digits"])
+    assert res.exit_code == 1
+    assert "error: unknown model 'nope'" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["train", "linear", "--dataset", "no-such-data"])
+    assert res.exit_code == 1 and "unknown dataset" in res.output
