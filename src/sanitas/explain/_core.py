@@ -1,0 +1,133 @@
+"""Shared machinery of every attribution method: input checks, targets, model safety, batched VJPs.
+
+Internally a method works on a *selection matrix* ``G`` of shape ``(B, N, K)``: row ``b`` holds,
+for every image ``n``, the weights of the ``K`` logits whose weighted sum is explained (one-hot
+for a class). A single target is ``B = 1``; ``target="all"`` is ``B = K`` with one-hot rows, and
+all ``K`` backward passes run as one batched vector-Jacobian product
+(``torch.autograd.grad(..., is_grads_batched=True)``), not as a Python loop over classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from sanitas.errors import InputError, ModelError
+
+TargetLike = int | Sequence[int] | torch.Tensor | str | None
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Validate a batch of inputs: a float tensor with a batch dimension and finite values."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() < 2:
+        raise InputError(f"{name} must have a batch dimension, shape (N, C, H, W); got shape {tuple(x.shape)}. "
+                         "For one image use x.unsqueeze(0)")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use x.float()")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"{name} contains {bad} NaN or infinite values; clean the inputs before explaining them")
+    return x
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode for the block, then restore each module's own flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the model and check that it returns logits of shape (N, K)."""
+    try:
+        out = model(x)
+    except RuntimeError as exc:
+        raise InputError(f"the model failed on inputs of shape {tuple(x.shape)}: {exc}. Check that the images "
+                         "have the shape, channels and size the model was built for") from exc
+    if isinstance(out, (tuple, list)) or hasattr(out, "logits"):
+        out = out.logits if hasattr(out, "logits") else out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model must return logits of shape (N, K) for N inputs; it returned {shape}. "
+                         "Wrap it so that forward returns one (N, K) tensor")
+    return out
+
+
+def resolve_target(target: TargetLike, logits: torch.Tensor) -> torch.Tensor | None:
+    """A LongTensor (N,) of class indices, or ``None`` for ``"all"``."""
+    n, k = logits.shape
+    if isinstance(target, str):
+        if target == "all":
+            return None
+        if target == "predicted":
+            return logits.detach().argmax(1)
+        raise InputError(f"unknown target {target!r}: use class indices, 'predicted' or 'all'")
+    if target is None:
+        return logits.detach().argmax(1)
+    t = torch.as_tensor(target, device=logits.device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise InputError(f"target must hold integer class indices, got dtype {t.dtype}")
+    t = t.long().reshape(-1)
+    if t.numel() == 1 and n > 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise InputError(f"target has {t.numel()} entries for {n} images; give one class index per image "
+                         "(or one for all)")
+    if (t < 0).any() or (t >= k).any():
+        raise InputError(f"target out of range: the model has {k} classes (0..{k - 1}), got "
+                         f"{sorted(set(t[(t < 0) | (t >= k)].tolist()))[:5]}")
+    return t.clone()
+
+
+def selection(target: torch.Tensor | None, n: int, k: int, device, dtype=torch.float32) -> torch.Tensor:
+    """The (B, N, K) selection matrix for a target (B=1) or for all classes (B=K)."""
+    if target is None:
+        return torch.eye(k, device=device, dtype=dtype)[:, None, :].expand(k, n, k)
+    g = torch.zeros(1, n, k, device=device, dtype=dtype)
+    g[0, torch.arange(n, device=device), target] = 1
+    return g
+
+
+def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G: torch.Tensor,
+        retain_graph: bool = False) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``(G[b] * outputs).sum()`` w.r.t. ``inputs`` for every row b, batched.
+
+    Returns one tensor per input of shape ``(B, *input.shape)``.
+    """
+    single = isinstance(inputs, torch.Tensor)
+    ins = (inputs,) if single else tuple(inputs)
+    G = G.to(outputs.dtype)
+    if G.shape[0] == 1:
+        grads = torch.autograd.grad(outputs, ins, G[0], retain_graph=retain_graph, allow_unused=True)
+        grads = tuple(torch.zeros_like(i) if g is None else g for g, i in zip(grads, ins))
+        return tuple(g.unsqueeze(0) for g in grads)
+    grads = torch.autograd.grad(outputs, ins, G, retain_graph=retain_graph, is_grads_batched=True,
+                                allow_unused=True)
+    return tuple(torch.zeros((G.shape[0], *i.shape), dtype=i.dtype, device=i.device) if g is None else g
+                 for g, i in zip(grads, ins))
+
+
+def chunks(total: int, size: int | None) -> Iterator[slice]:
+    size = total if not size or size <= 0 else int(size)
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))

@@ -1,0 +1,120 @@
+"""The Explainer noun: ``explainer(model, x, target) -> Tensor`` shaped like ``x``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sanitas.errors import ConfigError, InputError
+from sanitas.explain._core import (TargetLike, check_images, eval_mode, logits_of, model_device, resolve_target,
+                                   selection)
+
+
+class Explainer:
+    """An attribution method.
+
+    Call it as ``explainer(model, x, target)``: ``x`` is ``(N, C, H, W)``; ``target`` is a class
+    index per image (int, list or LongTensor), ``"predicted"`` (the model's arg-max, the default)
+    or ``"all"``. It returns raw, signed maps shaped like ``x``, or ``(N, K, C, H, W)`` for
+    ``"all"``. The model is explained in eval mode and restored; its parameters, buffers and
+    ``requires_grad`` flags are never changed.
+
+    Subclasses implement :meth:`attribute` on a selection matrix ``G`` of shape ``(B, N, K)``
+    (see :mod:`sanitas.explain._core`) and return ``(B, N, C, H, W)``.
+    """
+
+    name: ClassVar[str] = "explainer"
+    #: False for model-free controls (edge detectors, random maps).
+    uses_model: ClassVar[bool] = True
+    #: True when sum(map) == logit (or == f(x) - f(baseline)) holds exactly for ReLU networks.
+    complete: ClassVar[bool] = False
+
+    #: option name -> default value; subclasses extend it.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise ConfigError(f"{self.name} has no option(s) {sorted(unknown)}; valid options: "
+                              f"{sorted(self.defaults) or 'none'}")
+        self.options = options
+        for k, v in {**self.defaults, **options}.items():
+            setattr(self, k, v)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check option values; raise ConfigError with the fix."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
+
+    @property
+    def label(self) -> str:
+        """Stable display name including non-default options."""
+        return repr(self)
+
+    # -- the public call -----------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: TargetLike = "predicted") -> torch.Tensor:
+        check_images(x)
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        dev = model_device(model)
+        x = x.detach().to(dev)
+        with eval_mode(model):
+            with torch.no_grad():
+                logits = logits_of(model, x)
+            tgt = resolve_target(target, logits)
+            G = selection(tgt, x.shape[0], logits.shape[1], x.device, x.dtype)
+            maps = self.attribute(model, x, G)
+        if tgt is None:
+            return maps.transpose(0, 1).contiguous()
+        return maps[0]
+
+    def attribute(self, model: nn.Module, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CallableExplainer(Explainer):
+    """Wraps a user's ``f(model, x, target)`` (Quantus' ``explain_func`` contract) or a Captum object."""
+
+    def __init__(self, fn, name: str | None = None):
+        self.fn = fn
+        self.options = {}
+        self._name = name or getattr(fn, "__name__", None) or type(fn).__name__
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self._name
+
+    def __repr__(self):
+        return self._name
+
+    def _call_one(self, model, x, target):
+        if hasattr(self.fn, "attribute"):  # a Captum attribution object
+            out = self.fn.attribute(x, target=target)
+        else:
+            sig = inspect.signature(self.fn)
+            if "target" in sig.parameters:
+                out = self.fn(model, x, target=target)
+            else:
+                out = self.fn(model, x, target)
+        out = torch.as_tensor(out, device=x.device, dtype=x.dtype)
+        if out.shape != x.shape:
+            try:
+                out = out.reshape(x.shape)
+            except RuntimeError as exc:
+                raise InputError(f"explanation function {self._name} returned shape {tuple(out.shape)} for "
+                                 f"inputs of shape {tuple(x.shape)}; it must return maps shaped like the inputs") from exc
+        return out
+
+    def attribute(self, model, x, G):
+        # A black box: one call per row of G (per class for target="all").
+        outs = []
+        for b in range(G.shape[0]):
+            target = G[b].argmax(1)
+            outs.append(self._call_one(model, x, target).detach())
+        return torch.stack(outs)
