@@ -1,0 +1,244 @@
+"""Gradient family: gradient, input x gradient, integrated gradients, SmoothGrad, VarGrad."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sanitas.errors import ConfigError, InputError
+from sanitas.explain._core import chunks, logits_of, vjp
+from sanitas.explain.base import Explainer
+from sanitas.explain.rules import RuleMode, rule_mode
+from sanitas.utils.seed import make_generator
+
+
+def input_gradients(model, x: torch.Tensor, G: torch.Tensor, mode: RuleMode | None = None) -> torch.Tensor:
+    """``(B, N, ...)`` gradients of the selected logits w.r.t. ``x`` (one forward, one batched backward)."""
+    xg = x.detach().clone().requires_grad_(True)
+    if mode is None:
+        out = logits_of(model, xg)
+    else:
+        with rule_mode(model, mode):
+            out = logits_of(model, xg)
+    (g,) = vjp(out, xg, G)
+    return g
+
+
+class Gradient(Explainer):
+    """Signed gradient of the target logit w.r.t. the input (no abs: use postprocess.absolute)."""
+
+    name = "gradient"
+
+    def attribute(self, model, x, G):
+        return input_gradients(model, x, G)
+
+
+class InputXGradient(Explainer):
+    """Input times gradient (complete for bias-free ReLU networks)."""
+
+    name = "input_x_gradient"
+
+    def attribute(self, model, x, G):
+        return x.unsqueeze(0) * input_gradients(model, x, G)
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines and integrated gradients
+# ----------------------------------------------------------------------------------------------
+
+def make_baseline(baseline, x: torch.Tensor, seed: int = 0, blur_sigma: float | None = None) -> torch.Tensor:
+    """``0``/``"zeros"``, a number, a tensor broadcastable to ``x``, ``"blur"`` or ``"uniform"``."""
+    if baseline is None or (isinstance(baseline, str) and baseline in ("zero", "zeros", "black")):
+        return torch.zeros_like(x)
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(x, float(baseline))
+    if isinstance(baseline, str):
+        if baseline == "uniform":
+            lo, hi = float(x.min()), float(x.max())
+            u = torch.rand(x.shape, generator=make_generator(seed), dtype=x.dtype)
+            return (lo + (hi - lo) * u).to(x.device)
+        if baseline == "blur":
+            return gaussian_blur(x, blur_sigma if blur_sigma is not None else max(x.shape[-1] / 8.0, 1.0))
+        raise ConfigError(f"unknown baseline {baseline!r}: use 'zeros', a number, a tensor, 'blur' or 'uniform'")
+    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        return b.expand_as(x).clone()
+    except RuntimeError as exc:
+        raise InputError(f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs "
+                         f"{tuple(x.shape)}") from exc
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur per channel (reflect padding), kernel radius 3 sigma."""
+    radius = max(int(math.ceil(3 * sigma)), 1)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    pad_h = min(radius, x.shape[-2] - 1)
+    pad_w = min(radius, x.shape[-1] - 1)
+    y = x
+    y = F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else y
+    kw = k[radius - pad_w: radius + pad_w + 1] if pad_w < radius else k
+    kw = kw / kw.sum()
+    y = F.conv2d(y, kw.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else y
+    kh = k[radius - pad_h: radius + pad_h + 1] if pad_h < radius else k
+    kh = kh / kh.sum()
+    return F.conv2d(y, kh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def path_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolation coefficients alpha in [0, 1] and quadrature weights summing to 1."""
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    if rule in ("gausslegendre", "gauss_legendre", "gauss-legendre"):
+        t, w = np.polynomial.legendre.leggauss(steps)
+        return (t + 1) / 2, w / 2
+    if rule in ("trapezoid", "riemann_trapezoid"):
+        if steps < 2:
+            raise ConfigError("the trapezoid rule needs steps >= 2")
+        a = np.linspace(0, 1, steps)
+        w = np.full(steps, 1 / (steps - 1))
+        w[0] /= 2
+        w[-1] /= 2
+        return a, w
+    if rule in ("left", "riemann_left"):
+        return np.arange(steps) / steps, np.full(steps, 1 / steps)
+    if rule in ("right", "riemann_right"):
+        return np.arange(1, steps + 1) / steps, np.full(steps, 1 / steps)
+    if rule in ("middle", "riemann_middle"):
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1 / steps)
+    raise ConfigError(f"unknown integration rule {rule!r}: use 'gausslegendre', 'trapezoid', 'left', 'right' "
+                      "or 'middle'")
+
+
+class IntegratedGradients(Explainer):
+    """Integrated gradients (Sundararajan et al. 2017) along the straight path from a baseline.
+
+    ``rule``: ``"gausslegendre"`` (default) or ``"trapezoid"`` (a proper trapezoid rule whose
+    weights sum to 1; Captum's ``riemann_trapezoid`` weights sum to (n-1)/n), ``left``/``right``/
+    ``middle`` Riemann sums. ``batch_size`` bounds the number of path points per forward pass.
+    :meth:`with_gap` returns the maps and the completeness gap sum(map) - (f(x) - f(baseline)).
+    """
+
+    name = "integrated_gradients"
+    complete = True
+    defaults = {"baseline": "zeros", "steps": 32, "rule": "gausslegendre", "batch_size": 1024, "seed": 0}
+
+    def validate(self):
+        path_points(self.steps, self.rule)
+
+    def attribute(self, model, x, G):
+        base = make_baseline(self.baseline, x, self.seed)
+        alphas, weights = path_points(self.steps, self.rule)
+        n = x.shape[0]
+        total = torch.zeros((G.shape[0], *x.shape), dtype=x.dtype, device=x.device)
+        per_pass = max(1, int(self.batch_size) // n)
+        for sl in chunks(len(alphas), per_pass):
+            a = torch.as_tensor(alphas[sl], dtype=x.dtype, device=x.device)
+            w = torch.as_tensor(weights[sl], dtype=x.dtype, device=x.device)
+            shape = (-1,) + (1,) * x.dim()
+            pts = (base.unsqueeze(0) + a.view(shape) * (x - base).unsqueeze(0)).reshape(-1, *x.shape[1:])
+            Gs = G.repeat(1, len(a), 1)
+            g = input_gradients(model, pts, Gs).reshape(G.shape[0], len(a), *x.shape)
+            total += (g * w.view((1, -1) + (1,) * x.dim())).sum(1)
+        return total * (x - base).unsqueeze(0)
+
+    def with_gap(self, model, x, target="predicted"):
+        """``(maps, gap)``: gap per image (and class) = sum(map) - (f(x) - f(baseline))."""
+        from sanitas.explain._core import eval_mode, resolve_target
+
+        maps = self(model, x, target)
+        with eval_mode(model), torch.no_grad():
+            xd = x.detach().to(maps.device)
+            fx = logits_of(model, xd)
+            fb = logits_of(model, make_baseline(self.baseline, xd, self.seed))
+            tgt = resolve_target(target, fx)
+        diff = fx - fb
+        if tgt is None:
+            return maps, maps.flatten(2).sum(-1) - diff
+        idx = torch.arange(x.shape[0], device=diff.device)
+        return maps, maps.flatten(1).sum(-1) - diff[idx, tgt]
+
+
+# ----------------------------------------------------------------------------------------------
+# noise wrappers
+# ----------------------------------------------------------------------------------------------
+
+class _NoiseWrapper(Explainer):
+    defaults = {"base": "gradient", "samples": 50, "sigma": 0.15, "seed": 0, "batch_size": 512,
+                "base_options": None, "noise_fn": None}
+
+    def validate(self):
+        if int(self.samples) < 1:
+            raise ConfigError(f"{self.name}: samples must be >= 1, got {self.samples}")
+        if float(self.sigma) < 0:
+            raise ConfigError(f"{self.name}: sigma must be >= 0 (a fraction of the input range), got {self.sigma}")
+        from sanitas.explain.registry import get_explainer
+
+        self.inner = get_explainer(self.base, **(self.base_options or {}))
+        if isinstance(self.inner, _NoiseWrapper):
+            pass
+
+    def __repr__(self):
+        extra = {k: v for k, v in self.options.items() if k not in ("base", "base_options")}
+        opts = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        inner = repr(self.inner)
+        return f"{self.name}({inner}{', ' + opts if opts else ''})"
+
+    @property
+    def uses_model(self):  # type: ignore[override]
+        return self.inner.uses_model
+
+    def noisy_maps(self, model, x, G):
+        """Yield ``(B, S_chunk, N, ...)`` maps of noisy copies; noise std = sigma * (max - min) per image."""
+        n = x.shape[0]
+        rng = make_generator(self.seed)
+        span = (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view((n,) + (1,) * (x.dim() - 1))
+        std = float(self.sigma) * span
+        per_pass = max(1, int(self.batch_size) // n)
+        for sl in chunks(int(self.samples), per_pass):
+            s = sl.stop - sl.start
+            if self.noise_fn is None:
+                noise = torch.randn((s, *x.shape), generator=rng, dtype=x.dtype).to(x.device)
+            else:  # extension point: standard-normal noise of shape (s, N, ...) from elsewhere
+                noise = torch.as_tensor(self.noise_fn(s, x)).to(device=x.device, dtype=x.dtype)
+            xs = (x.unsqueeze(0) + noise * std.unsqueeze(0)).reshape(-1, *x.shape[1:])
+            m = self.inner.attribute(model, xs, G.repeat(1, s, 1))
+            yield m.reshape(G.shape[0], s, *x.shape)
+
+
+class SmoothGrad(_NoiseWrapper):
+    """SmoothGrad (Smilkov et al. 2017): the mean of any method's maps over noisy copies of the input.
+
+    ``sigma`` is relative to each image's range (max - min), default 0.15; ``samples`` copies.
+    """
+
+    name = "smoothgrad"
+
+    def attribute(self, model, x, G):
+        total = None
+        for m in self.noisy_maps(model, x, G):
+            part = m.sum(1)
+            total = part if total is None else total + part
+        return total / int(self.samples)
+
+
+class VarGrad(_NoiseWrapper):
+    """VarGrad (Adebayo et al. 2018): the variance of any method's maps over noisy copies."""
+
+    name = "vargrad"
+
+    def attribute(self, model, x, G):
+        s1 = s2 = None
+        for m in self.noisy_maps(model, x, G):
+            a, b = m.sum(1), (m * m).sum(1)
+            s1 = a if s1 is None else s1 + a
+            s2 = b if s2 is None else s2 + b
+        k = int(self.samples)
+        mean = s1 / k
+        return (s2 / k - mean * mean).clamp_min(0)
