@@ -8,6 +8,7 @@
 
 from sanitas.explain import postprocess
 from sanitas.explain.base import CallableExplainer, Explainer
+from sanitas.explain.competition import Competitive, competition_mask, nonzero_fraction
 from sanitas.explain.cam import GradCAM, GuidedGradCAM
 from sanitas.explain.controls import Canny, RandomMap, Sobel
 from sanitas.explain.gradients import Gradient, InputXGradient, IntegratedGradients, SmoothGrad, VarGrad
@@ -32,6 +33,7 @@ register(DeepLift)
 register(FullGrad, aliases=("full_grad",))
 register(Activity)
 register(Bias)
+register(Competitive, wrapper=True)
 register(Sobel)
 register(Canny)
 register(RandomMap)
@@ -40,4 +42,4 @@ __all__ = ["explain", "get_explainer", "list_methods", "register", "EXPLAINERS",
            "postprocess", "layer_attributions", "layer_decomposition", "Gradient", "InputXGradient",
            "IntegratedGradients", "SmoothGrad", "VarGrad", "GuidedBackprop", "Deconvnet", "GradCAM", "GuidedGradCAM",
            "LRPEpsilon", "LRPZPlus", "LRPAlphaBeta", "DeepLift", "FullGrad", "Activity", "Bias", "Sobel", "Canny",
-           "RandomMap"]
+           "RandomMap", "Competitive", "competition_mask", "nonzero_fraction"]

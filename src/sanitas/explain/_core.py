@@ -10,6 +10,7 @@ all ``K`` backward passes run as one batched vector-Jacobian product
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -73,18 +74,26 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def resolve_target(target: TargetLike, logits: torch.Tensor) -> torch.Tensor | None:
-    """A LongTensor (N,) of class indices, or ``None`` for ``"all"``."""
-    n, k = logits.shape
+def resolve_target(target: TargetLike, logits: torch.Tensor | None, n: int | None = None, k: int | None = None,
+                   device=None) -> torch.Tensor | None:
+    """A LongTensor (N,) of class indices, or ``None`` for ``"all"``.
+
+    ``logits`` are needed only for ``"predicted"``; otherwise ``n`` and ``k`` suffice.
+    """
+    if logits is not None:
+        n, k = logits.shape
+        device = logits.device
     if isinstance(target, str):
         if target == "all":
             return None
         if target == "predicted":
+            if logits is None:
+                raise InputError("target 'predicted' needs the model's logits")
             return logits.detach().argmax(1)
         raise InputError(f"unknown target {target!r}: use class indices, 'predicted' or 'all'")
     if target is None:
-        return logits.detach().argmax(1)
-    t = torch.as_tensor(target, device=logits.device)
+        return resolve_target("predicted", logits)
+    t = torch.as_tensor(target, device=device)
     if t.is_floating_point() or t.dtype == torch.bool:
         raise InputError(f"target must hold integer class indices, got dtype {t.dtype}")
     t = t.long().reshape(-1)
@@ -97,6 +106,19 @@ def resolve_target(target: TargetLike, logits: torch.Tensor) -> torch.Tensor | N
         raise InputError(f"target out of range: the model has {k} classes (0..{k - 1}), got "
                          f"{sorted(set(t[(t < 0) | (t >= k)].tolist()))[:5]}")
     return t.clone()
+
+
+_NUM_CLASSES: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The model's number of outputs, from one forward pass on one image (cached per model object)."""
+    k = _NUM_CLASSES.get(model)
+    if k is None:
+        with torch.no_grad():
+            k = int(logits_of(model, x[:1]).shape[1])
+        _NUM_CLASSES[model] = k
+    return k
 
 
 def selection(target: torch.Tensor | None, n: int, k: int, device, dtype=torch.float32) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError
-from sanitas.explain._core import (TargetLike, check_images, eval_mode, logits_of, model_device, resolve_target,
-                                   selection)
+from sanitas.explain._core import (TargetLike, check_images, eval_mode, logits_of, model_device, num_classes,
+                                   resolve_target, selection)
 
 
 class Explainer:
@@ -65,10 +65,15 @@ class Explainer:
         dev = model_device(model)
         x = x.detach().to(dev)
         with eval_mode(model):
-            with torch.no_grad():
-                logits = logits_of(model, x)
-            tgt = resolve_target(target, logits)
-            G = selection(tgt, x.shape[0], logits.shape[1], x.device, x.dtype)
+            if target is None or (isinstance(target, str) and target == "predicted"):
+                with torch.no_grad():
+                    logits = logits_of(model, x)
+                tgt = resolve_target(target, logits)
+                k = logits.shape[1]
+            else:  # no extra forward pass for explicit targets or "all"
+                k = num_classes(model, x)
+                tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
+            G = selection(tgt, x.shape[0], k, x.device, x.dtype)
             maps = self.attribute(model, x, G)
         if tgt is None:
             return maps.transpose(0, 1).contiguous()
