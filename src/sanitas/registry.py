@@ -71,6 +71,6 @@ class Registry(Generic[T]):
 
 
 def describe(obj: Callable | object) -> str:
-    """First line of an object's docstring, for listings."""
-    doc = getattr(obj, "__doc__", None) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """First paragraph of an object's docstring on one line, for listings."""
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
