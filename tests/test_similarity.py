@@ -76,6 +76,14 @@ def test_options_are_recorded_and_copied():
     assert "window=7" in repr(m)
 
 
+def test_metrics_with_tensor_options_compare_and_hash():
+    base = torch.zeros(1, 3, 3)
+    m1 = get_similarity("spearman_nz", baseline=base)
+    assert m1 == get_similarity("spearman_nz", baseline=base.clone())
+    assert m1 != get_similarity("spearman_nz")
+    assert len({m1, get_similarity("spearman_nz")}) == 2
+
+
 def test_unknown_metric_name_suggests_the_closest():
     with pytest.raises(UnknownNameError, match="Did you mean 'spearman_abs'") as err:
         get_similarity("spearman_ab")
@@ -142,6 +150,15 @@ def test_masked_ranks_rank_only_the_selected(values, seed):
     for row, m, r in zip(values, mask, ours):
         np.testing.assert_array_equal(r[m], rankdata(row[m]))
         assert np.isnan(r[~m]).all()
+
+
+def test_torch_sort_path_gives_the_same_ranks():
+    # CPU tensors are sorted with numpy; tensors needing grad (and GPU tensors) use torch.sort.
+    v = torch.randint(0, 5, (4, 30), generator=gen()).double()
+    mask = torch.rand(4, 30, generator=gen(1)) < 0.7
+    for m in (None, mask):
+        np.testing.assert_array_equal(average_ranks(v.clone().requires_grad_(), mask=m).detach().numpy(),
+                                      average_ranks(v, mask=m).numpy())
 
 
 def test_average_ranks_along_another_dim():
@@ -298,7 +315,6 @@ def test_ssim_matches_skimage(ours, theirs):
     a = torch.randn(4, 3, 16, 19, generator=g)
     b = a + torch.randn(4, 3, 16, 19, generator=g)
     got = get_similarity("ssim", **ours)(a, b).numpy()
-    pa, pb = minmax(a.sum(1).double().numpy()[0]), None
     expected = []
     for i in range(4):
         pa, pb = minmax(a[i].sum(0).double().numpy()), minmax(b[i].sum(0).double().numpy())

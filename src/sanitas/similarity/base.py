@@ -121,11 +121,15 @@ class Similarity:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({opts})" if opts else f"{type(self).__name__}()"
 
+    def _key(self) -> tuple:
+        # repr, so that tensor-valued options (a baseline image) compare without ambiguity
+        return type(self).__name__, tuple(sorted((k, repr(v)) for k, v in self.options.items()))
+
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.options == other.options  # type: ignore[attr-defined]
+        return isinstance(other, Similarity) and type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted((k, repr(v)) for k, v in self.options.items()))))
+        return hash(self._key())
 
 
 def nan_where(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,14 @@ sanitas computes the same quantity as ``skimage.metrics.structural_similarity`` 
 never on flattened 1-D vectors (a known fault of Quantus' MPRT, where the "window" then runs
 along a raster line and mixes unrelated pixels).
 
-Preprocessing (see :mod:`sanitas.similarity.preprocess`), defaults: no absolute value, signed sum
-over channels, each map min-max rescaled to [0, 1], ``data_range=1``. The rescaling makes the
-score independent of a map's overall scale (a randomized network's gradients can be orders of
-magnitude smaller), which SSIM's constants C1 = (K1 R)^2, C2 = (K2 R)^2 otherwise depend on.
+Preprocessing (see :mod:`sanitas.similarity.preprocess`), defaults: no absolute value and a
+signed sum over channels (seed 000: SSIM "without absolute values"), then each map min-max
+rescaled to [0, 1] with ``data_range=1``. Seed 000 does not state how it scaled maps for SSIM
+(it gives [-1, 1] for its HOG inputs and random masks); [0, 1] is sanitas' choice, and
+``rescale="symmetric"`` gives [-1, 1] with ``data_range=2`` (only SSIM's luminance term differs).
+Some rescaling is needed: without it the score depends on a map's overall scale (a randomized
+network's gradients can be orders of magnitude smaller), through the constants
+C1 = (K1 R)^2, C2 = (K2 R)^2.
 
 The window: ``window`` (odd, default 5) pixels square, uniform (skimage's default) or, with
 ``gaussian=True``, a Gaussian of standard deviation ``sigma`` truncated to the window and
@@ -82,7 +86,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float, window: int = 5
 
 @register_similarity
 class SSIM(Similarity):
-    """Structural similarity of the maps as images (window 5, min-max scaled to [0, 1], as seed 000)."""
+    """Structural similarity of the maps as images (window 5 as seed 000; signed channel sum, min-max to [0, 1])."""
 
     name = "ssim"
     description = "Mean structural similarity (SSIM) of the two maps as 2-D images"
