@@ -42,7 +42,7 @@ def work_dtype(device: torch.device) -> torch.dtype:
 def as_maps(t: Any, what: str, *, device: torch.device | None = None) -> torch.Tensor:
     """A batch of maps or images as a 4-D real tensor ``(N, C, H, W)``; 3-D input gains C=1."""
     if isinstance(t, np.ndarray):
-        t = torch.from_numpy(t)
+        t = torch.from_numpy(t if t.flags.writeable else t.copy())  # torch warns on read-only arrays
     if not isinstance(t, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor or numpy array shaped (N, C, H, W) or (N, H, W); "
                          f"got {type(t).__name__}")
