@@ -487,3 +487,59 @@ def test_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         discover_layers(_model("cnn"), X)  # no spurious warnings on a normal model
+
+
+class Mixed(nn.Module):
+    """Layers whose parameters reach torch as lists (LSTM) or functionally (attention's out_proj)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.emb = nn.Embedding(10, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.ln = nn.LayerNorm(8)
+
+    def forward(self, x):
+        h, _ = self.lstm(self.emb(x))
+        h, _ = self.att(h, h, h)
+        return self.head(self.ln(h).mean(1))
+
+
+def test_other_layer_types_and_default_scheme_fallbacks():
+    torch.manual_seed(0)
+    model = Mixed()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.rand(p.shape))  # "trained": differs from any default init, no constant tensors
+    x = torch.randint(0, 10, (2, 5))
+    names = [l.name for l in discover_layers(model, x)]
+    assert names == ["emb", "lstm", "att", "att.out_proj", "ln", "head"]
+    for init in ("default", "permute", "truncated_normal"):
+        for stage in independent(model, x, init=init):
+            # MultiheadAttention._reset_parameters also resets out_proj.bias: restored, so one layer changes
+            assert _changed(model, stage.model, names) == set(stage.randomized_layers), (init, stage.name)
+            stage.model(x)
+
+
+def test_default_scheme_fails_before_the_run_starts():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.gain = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.fc(x) * self.gain
+
+    with pytest.raises(UnsupportedLayerError, match=r"'\(model\)'.*Scale"):
+        cascading(Scale(), torch.zeros(1, 4), init="default")
+    assert len(cascading(Scale(), torch.zeros(1, 4), init="truncated_normal")) == 3
+
+
+def test_batchnorm_without_affine_is_not_a_layer():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, affine=False), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ModelError, match="lazy"):
+        discover_layers(model, X)
+    model(X)
+    assert [l.name for l in discover_layers(model, X)] == ["0", "3"]

@@ -86,6 +86,9 @@ class InitScheme:
               seed: int) -> None:
         raise NotImplementedError
 
+    def check(self, module: nn.Module, name: str) -> None:
+        """Raise :class:`UnsupportedLayerError` if this scheme cannot randomize ``module`` (checked up front)."""
+
     def config(self) -> dict:
         """The scheme and its constants, for ``meta.json``."""
         fields = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
@@ -150,12 +153,23 @@ class Default(InitScheme):
     name: ClassVar[str] = "default"
     bn_stats_default: ClassVar[str] = "reset"
 
-    def apply(self, module, param_names, generator, seed):
-        reset = getattr(module, "reset_parameters", None)
-        if not callable(reset):
+    @staticmethod
+    def _reset(module: nn.Module):
+        # nn.MultiheadAttention names it _reset_parameters
+        for attr in ("reset_parameters", "_reset_parameters"):
+            if callable(getattr(module, attr, None)):
+                return getattr(module, attr)
+        return None
+
+    def check(self, module, name):
+        if self._reset(module) is None:
             raise UnsupportedLayerError(
-                f"init scheme 'default' calls the layer's reset_parameters(), which "
-                f"{type(module).__name__} does not have. Use init='truncated_normal', 'uniform' or 'permute'")
+                f"init scheme 'default' calls the layer's reset_parameters(), which layer {name or '(model)'!r} "
+                f"({type(module).__name__}) does not have. Use init='truncated_normal', 'uniform' or 'permute'")
+
+    def apply(self, module, param_names, generator, seed):
+        self.check(module, type(module).__name__)
+        reset = self._reset(module)
         owned = set(param_names)
         # reset_parameters may touch more than the owned parameters (a child's, a tied one): restore those.
         keep = {k: v.detach().clone() for k, v in _state(module) if k not in owned}

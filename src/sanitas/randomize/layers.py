@@ -16,9 +16,9 @@ LayerNorm, embeddings, PReLU, a user's module holding an ``nn.Parameter``. A mod
 twice appears once, at its first use. A parameter shared by two modules (tied weights) belongs
 to the first module that uses it; a module left with no parameters of its own is not a layer.
 Parameterized modules the forward pass never uses (an auxiliary head that only runs in
-training mode) do not affect the output; they are left out with a warning. BatchNorm-like
-modules without affine parameters are layers too when they track running statistics (those
-are learned from the training data; see ``bn_stats`` in :mod:`sanitas.randomize.variants`).
+training mode) do not affect the output; they are left out with a warning. A BatchNorm
+without affine parameters (``affine=False``) has no parameters and is not a layer: its running
+statistics are not trainable variables, which is what the paper re-initializes.
 
 The trace runs under ``torch.no_grad()`` with the model in eval mode and the global RNG forked;
 every hook is removed and every module's ``training`` flag restored afterwards, so the model
@@ -101,13 +101,6 @@ def run_model(model: nn.Module, example_input: Any) -> Any:
     return model(example_input)
 
 
-def has_running_stats(module: nn.Module) -> bool:
-    """True for BatchNorm-like modules that track running statistics (``running_mean``/``running_var``)."""
-    return (bool(getattr(module, "track_running_stats", False))
-            and isinstance(getattr(module, "running_mean", None), torch.Tensor)
-            and callable(getattr(module, "reset_running_stats", None)))
-
-
 def _to_device(example_input: Any, device: torch.device | None) -> Any:
     if device is None:
         return example_input
@@ -147,11 +140,10 @@ def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
     if lazy:
         raise ModelError(f"{type(model).__name__} has uninitialised lazy parameters ({', '.join(lazy[:5])}); "
                          "run one forward pass on real data before randomizing it")
-    # Candidate layers: modules with parameters of their own, and BatchNorm-like modules without
-    # affine parameters (their running statistics are still learned state).
+    # Candidate layers: modules with parameters of their own (recurse=False).
     owned: list[tuple[str, nn.Module, list[tuple[str, nn.Parameter]]]] = [
         (name, m, list(m.named_parameters(recurse=False))) for name, m in named]
-    owned = [(n, m, ps) for n, m, ps in owned if ps or has_running_stats(m)]
+    owned = [(n, m, ps) for n, m, ps in owned if ps]
 
     clock = [0]
     first_call: dict[int, int] = {}
@@ -223,7 +215,7 @@ def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
     for _, _, (name, m, ps) in keyed:
         mine = [(pn, p) for pn, p in ps if id(p) not in claimed]
         claimed.update(id(p) for _, p in mine)
-        if not mine and not has_running_stats(m):
+        if not mine:
             continue
         layers.append(LayerInfo(name=name, type=type(m).__name__, n_params=sum(p.numel() for _, p in mine),
                                 output_shape=shapes.get(id(m)), index=len(layers),

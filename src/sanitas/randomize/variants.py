@@ -104,6 +104,8 @@ class StageSequence:
         self.copy = bool(copy)
         self._model = model
         self.layers: list[LayerInfo] = discover_layers(model, example_input)
+        for l in self.layers:  # fail now, not halfway through a long run
+            self.init.check(model.get_submodule(l.name), l.name)
         forward_blocks = group_layers(self.layers, blocks)
         self.blocks: list[Block] = forward_blocks[::-1] if self.order == "top_down" else forward_blocks
         self._by_name = {l.name: l for l in self.layers}
@@ -249,8 +251,10 @@ def randomize(model: nn.Module, x_example: Any, layers: Sequence[str] | None = N
             group_layers(found, [selectors])  # unknown names raise UnknownNameError here
         chosen = [l.name for l in found
                   if any(l.name == s or (s != "" and l.name.startswith(s + ".")) for s in selectors)]
-    target = model if inplace else _deepcopy(model)
     by_name = {l.name: l for l in found}
+    for name in chosen:
+        scheme.check(model.get_submodule(name), name)
+    target = model if inplace else _deepcopy(model)
     with torch.no_grad():
         for name in chosen:
             randomize_module(target.get_submodule(name), name, init=scheme, seed=seed, bn_stats=bn_stats,
