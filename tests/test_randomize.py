@@ -18,6 +18,15 @@ from sanitas.utils.hashing import model_fingerprint
 X = torch.zeros(1, 1, 28, 28)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and leaves the shared cores to others."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(name)
