@@ -18,8 +18,11 @@ Registered schemes (:data:`INIT_SCHEMES`):
     The layer's own ``reset_parameters()`` (PyTorch's default init: Kaiming-uniform for conv and
     linear, ones/zeros for BatchNorm, ...), run with the global RNG temporarily seeded by
     :func:`layer_seed` and restored afterwards. This is what Quantus' MPRT does. A module
-    without ``reset_parameters`` raises :class:`UnsupportedLayerError`. Anything else that
-    ``reset_parameters`` touches (a child's parameters) is restored.
+    without ``reset_parameters`` raises :class:`UnsupportedLayerError` before any stage runs.
+    Anything else that ``reset_parameters`` touches (a child's parameters) is restored. It draws
+    on the parameter's device, so CPU and GPU give different (each reproducible) weights; the
+    other schemes draw on the CPU and give the same weights on every device. For BatchNorm,
+    LayerNorm and PReLU it is not random at all (ones/zeros, 0.25).
 ``permute``
     A random permutation of each trained parameter tensor's entries (all entries of the tensor
     shuffled together): keeps each tensor's distribution of values, destroys its structure.
