@@ -86,14 +86,17 @@ class Scrambled(nn.Module):
 
 
 class Reused(nn.Module):
+    """``shared`` runs before and after ``mid``: first-call and last-call order differ."""
+
     def __init__(self):
         super().__init__()
         self.inp = nn.Linear(4, 4)
+        self.mid = nn.Linear(4, 4)
         self.shared = nn.Linear(4, 4)
         self.out = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.out(self.shared(torch.relu(self.shared(self.inp(x)))))
+        return self.out(self.shared(torch.relu(self.mid(self.shared(self.inp(x))))))
 
 
 class Functional(nn.Module):
@@ -135,7 +138,7 @@ def test_reference_models_in_forward_order():
 
 def test_reused_module_listed_once_at_first_call():
     layers = discover_layers(Reused(), torch.zeros(2, 4))
-    assert [l.name for l in layers] == ["inp", "shared", "out"]
+    assert [l.name for l in layers] == ["inp", "shared", "mid", "out"]
 
 
 def test_parameters_used_functionally_and_parent_parameters():
