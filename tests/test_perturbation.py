@@ -15,6 +15,17 @@ from sanitas.errors import ConfigError, InputError, ModelError, SanitasError
 from sanitas.evaluate import (HIGHER_IS_BETTER, METRICS, decision_flip, delta_e, find_flips, gaussian_blur,
                               perturbation_scores, removal_order, removal_reference, shuffle_pool)
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread, and much faster on a loaded shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ---------------------------------------------------------------------------------------------
 # hand-built models
 
@@ -215,7 +226,9 @@ def test_non_monotone_short_first_flip_is_skipped_as_documented():
     # grid 16, 32, 48 (+P): 48 flips -> (32, 48]; 36, 40, 44: 40 first -> (36, 40]; 37-39 don't -> 40
     r = find_flips(model, x, s, levels_per_round=L)
     assert r.level.item() == 40 and r.flipped.item()
-    assert find_flips(model, x, s, search="scan").level.item() == 5  # the scan sees the short run
+    assert not r.nonmonotone.item()  # the evaluated levels never showed a flip back
+    scan = find_flips(model, x, s, search="scan")
+    assert scan.level.item() == 5 and scan.nonmonotone.item()  # the scan's block saw 5, 6 flip and 7 not
     # the search's evaluated levels below its answer never flip
     model.queries.clear()
     find_flips(model, x, s, levels_per_round=L)
@@ -235,6 +248,7 @@ def test_non_monotone_flip_and_back_with_unflipped_full_removal():
     s = torch.arange(P, dtype=torch.float64).view(1, 8, 8)
     r = find_flips(CountPredicate(F), x, s, levels_per_round=L)  # grid 16 is inside the run
     assert r.level.item() == 10 and r.flipped.item()
+    assert r.nonmonotone.item()  # 16 flips but 32, 48 and 64 do not: seen by the first round
     F3 = [k in (20, 21) for k in range(P + 1)]  # missed by the grid: reported as no flip
     r = find_flips(CountPredicate(F3), x, s, levels_per_round=L)
     assert not r.flipped.item() and r.level.item() == P
@@ -252,9 +266,15 @@ def test_search_guarantee_on_arbitrary_decision_sequences(bits, levels_per_round
     check_against_brute_force(r.level.item(), r.flipped.item(), F, levels_per_round)
     # the evaluated levels below the answer do not flip
     assert all(not F[k] for k in model.queries if 0 < k < r.level.item())
-    scan = find_flips(CountPredicate(F), x, s, search="scan")
+    # the non-monotone flag is sound: raised only if some flipped level has an unflipped one above
+    truly_nonmonotone = any(F[i] and not F[j] for i in range(P + 1) for j in range(i + 1, P + 1))
+    assert truly_nonmonotone or not r.nonmonotone.item()
+    # the scan is exact for every block size
     first = next((k for k in range(1, P + 1) if F[k]), P)
-    assert scan.level.item() == first
+    for block in (1, levels_per_round, 64):
+        scan = find_flips(CountPredicate(F), x, s, search="scan", levels_per_round=block)
+        assert scan.level.item() == first and scan.flipped.item() == any(F)
+        assert truly_nonmonotone or not scan.nonmonotone.item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +321,7 @@ def test_search_uses_far_fewer_forward_passes_than_scan():
     x = ones(n=4, h=28, w=28)
     s = torch.rand(4, 28, 28, dtype=torch.float64)
     fast = find_flips(CountPredicate(F), x, s, levels_per_round=15)
-    scan = find_flips(CountPredicate(F), x, s, search="scan")
+    scan = find_flips(CountPredicate(F), x, s, search="scan", levels_per_round=1)
     assert fast.level.tolist() == scan.level.tolist() == [700] * 4
     # 3 rounds of <= 15 levels per image, plus the shared original and full-removal passes
     assert fast.n_evaluated <= 4 * 45 + 8
