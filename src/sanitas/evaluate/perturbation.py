@@ -587,8 +587,8 @@ def find_flips(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str
         n_eval = engine.n_evaluated
         e, flip_class = engine.outcome(img, img, level, flipped, no_flip, with_class=True)
     return FlipResult(e=e.cpu(), level=level.cpu(), flipped=flipped.cpu(), original_class=engine.original.cpu(),
-                      flip_class=flip_class.cpu(), nonmonotone=nonmono.cpu(), n_pixels=engine.P, n_evaluated=n_eval, order=order,
-                      removal=_removal_name(removal), search=search,
+                      flip_class=flip_class.cpu(), nonmonotone=nonmono.cpu(), n_pixels=engine.P,
+                      n_evaluated=n_eval, order=order, removal=_removal_name(removal), search=search,
                       config={"levels_per_round": levels_per_round, "batch_size": batch_size,
                               "channel_reduce": channel_reduce if isinstance(channel_reduce, str) else "callable",
                               "blur_sigma": blur_sigma, "no_flip": no_flip})
@@ -660,8 +660,10 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
 
     All (method, order, map-or-xi, image) searches run together, so each forward pass is shared:
     the original and fully removed images are evaluated once per image, and the rank table is
-    computed once per (method, order, map) and reused by every image that borrows it as xi.
-    ``df.attrs["sanitas"]`` records the config, the xi pairing (``xi_index``) and the forward count.
+    computed once per (method, order, map) and reused by every image that borrows it as xi
+    (memory: 4 bytes x methods x orders x N x H x W). ``df.attrs["sanitas"]`` records the config,
+    the xi pairing (``xi_index``), the forward count (``n_evaluated``) and the fraction of searches
+    that saw the decision flip back (``nonmonotone_fraction``).
     """
     orders = tuple(orders)
     if len(orders) == 0 or len(set(orders)) != len(orders):

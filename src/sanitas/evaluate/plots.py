@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.errors import InputError
-from sanitas.evaluate.perturbation import HIGHER_IS_BETTER, METRICS
+from sanitas.evaluate.perturbation import HIGHER_IS_BETTER
 from sanitas.evaluate.stats import pairwise_wilcoxon
 
 __all__ = ["boxplot_scores", "boxplot_metrics"]
