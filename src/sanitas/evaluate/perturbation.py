@@ -72,11 +72,12 @@ Which flip the fast search finds (``search="multilevel"``, the default)
     The no-flip verdict of the multilevel search means "neither level ``P`` nor any evaluated
     level flips", which for a monotone decision is the same as the scan's.
 
-    Real networks are often non-monotone. On the trained paper CNN with Fashion-MNIST, gradient
-    maps and zero removal, about half of the images flip back at least once after their first
-    flip, often after a run of 1-4 pixels, and the multilevel search (default settings) returned
-    the scan's first flip for about 83% of images with ``-s`` and 73% with ``+s`` (48 images; see
-    ``benchmarks/perturbation.py``). ``FlipResult.nonmonotone`` flags the images where the search
+    Real networks are often non-monotone. On the trained paper CNN with 256 Fashion-MNIST test
+    images, gradient maps and zero removal, the decision flips back after the first flip for about
+    45% of the images (often after a run of 1-4 pixels), and the multilevel search (default
+    settings) returned the scan's first flip for 77% of the images with either order (mean
+    ``|e_multilevel - e_scan|`` 0.017, median 0, max 0.6; ``benchmarks/perturbation.py``).
+    ``FlipResult.nonmonotone`` flags the images where the search
     saw the decision flip back. Use ``search="scan"`` when the first flip itself is needed, and the
     multilevel search (a genuine, pixel-exact flip, usually the first) for speed on large images.
 
