@@ -328,6 +328,20 @@ def test_search_uses_far_fewer_forward_passes_than_scan():
     assert scan.n_evaluated == 4 * 700 + 8  # levels 1..700, the last one flips
 
 
+def test_search_evaluates_the_documented_levels():
+    # P = 784, L = 15, first flip 734 (monotone). Round 1: 49, 98, ..., 735 -> 735 flips first: (686, 735].
+    # Round 2: 686 + floor(j * 49 / 16) = 689, ..., 731: none flips -> (731, 735]. Round 3: 732, 733, 734.
+    P = 784
+    model = CountPredicate([k >= 734 for k in range(P + 1)])
+    x = ones(n=2, h=28, w=28)
+    r = find_flips(model, x, torch.rand(2, 28, 28, dtype=torch.float64), levels_per_round=15)
+    assert r.level.tolist() == [734, 734]
+    expected = sorted([49 * j for j in range(1, 16)] + [686 + (j * 49) // 16 for j in range(1, 16)] + [732, 733, 734])
+    asked = sorted(k for k in model.queries if k not in (0, P))
+    assert asked == sorted((expected + [734]) * 2)  # + x_s once more, for FlipResult.flip_class
+    assert r.n_evaluated == 2 * 33 + 2 * 2  # plus the shared original and fully removed images
+
+
 # ---------------------------------------------------------------------------------------------
 # removal operators
 
