@@ -1,0 +1,19 @@
+"""Evaluating explanation quality: the decision-flip perturbation metric and its statistics.
+
+>>> from sanitas.evaluate import decision_flip, perturbation_scores, pairwise_wilcoxon
+>>> e_minus = decision_flip(model, x, maps, order="-s")                     # doctest: +SKIP
+>>> df = perturbation_scores(model, x, {"gradient": g, "random": r})       # doctest: +SKIP
+>>> pairwise_wilcoxon(df, metric="delta_e_minus")                          # doctest: +SKIP
+>>> from sanitas.evaluate.plots import boxplot_scores                   # doctest: +SKIP
+"""
+
+from sanitas.evaluate.perturbation import (HIGHER_IS_BETTER, METRICS, ORDERS, REMOVALS, FlipResult, decision_flip,
+                                           delta_e, find_flips, gaussian_blur, perturbation_scores, removal_order,
+                                           removal_reference, shuffle_pool)
+from sanitas.evaluate.stats import holm, pairwise_wilcoxon, rank_biserial, summarize, wilcoxon_pair
+
+__all__ = ["HIGHER_IS_BETTER", "METRICS", "ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
+           "find_flips", "gaussian_blur", "perturbation_scores", "removal_order", "removal_reference", "shuffle_pool",
+           "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
+
+# Box plots live in sanitas.evaluate.plots (imported on demand: matplotlib is slow to import).

@@ -1,0 +1,753 @@
+"""The decision-flip perturbation metric of seed 002 (Grabska-Barwinska, section 4, Eqs. 17-20).
+
+For an image ``x`` and a saliency map ``s``, pixels are removed one at a time in the order of
+``s`` until the predicted class changes; the metric is the relative amount of signal removed,
+
+    e(x, s) = 1 - ||x_s||_2 / ||x||_2                                            (Eq. 17)
+
+where ``x_s`` is the image at the flip. Definitions used throughout this module:
+
+Pixels and the map
+    A *pixel* is a spatial position (i, j); removing it replaces all of its channels at once.
+    A map of shape ``(N, C', H, W)`` is reduced over channels to ``(N, H, W)`` by ``channel_reduce``
+    (default ``"sum"``: the signed sum over channels, as in seed 002 Eq. 5; ``"abs_sum"``,
+    ``"max"``, ``"mean"`` or a callable are the alternatives). ``(N, H, W)`` maps are used as given.
+    The map is used as is: pass ``abs(...)`` yourself if you want magnitudes.
+
+Order and ties
+    ``order="-s"`` removes the least salient pixel first (ascending ``s``); ``order="+s"`` the
+    most salient first (descending ``s``). The sort is stable: pixels with equal saliency are
+    removed in raster order (row-major index ``i * W + j``, smallest first) in *both* orders.
+    So a constant map removes pixels top-left to bottom-right whichever order is asked for.
+
+Levels
+    Level ``k`` (``0 <= k <= P = H * W``) is the image with the first ``k`` pixels of the ordering
+    removed; level 0 is ``x`` itself and level ``P`` is the fully removed image (the reference).
+    Level ``k`` *flips* when ``argmax f(x_k) != argmax f(x)`` (``torch.argmax``: the first of
+    tied maxima). The flip level is ``k* >= 1`` and ``x_s = x_{k*}`` includes the pixel whose
+    removal changed the decision.
+
+Removal operators (what a removed pixel becomes)
+    ``"zero"``: 0 in every channel. ``"mean"``: the image's own per-channel mean over all pixels
+    (computed on the unperturbed image). ``"blur"``: the pixel of a Gaussian-blurred copy of the
+    unperturbed image (separable kernel, standard deviation ``blur_sigma`` pixels, default
+    ``min(H, W) / 14``, i.e. 2 px on 28x28 and 16 px on 224x224; kernel radius ``ceil(3 sigma)``
+    clipped to ``size - 1`` per axis, weights renormalised, mirror ("reflect") padding; see
+    :func:`gaussian_blur`). A float (a constant) or a tensor broadcastable to ``x`` (a user's
+    reference image) are also accepted.
+
+No flip
+    If no level flips, the image keeps its class even with every pixel removed. Then
+    ``flipped`` is False, ``level == P`` and, with ``no_flip="max"`` (default), ``x_s`` is the
+    fully removed image, so ``e = 1 - ||reference|| / ||x||`` (1 for zero removal): all signal can
+    go without changing the decision. ``no_flip="nan"`` returns NaN instead. Note that the fully
+    removed image does not depend on the map, so under a monotone decision "never flips" is a
+    property of the image, not of the map, and such images contribute ``delta e = 0``.
+
+Which flip the fast search finds (``search="multilevel"``, the default)
+    The search keeps, per (image, map), an interval ``(lo, hi]`` with level ``lo`` known not to
+    flip (``lo = 0`` at the start) and level ``hi`` known to flip. Each round evaluates, in batched
+    forward passes, ``levels_per_round`` levels evenly spaced strictly inside the interval (all
+    of them once the interval holds no more than that), and moves ``hi`` to the *first* of them
+    that flips and ``lo`` to the evaluated level just before it. The first round runs on
+    ``(0, P]``, with level ``P`` evaluated once per image and shared by every map and order.
+    It stops when ``hi = lo + 1`` and returns ``k* = hi``. Hence, always:
+
+    * ``k*`` flips and ``k* - 1`` does not (a real transition, exact at pixel resolution);
+    * no level the search evaluated below ``k*`` flips;
+    * ``k*`` equals the first flip along the ordering (what a one-pixel-per-forward scan finds)
+      whenever the decision is monotone in the number of removed pixels (once flipped, flipped
+      for every larger level), and more generally whenever the first run of consecutive flipped
+      levels contains a level of the first round's grid (for instance whenever that run is at
+      least ``ceil(P / (levels_per_round + 1))`` levels long). If the decision is non-monotone and
+      the first flipped run is shorter and falls between grid levels, the search returns the start
+      of a later flipped run instead.
+
+    ``search="scan"`` always returns the first flip along the ordering: it evaluates levels
+    ``1..B``, ``B+1..2B``, ... (``B = levels_per_round`` consecutive levels per image per round,
+    default 64, batched across images) and stops an image at its first flipped level;
+    ``levels_per_round=1`` is the one-pixel-per-forward reference scan. It costs about ``k*``
+    model evaluations per image against about ``levels_per_round * ceil(log_{levels_per_round+1} P)``
+    for the multilevel search (about 32 for P = 784 at the default 15).
+    The no-flip verdict of the multilevel search means "neither level ``P`` nor any evaluated
+    level flips", which for a monotone decision is the same as the scan's.
+
+    Real networks are often non-monotone. On the trained paper CNN with 256 Fashion-MNIST test
+    images, gradient maps and zero removal, the decision flips back after the first flip for at
+    least 44% of the images (often after a run of 1-4 pixels), and the multilevel search (default
+    settings) returned the scan's first flip for 77% of the images with either order (mean
+    ``|e_multilevel - e_scan|`` 0.017, median 0, max 0.6; ``benchmarks/perturbation.py``).
+    ``FlipResult.nonmonotone`` flags the images where the search
+    saw the decision flip back. Use ``search="scan"`` when the first flip itself is needed, and the
+    multilevel search (a genuine, pixel-exact flip, usually the first) for speed on large images.
+
+    "Exact" is modulo floating point: a network may return logits that differ in the last bits
+    when the same image is evaluated inside a different batch, which matters only for near-ties
+    between the two top classes.
+
+The model is never modified: it runs under ``torch.no_grad()`` in eval mode and every module's
+training flag is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sanitas.errors import ConfigError, InputError, ModelError
+from sanitas.utils.progress import progress
+from sanitas.utils.seed import make_generator
+
+__all__ = ["ORDERS", "REMOVALS", "SEARCHES", "METRICS", "HIGHER_IS_BETTER", "FlipResult", "decision_flip",
+           "find_flips", "delta_e", "perturbation_scores", "shuffle_pool", "removal_reference", "gaussian_blur",
+           "reduce_map", "removal_order", "perturb"]
+
+ORDERS = ("-s", "+s")
+REMOVALS = ("zero", "mean", "blur")
+SEARCHES = ("multilevel", "scan")
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max", "mean")
+#: levels evaluated per image per round when ``levels_per_round=None``
+DEFAULT_LEVELS_PER_ROUND = {"multilevel": 15, "scan": 64}
+
+#: metric name -> description (seed 002 Eqs. 17-20 and supplement F).
+METRICS = {
+    "e_minus": "e(x, -s): signal removed, least salient first, until the decision flips (Eq. 19)",
+    "e_plus": "e(x, +s): signal removed, most salient first, until the decision flips",
+    "e_delta": "e_minus - e_plus (supplement F.1)",
+    "e_minus_xi": "mean over shuffled maps xi of e(x, -xi) (supplement F.2, e^xi_-)",
+    "e_plus_xi": "mean over shuffled maps xi of e(x, +xi) (e^xi_+)",
+    "e_delta_xi": "e_minus_xi - e_plus_xi (e^xi_delta)",
+    "delta_e_minus": "e_minus - e_minus_xi (Eq. 20)",
+    "delta_e_plus": "e_plus - e_plus_xi (Eq. 18 with +s)",
+    "delta_e_delta": "delta_e_minus - delta_e_plus (supplement F.1, the paper's recommended metric)",
+}
+
+#: Whether a larger value means a better saliency map (None: a diagnostic of the method's
+#: artefacts, not a quality score; seed 002 plots e_plus with a reversed axis for this reason).
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "e_minus": True, "e_plus": False, "e_delta": True,
+    "e_minus_xi": None, "e_plus_xi": None, "e_delta_xi": None,
+    "delta_e_minus": True, "delta_e_plus": False, "delta_e_delta": True,
+}
+
+
+
+@dataclass
+class FlipResult:
+    """Per-(image, map) outcome of the decision-flip search.
+
+    ``e``: the metric (Eq. 17); ``level``: pixels removed in ``x_s`` (``P`` when no flip);
+    ``flipped``: whether a flip was found; ``original_class`` / ``flip_class``: ``argmax f`` at
+    level 0 and at ``x_s``; ``nonmonotone``: the levels the search evaluated show the decision
+    flipping back (a flipped level below an unflipped one), so the decision is certainly
+    non-monotone for that image and the multilevel search may not have returned the first flip
+    (False proves nothing); ``n_pixels``: ``P = H * W``; ``n_evaluated``: perturbed images sent
+    through the model (the shared forward passes on ``x`` and on the fully removed images
+    counted once).
+    """
+
+    e: torch.Tensor
+    level: torch.Tensor
+    flipped: torch.Tensor
+    original_class: torch.Tensor
+    flip_class: torch.Tensor
+    nonmonotone: torch.Tensor
+    n_pixels: int
+    n_evaluated: int
+    order: str
+    removal: str
+    search: str
+    config: dict = field(default_factory=dict)
+
+    @property
+    def fraction_removed(self) -> torch.Tensor:
+        return self.level.double() / self.n_pixels
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"image": np.arange(len(self.e)), "e": self.e.double().numpy(),
+                             "level": self.level.numpy(), "flipped": self.flipped.numpy(),
+                             "original_class": self.original_class.numpy(),
+                             "flip_class": self.flip_class.numpy(), "nonmonotone": self.nonmonotone.numpy()})
+
+
+# --------------------------------------------------------------------------------------------
+# validation and building blocks
+
+
+def _check_images(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"images must be a torch.Tensor shaped (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(f"images must be shaped (N, C, H, W), got shape {tuple(x.shape)}; "
+                         "add a batch dimension with x.unsqueeze(0) for a single image")
+    if x.shape[0] == 0:
+        raise InputError("empty batch: the images tensor has N = 0 images; pass at least one image")
+    if not x.is_floating_point():
+        raise InputError(f"images must be floating point, got {x.dtype}; convert with x.float()")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise InputError(f"images contain {int(bad.sum())} NaN or infinite values (first in image {first})")
+    return x
+
+
+def reduce_map(maps: torch.Tensor, channel_reduce: str | Callable = "sum") -> torch.Tensor:
+    """Reduce ``(N, C, H, W)`` maps to one saliency value per pixel, ``(N, H, W)``.
+
+    ``"sum"`` (default): signed sum over channels; ``"abs_sum"``: sum of absolute values;
+    ``"max"``: maximum over channels; ``"mean"``: mean (same ordering as ``"sum"``); or a callable
+    ``(N, C, H, W) -> (N, H, W)``. ``(N, H, W)`` maps are returned unchanged.
+    """
+    if maps.dim() == 3:
+        return maps
+    if callable(channel_reduce):
+        out = channel_reduce(maps)
+        if not isinstance(out, torch.Tensor) or out.shape != (maps.shape[0], *maps.shape[2:]):
+            raise ConfigError(f"channel_reduce callable must map (N, C, H, W) to (N, H, W) = "
+                              f"{(maps.shape[0], *maps.shape[2:])}, got "
+                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return out
+    if channel_reduce == "sum":
+        return maps.sum(1)
+    if channel_reduce == "abs_sum":
+        return maps.abs().sum(1)
+    if channel_reduce == "max":
+        return maps.amax(1)
+    if channel_reduce == "mean":
+        return maps.mean(1)
+    raise ConfigError(f"unknown channel_reduce {channel_reduce!r}: use one of {CHANNEL_REDUCTIONS} or a callable")
+
+
+def _check_maps(maps, x: torch.Tensor, channel_reduce, what: str = "maps") -> torch.Tensor:
+    """Validated ``(N, H, W)`` float64 saliency on x's device."""
+    if not isinstance(maps, torch.Tensor):
+        raise InputError(f"{what} must be a torch.Tensor shaped (N, C, H, W) or (N, H, W), got {type(maps).__name__}")
+    n, c, h, w = x.shape
+    if maps.dim() not in (3, 4):
+        raise InputError(f"{what} must be shaped (N, C, H, W) or (N, H, W) like the images {tuple(x.shape)}, "
+                         f"got shape {tuple(maps.shape)}")
+    if maps.shape[0] != n or tuple(maps.shape[-2:]) != (h, w):
+        raise InputError(f"{what} shape {tuple(maps.shape)} does not match the images {tuple(x.shape)}: need "
+                         f"{n} maps of spatial size {h}x{w} (upsample lower-resolution maps to the image size first)")
+    if maps.dim() == 4 and maps.shape[1] not in (1, c):
+        raise InputError(f"{what} have {maps.shape[1]} channels but the images have {c}; pass maps with {c} "
+                         "channels, one channel, or shaped (N, H, W)")
+    if maps.is_complex() or maps.dtype == torch.bool:
+        raise InputError(f"{what} must be real numbers, got {maps.dtype}")
+    maps = maps.detach().to(device=x.device, dtype=torch.float64)
+    bad = ~torch.isfinite(maps)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise InputError(f"{what} contain {int(bad.sum())} NaN or infinite values (first in map {first}); "
+                         "fix the attribution method or replace them, e.g. torch.nan_to_num(maps)")
+    s = reduce_map(maps, channel_reduce)
+    if not torch.isfinite(s).all():
+        raise InputError(f"{what} become non-finite after channel reduction {channel_reduce!r}")
+    return s
+
+
+def _check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ConfigError(f"unknown order {order!r}: use '-s' (least salient first) or '+s' (most salient first)")
+    return order
+
+
+def removal_order(s: torch.Tensor, order: str = "-s") -> torch.Tensor:
+    """Pixel ranks ``(N, H*W)`` (int64): ``rank[n, p]`` is the step at which pixel ``p`` is removed.
+
+    Stable: equal saliency is removed in raster order in both orders (see the module docstring).
+    """
+    _check_order(order)
+    flat = s.flatten(1)
+    key = flat if order == "-s" else -flat
+    perm = torch.sort(key, dim=1, stable=True).indices
+    ranks = torch.empty_like(perm)
+    ranks.scatter_(1, perm, torch.arange(flat.shape[1], device=flat.device).expand_as(perm))
+    return ranks
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)`` images, channel by channel.
+
+    Kernel ``exp(-t^2 / (2 sigma^2))`` for ``|t| <= ceil(3 sigma)`` (clipped to ``size - 1`` per
+    axis), normalised to sum 1; borders are mirrored without repeating the edge pixel
+    (``torch`` "reflect" padding, scipy's "mirror" mode).
+    """
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ConfigError(f"blur_sigma must be a positive number of pixels, got {sigma!r}")
+    n, c, h, w = x.shape
+    out = x
+    for axis, size in ((3, w), (2, h)):
+        radius = min(int(math.ceil(3 * sigma)), size - 1)
+        if radius <= 0:
+            continue
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+        k = k / k.sum()
+        if axis == 3:
+            out = F.pad(out, (radius, radius, 0, 0), mode="reflect")
+            out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        else:
+            out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+            out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out
+
+
+def _removal_name(removal) -> str:
+    if isinstance(removal, str):
+        return removal
+    if isinstance(removal, torch.Tensor):
+        return "tensor"
+    return f"constant({float(removal)})"
+
+
+def removal_reference(x: torch.Tensor, removal="zero", blur_sigma: float | None = None) -> torch.Tensor:
+    """What each pixel becomes when removed: a tensor broadcastable to ``x`` (see module docstring)."""
+    if isinstance(removal, str):
+        if removal == "zero":
+            return torch.zeros((1, 1, 1, 1), dtype=x.dtype, device=x.device)
+        if removal == "mean":
+            return x.mean(dim=(2, 3), keepdim=True)
+        if removal == "blur":
+            sigma = min(x.shape[2], x.shape[3]) / 14.0 if blur_sigma is None else float(blur_sigma)
+            return gaussian_blur(x, sigma)
+        raise ConfigError(f"unknown removal {removal!r}: use one of {REMOVALS}, a number, or a reference tensor")
+    if isinstance(removal, torch.Tensor):
+        try:
+            torch.broadcast_shapes(removal.shape, x.shape)
+        except RuntimeError as exc:
+            raise InputError(f"removal reference of shape {tuple(removal.shape)} does not broadcast to the images "
+                             f"{tuple(x.shape)}") from exc
+        ref = removal.detach().to(device=x.device, dtype=x.dtype)
+        if not torch.isfinite(ref).all():
+            raise InputError("removal reference tensor contains NaN or infinite values")
+        while ref.dim() < 4:
+            ref = ref.unsqueeze(0)
+        return ref
+    if isinstance(removal, (int, float)) and not isinstance(removal, bool) and math.isfinite(removal):
+        return torch.full((1, 1, 1, 1), float(removal), dtype=x.dtype, device=x.device)
+    raise ConfigError(f"removal must be one of {REMOVALS}, a finite number or a tensor, got {removal!r}")
+
+
+def perturb(x: torch.Tensor, ref: torch.Tensor, ranks: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Images at the given levels: ``x`` with pixels of rank ``< level`` replaced by ``ref``.
+
+    ``x``: ``(B, C, H, W)``; ``ref``: broadcastable to it; ``ranks``: ``(B, H*W)``; ``level``: ``(B,)``.
+    """
+    b, c, h, w = x.shape
+    mask = (ranks < level.view(-1, 1).to(ranks.dtype)).view(b, 1, h, w)
+    return torch.where(mask, ref, x)
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+class _EvalMode:
+    """Eval mode for the duration of a block; every module's own training flag restored after."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# the engine: shared forward passes, multilevel search and reference scan
+
+
+class _FlipEngine:
+    """Runs flip searches for many jobs against one batch of images.
+
+    A job is a pair (image index, row of the rank table): the row is the removal ordering of one
+    map, so a map borrowed as noise xi by several images is sorted once. The forward passes on
+    ``x`` (original classes) and on the fully removed images (level ``P``) are done once here and
+    shared by every job, map, order and shuffle.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, batch_size: int, quiet):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model, self.x, self.batch_size, self.quiet = model, x, batch_size, quiet
+        n, _, h, w = x.shape
+        self.P = h * w
+        self.ref_full = ref.expand_as(x)
+        self.n_evaluated = 0
+        self.norm_x = x.flatten(1).double().norm(dim=1)
+        zero = (self.norm_x == 0).nonzero().flatten()
+        if len(zero):
+            raise InputError(f"image {int(zero[0])} is all zeros: e(x, s) = 1 - ||x_s|| / ||x|| is undefined for "
+                             "||x|| = 0; drop such images")
+        self.original = self._classes(x)
+        self.full_flip = self._classes(self.ref_full) != self.original
+        self.ranks = torch.empty((0, self.P), dtype=torch.int32, device=x.device)
+
+    def _classes(self, imgs: torch.Tensor, count: bool = True) -> torch.Tensor:
+        out = []
+        for i in range(0, len(imgs), self.batch_size):
+            logits = self.model(imgs[i:i + self.batch_size])
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ModelError(f"the model must return logits shaped (batch, classes) with at least 2 classes, "
+                                 f"got {shape}")
+            out.append(logits.argmax(1))
+        if count:
+            self.n_evaluated += len(imgs)
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=imgs.device)
+
+    def _images(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return perturb(self.x[img], self.ref_full[img], self.ranks[row], level)
+
+    def _flips(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor, desc: str = "") -> torch.Tensor:
+        """Whether each (image, ordering, level) triple flips; level P is answered from the cache."""
+        res = torch.zeros(len(img), dtype=torch.bool, device=self.x.device)
+        full = level >= self.P
+        res[full] = self.full_flip[img[full]]
+        todo = (~full).nonzero().flatten()
+        chunks = range(0, len(todo), self.batch_size)
+        for i in progress(chunks, desc=desc, quiet=self.quiet) if len(chunks) > 4 else chunks:
+            sel = todo[i:i + self.batch_size]
+            res[sel] = self._classes(self._images(img[sel], row[sel], level[sel])) != self.original[img[sel]]
+        return res
+
+    def search(self, img: torch.Tensor, row: torch.Tensor, levels_per_round: int):
+        """Multilevel search (see module docstring). Returns (level, flipped, nonmonotone) per job."""
+        dev, P, L = self.x.device, self.P, levels_per_round
+        J = len(img)
+        lo = torch.zeros(J, dtype=torch.long, device=dev)
+        hi = torch.full((J,), P, dtype=torch.long, device=dev)
+        hi_flip = self.full_flip[img].clone()
+        result = torch.full((J,), P, dtype=torch.long, device=dev)
+        flipped = torch.zeros(J, dtype=torch.bool, device=dev)
+        nonmono = torch.zeros(J, dtype=torch.bool, device=dev)
+        active = torch.ones(J, dtype=torch.bool, device=dev)
+        steps = torch.arange(1, L + 1, device=dev)
+        rnd = 0
+        while True:
+            # an interval of width 1 is resolved: hi is the flip, or nothing flips
+            done = active & (hi - lo == 1)
+            result[done & hi_flip] = hi[done & hi_flip]
+            flipped[done] = hi_flip[done]
+            active &= ~done
+            a = active.nonzero().flatten()
+            if len(a) == 0:
+                break
+            lo_a, hi_a = lo[a], hi[a]
+            gap = (hi_a - lo_a).view(-1, 1)
+            interior = gap - 1
+            cand = torch.where(interior <= L, lo_a.view(-1, 1) + steps, lo_a.view(-1, 1) + (steps * gap) // (L + 1))
+            valid = steps.view(1, -1) <= interior
+            r, col = valid.nonzero(as_tuple=True)
+            fl = torch.zeros_like(valid)
+            fl[r, col] = self._flips(img[a[r]], row[a[r]], cand[r, col], desc=f"decision flip, round {rnd + 1}")
+            any_f = fl.any(1)
+            first = fl.int().argmax(1)
+            n_valid = valid.sum(1)
+            # evidence of a non-monotone decision: an evaluated level above a flip that does not flip
+            back = (valid & ~fl & (steps.view(1, -1) > (first + 1).view(-1, 1))).any(1) & any_f
+            back |= any_f & ~hi_flip[a]
+            nonmono[a[back]] = True
+            # flipped somewhere: (lo, hi] <- (evaluated level before the first flip, first flip)
+            rows = any_f.nonzero().flatten()
+            f = first[rows]
+            lo[a[rows]] = torch.where(f > 0, cand[rows, (f - 1).clamp(min=0)], lo_a[rows])
+            hi[a[rows]] = cand[rows, f]
+            hi_flip[a[rows]] = True
+            # nothing flipped among the candidates: lo <- last candidate (hi unchanged) ...
+            rows = (~any_f).nonzero().flatten()
+            lo[a[rows]] = cand[rows, n_valid[rows] - 1]
+            # ... and if hi does not flip either (only level P, in the first round): no flip found
+            never = a[rows][~hi_flip[a[rows]]]
+            active[never] = False
+            rnd += 1
+        return result, flipped, nonmono
+
+    def scan(self, img: torch.Tensor, row: torch.Tensor, block: int):
+        """Exact first flip: levels 1..B, B+1..2B, ... (B = ``block`` per job per round), stopping at
+        the first flip. ``block=1`` is the one-level-per-forward reference scan."""
+        dev, P = self.x.device, self.P
+        J = len(img)
+        result = torch.full((J,), P, dtype=torch.long, device=dev)
+        flipped = torch.zeros(J, dtype=torch.bool, device=dev)
+        nonmono = torch.zeros(J, dtype=torch.bool, device=dev)
+        active = torch.arange(J, device=dev)
+        offs = torch.arange(block, device=dev)
+        for start in range(1, P + 1, block):
+            if len(active) == 0:
+                break
+            width = min(block, P + 1 - start)
+            lev = (start + offs[:width]).repeat(len(active))
+            job = active.repeat_interleave(width)
+            fl = self._flips(img[job], row[job], lev, desc=f"decision flip scan, levels {start}+").view(-1, width)
+            any_f = fl.any(1)
+            first = fl.int().argmax(1)
+            back = any_f & (~fl & (offs[:width].view(1, -1) > first.view(-1, 1))).any(1)
+            hit = active[any_f]
+            result[hit] = start + first[any_f]
+            flipped[hit] = True
+            nonmono[active[back]] = True
+            active = active[~any_f]
+        return result, flipped, nonmono
+
+    def run(self, img: torch.Tensor, row: torch.Tensor, search: str, levels_per_round: int):
+        if search == "scan":
+            return self.scan(img, row, levels_per_round)
+        return self.search(img, row, levels_per_round)
+
+    def outcome(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor, flipped: torch.Tensor,
+                no_flip: str, with_class: bool = False):
+        """e (float64) per job from the images at the flip; optionally the class there.
+
+        The class at ``x_s`` needs one more forward pass per flipped job; it is not counted in
+        ``n_evaluated`` (the search already knew it differs from the original class).
+        """
+        e = torch.empty(len(img), dtype=torch.float64, device=self.x.device)
+        cls = self.original[img].clone()
+        for i in range(0, len(img), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            xs = self._images(img[sl], row[sl], level[sl])
+            e[sl] = 1.0 - xs.flatten(1).double().norm(dim=1) / self.norm_x[img[sl]]
+            if with_class:
+                fl = flipped[sl]
+                if fl.any():
+                    cls[sl][fl] = self._classes(xs[fl], count=False)
+        if no_flip == "nan":
+            e[~flipped] = float("nan")
+        return e, cls
+
+
+def _rank_table(ranks: torch.Tensor) -> torch.Tensor:
+    return ranks.to(torch.int32) if ranks.shape[1] < 2 ** 31 else ranks
+
+
+def _check_common(search: str, levels_per_round: int | None, no_flip: str) -> int:
+    """Validate the shared options; returns the effective levels_per_round."""
+    if search not in SEARCHES:
+        raise ConfigError(f"unknown search {search!r}: use 'multilevel' (fast) or 'scan' (exact first flip)")
+    if no_flip not in ("max", "nan"):
+        raise ConfigError(f"unknown no_flip {no_flip!r}: use 'max' (e at full removal) or 'nan'")
+    if levels_per_round is None:
+        return DEFAULT_LEVELS_PER_ROUND[search]
+    if not isinstance(levels_per_round, int) or isinstance(levels_per_round, bool) or levels_per_round < 1:
+        raise ConfigError(f"levels_per_round must be a positive integer, got {levels_per_round!r}")
+    return levels_per_round
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def find_flips(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", removal="zero", *,
+               batch_size: int = 256, levels_per_round: int | None = None, search: str = "multilevel",
+               channel_reduce: str | Callable = "sum", blur_sigma: float | None = None, no_flip: str = "max",
+               device=None, quiet: bool | None = None) -> FlipResult:
+    """Decision-flip search for each image and its map; returns a :class:`FlipResult`.
+
+    ``x``: ``(N, C, H, W)`` float images; ``maps``: ``(N, C', H, W)`` (``C'`` = ``C`` or 1) or
+    ``(N, H, W)``; ``order``: ``"-s"`` | ``"+s"``; ``removal``: ``"zero"`` | ``"mean"`` | ``"blur"``
+    | number | tensor. ``batch_size``: images per forward pass. ``search``: ``"multilevel"`` (fast;
+    a pixel-exact flip, the first one when the decision is monotone) or ``"scan"`` (always the
+    first flip). ``levels_per_round``: removal levels evaluated per image per round (default 15
+    for the multilevel search, 64 consecutive levels for the scan; 1 with the scan is the
+    one-pixel-per-forward reference). Semantics (flip, ties, no flip, which flip each search
+    finds) are in the module docstring.
+    """
+    _check_order(order)
+    levels_per_round = _check_common(search, levels_per_round, no_flip)
+    dev = _device_of(model, device)
+    x = _check_images(x).detach().to(dev)
+    s = _check_maps(maps, x, channel_reduce)
+    with torch.no_grad(), _EvalMode(model):
+        ref = removal_reference(x, removal, blur_sigma)
+        engine = _FlipEngine(model, x, ref, batch_size, quiet)
+        engine.ranks = _rank_table(removal_order(s, order))
+        img = torch.arange(len(x), device=dev)
+        level, flipped, nonmono = engine.run(img, img, search, levels_per_round)
+        n_eval = engine.n_evaluated
+        e, flip_class = engine.outcome(img, img, level, flipped, no_flip, with_class=True)
+    return FlipResult(e=e.cpu(), level=level.cpu(), flipped=flipped.cpu(), original_class=engine.original.cpu(),
+                      flip_class=flip_class.cpu(), nonmonotone=nonmono.cpu(), n_pixels=engine.P,
+                      n_evaluated=n_eval, order=order, removal=_removal_name(removal), search=search,
+                      config={"levels_per_round": levels_per_round, "batch_size": batch_size,
+                              "channel_reduce": channel_reduce if isinstance(channel_reduce, str) else "callable",
+                              "blur_sigma": blur_sigma, "no_flip": no_flip})
+
+
+def decision_flip(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", removal="zero",
+                  **kwargs) -> torch.Tensor:
+    """``e(x, s)`` (seed 002 Eq. 17) per image, float64 ``Tensor[N]``; see :func:`find_flips`."""
+    return find_flips(model, x, maps, order, removal, **kwargs).e
+
+
+def shuffle_pool(n: int, n_shuffles: int, seed: int = 0) -> torch.Tensor:
+    """Which other image's map serves as each noise map xi: a LongTensor ``(n, n_shuffles)``.
+
+    Row ``i`` holds ``n_shuffles`` *distinct* indices, none equal to ``i``. Each column is a
+    permutation of the images (every map of the pool is used exactly once per column), so the xi
+    have exactly the marginal statistics of the maps. Construction: a random order of the images
+    and ``n_shuffles`` distinct random offsets in ``1..n-1``; image at position ``p`` borrows the map
+    at position ``p + offset`` (mod n). Needs ``n >= 2`` and ``n_shuffles <= n - 1``.
+    """
+    if not isinstance(n_shuffles, int) or isinstance(n_shuffles, bool) or n_shuffles < 0:
+        raise ConfigError(f"n_shuffles must be a non-negative integer, got {n_shuffles!r}")
+    if n_shuffles == 0:
+        return torch.empty((n, 0), dtype=torch.long)
+    if n < 2:
+        raise InputError(f"the shuffled pool needs maps of at least 2 images (xi come from other images), got {n}")
+    if n_shuffles > n - 1:
+        raise ConfigError(f"n_shuffles={n_shuffles} but each of the {n} images has only {n - 1} other images' maps; "
+                          f"use n_shuffles <= {n - 1} or evaluate more images")
+    g = make_generator(seed)
+    pos = torch.randperm(n, generator=g)
+    offsets = torch.randperm(n - 1, generator=g)[:n_shuffles] + 1
+    xi = torch.empty((n, n_shuffles), dtype=torch.long)
+    p = torch.arange(n)
+    for r, o in enumerate(offsets.tolist()):
+        xi[pos, r] = pos[(p + o) % n]
+    return xi
+
+
+def _as_method_dict(maps) -> tuple[dict[str, torch.Tensor], bool]:
+    if isinstance(maps, Mapping):
+        if len(maps) == 0:
+            raise InputError("maps is an empty dict; pass {method_name: maps_tensor, ...}")
+        for k in maps:
+            if not isinstance(k, str):
+                raise InputError(f"method names must be strings, got {k!r}")
+        return dict(maps), True
+    return {"map": maps}, False
+
+
+def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: int = 10, seed: int = 0,
+                        orders: Sequence[str] = ORDERS, removal="zero", batch_size: int = 256,
+                        levels_per_round: int | None = None, search: str = "multilevel",
+                        channel_reduce: str | Callable = "sum", blur_sigma: float | None = None,
+                        no_flip: str = "max", device=None, quiet: bool | None = None) -> pd.DataFrame:
+    """e_-, e_+, e_delta, their shuffled-noise baselines and delta versions, as a tidy DataFrame.
+
+    ``maps``: one tensor (maps of one method) or a dict ``{method: maps}``. For every image,
+    ``n_shuffles`` noise maps xi are taken from the *same method's* maps of *other* images
+    (:func:`shuffle_pool`; the same pairing for every method, so methods stay paired per image).
+
+    Rows: one per (method, image, metric); columns ``method`` (only for a dict), ``image``
+    (index in ``x``), ``metric``, ``value``. Metrics (seed 002 Eqs. 17-20, supplement F):
+    ``e_minus`` = e(x, -s), ``e_plus`` = e(x, +s), ``e_delta`` = e_minus - e_plus; ``*_xi`` the mean
+    over xi of the same with xi as the map; ``delta_e_minus`` = e_minus - e_minus_xi (Eq. 20),
+    ``delta_e_plus`` = e_plus - e_plus_xi, ``delta_e_delta`` = delta_e_minus - delta_e_plus. Higher
+    is better for e_minus, e_delta, delta_e_minus, delta_e_delta; lower for e_plus, delta_e_plus
+    (:data:`HIGHER_IS_BETTER`). Metrics of an order not in ``orders`` are left out.
+
+    All (method, order, map-or-xi, image) searches run together, so each forward pass is shared:
+    the original and fully removed images are evaluated once per image, and the rank table is
+    computed once per (method, order, map) and reused by every image that borrows it as xi
+    (memory: 4 bytes x methods x orders x N x H x W). ``df.attrs["sanitas"]`` records the config,
+    the xi pairing (``xi_index``), the forward count (``n_evaluated``) and the fraction of searches
+    that saw the decision flip back (``nonmonotone_fraction``).
+    """
+    orders = tuple(orders)
+    if len(orders) == 0 or len(set(orders)) != len(orders):
+        raise ConfigError(f"orders must be a non-empty subset of {ORDERS} without repeats, got {orders!r}")
+    for o in orders:
+        _check_order(o)
+    levels_per_round = _check_common(search, levels_per_round, no_flip)
+    method_maps, named = _as_method_dict(maps)
+    dev = _device_of(model, device)
+    x = _check_images(x).detach().to(dev)
+    n = len(x)
+    sal = {m: _check_maps(v, x, channel_reduce, what=f"maps of method {m!r}" if named else "maps")
+           for m, v in method_maps.items()}
+    xi = shuffle_pool(n, n_shuffles, seed).to(dev)
+    R = xi.shape[1]
+
+    # One search for everything. Rank table rows: (method, order, source map), n rows per block.
+    # Jobs: (image, row); for image i: its own map's row, then the rows of its R xi maps.
+    blocks = [(m, o) for m in sal for o in orders]
+    img_own = torch.arange(n, device=dev)
+    img_blk = torch.cat([img_own, img_own.repeat_interleave(R)])
+    src_blk = torch.cat([img_own, xi.flatten()])
+    with torch.no_grad(), _EvalMode(model):
+        ref = removal_reference(x, removal, blur_sigma)
+        engine = _FlipEngine(model, x, ref, batch_size, quiet)
+        engine.ranks = _rank_table(torch.cat([removal_order(sal[m], o) for m, o in blocks]))
+        img = img_blk.repeat(len(blocks))
+        row = torch.cat([src_blk + b * n for b in range(len(blocks))])
+        level, flipped, nonmono = engine.run(img, row, search, levels_per_round)
+        e_all, _ = engine.outcome(img, row, level, flipped, no_flip)
+    per_block = len(img_blk)
+    values = {blk: (e_all[b * per_block:b * per_block + n], e_all[b * per_block + n:(b + 1) * per_block].view(n, R))
+              for b, blk in enumerate(blocks)}
+
+    rows = []
+    for m in sal:
+        metric_vals: dict[str, torch.Tensor] = {}
+        for o, name in (("-s", "minus"), ("+s", "plus")):
+            if (m, o) not in values:
+                continue
+            e_s, e_xi = values[(m, o)]
+            metric_vals[f"e_{name}"] = e_s
+            if R:
+                metric_vals[f"e_{name}_xi"] = e_xi.mean(1)
+                metric_vals[f"delta_e_{name}"] = e_s - e_xi.mean(1)
+        if "e_minus" in metric_vals and "e_plus" in metric_vals:
+            metric_vals["e_delta"] = metric_vals["e_minus"] - metric_vals["e_plus"]
+            if R:
+                metric_vals["e_delta_xi"] = metric_vals["e_minus_xi"] - metric_vals["e_plus_xi"]
+                metric_vals["delta_e_delta"] = metric_vals["delta_e_minus"] - metric_vals["delta_e_plus"]
+        for metric in METRICS:
+            if metric not in metric_vals:
+                continue
+            frame = pd.DataFrame({"image": np.arange(n), "metric": metric,
+                                  "value": metric_vals[metric].cpu().numpy()})
+            if named:
+                frame.insert(0, "method", m)
+            rows.append(frame)
+    df = pd.concat(rows, ignore_index=True)
+    df.attrs["sanitas"] = {
+        "metric": "decision_flip", "orders": list(orders), "removal": _removal_name(removal),
+        "n_shuffles": R, "seed": seed, "search": search, "levels_per_round": levels_per_round,
+        "channel_reduce": channel_reduce if isinstance(channel_reduce, str) else "callable",
+        "blur_sigma": blur_sigma, "no_flip": no_flip, "n_evaluated": engine.n_evaluated,
+        "nonmonotone_fraction": float(nonmono.double().mean()),
+        "xi_index": xi.cpu().tolist(), "original_class": engine.original.cpu().tolist(),
+    }
+    return df
+
+
+def delta_e(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", *, n_shuffles: int = 10,
+            seed: int = 0, **kwargs) -> torch.Tensor:
+    """delta e = e(x, s) - mean_xi e(x, xi) per image (seed 002 Eq. 18/20), float64 ``Tensor[N]``.
+
+    The xi are maps of the same method for other images (:func:`shuffle_pool`). Keyword arguments
+    as for :func:`perturbation_scores`.
+    """
+    _check_order(order)
+    if isinstance(maps, Mapping):
+        raise InputError("delta_e takes the maps of one method as a tensor; use perturbation_scores for a dict")
+    if n_shuffles < 1:
+        raise ConfigError("delta_e needs n_shuffles >= 1 (the noise maps it compares against)")
+    df = perturbation_scores(model, x, maps, n_shuffles=n_shuffles, seed=seed, orders=(order,), **kwargs)
+    name = "delta_e_minus" if order == "-s" else "delta_e_plus"
+    vals = df[df.metric == name].sort_values("image")["value"].to_numpy()
+    return torch.from_numpy(vals.copy())
