@@ -39,31 +39,28 @@ Moments = tuple[torch.Tensor, torch.Tensor]
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def _pdf(z: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-
-
 def relu_moments(mean: torch.Tensor, var: torch.Tensor) -> Moments:
     """Mean and variance of ``max(X, 0)`` for ``X ~ N(mean, var)``.
 
     With ``s = sqrt(var)``, ``z = mean / s``, ``Phi``/``phi`` the standard normal cdf/pdf and
-    ``Q = 1 - Phi`` (computed as ``Phi(-z)``, accurate in both tails)::
+    ``Q = 1 - Phi``::
 
         E[relu X]   = mean * Phi(z) + s * phi(z)
         Var[relu X] = var * (Phi(z) + (z Q(z) - phi(z)) * (z Phi(z) + phi(z)))
 
     The variance is ``E[relu(X)^2] - E[relu X]^2`` with ``E[relu(X)^2] = (mean^2 + var) Phi +
-    mean s phi``, rearranged so that no large terms cancel. ``var == 0`` gives ``relu(mean), 0``.
+    mean s phi``, rearranged so that no large terms cancel (it is ``max_moments`` with ``X2 = 0``).
+    ``var == 0`` gives ``relu(mean), 0`` exactly.
     """
+    s = torch.sqrt(var)
+    z = mean / s                     # +-inf or nan where var == 0; replaced below
+    cdf = torch.special.ndtr(z)
+    pdf = torch.exp(-0.5 * z * z).mul_(_INV_SQRT_2PI)
+    m = torch.addcmul(s * pdf, mean, cdf)
+    zcdf = z * cdf
+    v = (z - zcdf).sub_(pdf).mul_(zcdf.add_(pdf)).add_(cdf).mul_(var)   # var (Phi + (zQ - phi)(zPhi + phi))
     pos = var > 0
-    s = torch.sqrt(torch.where(pos, var, torch.ones_like(var)))
-    z = mean / s
-    cdf, sf, pdf = torch.special.ndtr(z), torch.special.ndtr(-z), _pdf(z)
-    m = mean * cdf + s * pdf
-    v = var * (cdf + (z * sf - pdf) * (z * cdf + pdf))
-    m = torch.where(pos, m, torch.relu(mean))
-    v = torch.where(pos, v.clamp_min(0), torch.zeros_like(var))
-    return m, v
+    return torch.where(pos, m, torch.relu(mean)), torch.where(pos, v.clamp_min_(0), torch.zeros_like(v))
 
 
 def max_moments(m1: torch.Tensor, v1: torch.Tensor, m2: torch.Tensor, v2: torch.Tensor) -> Moments:
@@ -79,20 +76,27 @@ def max_moments(m1: torch.Tensor, v1: torch.Tensor, m2: torch.Tensor, v2: torch.
     ``theta == 0`` gives the deterministic max; a mean of ``-inf`` (max-pool padding) loses.
     """
     lost1, lost2 = torch.isneginf(m1), torch.isneginf(m2)
-    a1 = torch.where(lost1, torch.zeros_like(m1), m1)
-    a2 = torch.where(lost2, torch.zeros_like(m2), m2)
-    t2 = v1 + v2
-    pos = t2 > 0
-    theta = torch.sqrt(torch.where(pos, t2, torch.ones_like(t2)))
-    a = (a1 - a2) / theta
-    cdf, sf, pdf = torch.special.ndtr(a), torch.special.ndtr(-a), _pdf(a)
-    m = a1 * cdf + a2 * sf + theta * pdf
-    v = v1 * cdf + v2 * sf + t2 * (a * sf - pdf) * (a * cdf + pdf)
-    m = torch.where(pos, m, torch.maximum(a1, a2))
-    v = torch.where(pos, v.clamp_min(0), torch.zeros_like(v))
+    if not (bool(lost1.any()) or bool(lost2.any())):
+        return _max_finite(m1, v1, m2, v2)
+    m, v = _max_finite(m1.masked_fill(lost1, 0.0), v1, m2.masked_fill(lost2, 0.0), v2)
     m = torch.where(lost2, m1, torch.where(lost1, m2, m))
     v = torch.where(lost2, v1, torch.where(lost1, v2, v))
     return m, v
+
+
+def _max_finite(m1, v1, m2, v2) -> Moments:
+    t2 = v1 + v2
+    theta = torch.sqrt(t2)
+    a = (m1 - m2).div_(theta)        # +-inf or nan where theta == 0; replaced below
+    cdf = torch.special.ndtr(a)
+    sf = 1.0 - cdf
+    pdf = torch.exp(-0.5 * a * a).mul_(_INV_SQRT_2PI)
+    m = torch.addcmul(torch.addcmul(theta * pdf, m1, cdf), m2, sf)
+    acdf = a * cdf
+    v = (a * sf).sub_(pdf).mul_(acdf.add_(pdf)).mul_(t2)
+    v = v.addcmul_(v1, cdf).addcmul_(v2, sf)
+    pos = t2 > 0
+    return torch.where(pos, m, torch.maximum(m1, m2)), torch.where(pos, v.clamp_min_(0), torch.zeros_like(v))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,22 +189,26 @@ class ProbMaxPool2d(ProbLayer):
 
     def forward(self, mean, var):
         mod = self.module
-        lead, (h, w) = mean.shape[:-2], mean.shape[-2:]
+        h, w = mean.shape[-2:]
         oh, ow = F.max_pool2d(mean.new_zeros(1, 1, h, w), self.k, self.s, self.p, self.d, mod.ceil_mode).shape[-2:]
         # pad so that every window (ceil_mode included) lies inside; padded means are -inf
         ext = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip((oh, ow), self.s, self.d, self.k)]
         extra = [max(0, e - n - 2 * p) for e, n, p in zip(ext, (h, w), self.p)]
         pads = (self.p[1], self.p[1] + extra[1], self.p[0], self.p[0] + extra[0])
-        m4, v4 = mean.reshape(-1, 1, h, w), var.reshape(-1, 1, h, w)
         if any(pads):
-            m4 = F.pad(m4, pads, value=float("-inf"))
-            v4 = F.pad(v4, pads, value=0.0)
-        mu = F.unfold(m4, self.k, self.d, 0, self.s)  # (B, kh*kw, oh*ow)
-        vu = F.unfold(v4, self.k, self.d, 0, self.s)
-        m, v = mu[:, 0], vu[:, 0]
-        for j in range(1, mu.shape[1]):
-            m, v = max_moments(m, v, mu[:, j], vu[:, j])
-        return m.reshape(*lead, oh, ow), v.reshape(*lead, oh, ow)
+            mean = F.pad(mean, pads, value=float("-inf"))
+            var = F.pad(var, pads, value=0.0)
+        m = v = None
+        for p in range(self.k[0]):
+            for q in range(self.k[1]):
+                r0, c0 = p * self.d[0], q * self.d[1]
+                win = (..., slice(r0, r0 + (oh - 1) * self.s[0] + 1, self.s[0]),
+                       slice(c0, c0 + (ow - 1) * self.s[1] + 1, self.s[1]))
+                if m is None:
+                    m, v = mean[win], var[win]
+                else:
+                    m, v = (max_moments if any(pads) else _max_finite)(m, v, mean[win], var[win])
+        return m.contiguous(), v.contiguous()
 
     def deterministic(self, x):
         mod = self.module
