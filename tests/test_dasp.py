@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError, ModelError, UnsupportedLayerError
@@ -243,13 +243,8 @@ def test_forward_reshape_outside_modules_is_traced():
     (nn.Sequential(nn.LSTM(4, 4)), "'0'", "LSTM"),
 ])
 def test_unsupported_layer_is_named(bad, path, kind):
-    with pytest.raises(UnsupportedLayerError, match=rf"{re_escape(path)} \({kind}\)"):
+    with pytest.raises(UnsupportedLayerError, match=rf"{re.escape(path)} \({kind}\)"):
         to_probabilistic(bad)
-
-
-def re_escape(s):
-    import re
-    return re.escape(s)
 
 
 def test_subclasses_are_not_trusted():

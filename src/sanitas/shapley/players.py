@@ -61,7 +61,8 @@ def player_labels(shape: tuple[int, ...], feature_groups: GroupSpec = None,
             ph, pw = (feature_groups, feature_groups) if isinstance(feature_groups, int) else tuple(feature_groups)
             ph, pw = int(ph), int(pw)
         except (TypeError, ValueError):
-            raise ConfigError(f"feature_groups={feature_groups!r} is not a patch size: use an int or (ph, pw)") from None
+            raise ConfigError(f"feature_groups={feature_groups!r} is not a patch size: use an int or "
+                              "(ph, pw)") from None
         if isinstance(feature_groups, bool) or ph < 1 or pw < 1:
             raise ConfigError(f"patch size must be positive integers, got {feature_groups!r}")
     cols = -(-w // pw)
