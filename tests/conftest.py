@@ -56,6 +56,15 @@ def trained_cnn():
     return train("cnn", "fashion-mnist", epochs=1, train_size=12000, seed=0).model
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two threads make small ops 4-100x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

@@ -33,3 +33,26 @@ def test_errors_are_one_line_not_a_traceback():
     assert "Traceback" not in res.output
     res = CliRunner().invoke(main, ["train", "linear", "--dataset", "no-such-data"])
     assert res.exit_code == 1 and "unknown dataset" in res.output
+
+
+def test_methods_and_layers_commands():
+    r = CliRunner().invoke(main, ["methods"])
+    assert r.exit_code == 0 and "guided_backprop" in r.output and "competitive" in r.output
+    r = CliRunner().invoke(main, ["layers", "cnn", "--dataset", "digits"])
+    assert r.exit_code == 0, r.output
+    names = [line.split()[1] for line in r.output.splitlines()[2:] if line[:1].isdigit() and "parameters" not in line]
+    assert names == ["features.conv1", "features.conv2", "fc1", "output"]
+
+
+def test_randomize_command_writes_the_contract(tmp_path):
+    out = tmp_path / "run"
+    args = ["randomize", "linear", "--dataset", "digits", "--methods", "gradient,competitive(input_x_gradient)",
+            "--metrics", "spearman_abs,ssim", "--images", "8", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    for f in ["results.parquet", "results.csv", "meta.json", "report.html"]:
+        assert (out / f).exists(), f
+    assert list((out / "figures").glob("*.png"))
+    assert "competitive(input_x_gradient)" in r.output
+    r = CliRunner().invoke(main, args[:-3] + ["--methods", "gradiant", "--out", str(out)])
+    assert r.exit_code == 1 and "Did you mean" in r.output and "Traceback" not in r.output

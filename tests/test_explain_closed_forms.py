@@ -133,6 +133,8 @@ def test_all_class_matches_single_target_for_every_method():
         opts = {"samples": 3} if name in ("smoothgrad", "vargrad") else {}
         if name == "integrated_gradients":
             opts = {"steps": 8}
+        if name == "dasp":
+            opts = {"n_sizes": 2, "feature_groups": 7}
         one = explain(m, x, y, method=name, **opts)
         full = explain(m, x, "all", method=name, **opts)
         assert full.shape == (2, 10, 1, 28, 28), name

@@ -10,10 +10,11 @@
 from sanitas.evaluate.perturbation import (HIGHER_IS_BETTER, METRICS, ORDERS, REMOVALS, FlipResult, decision_flip,
                                            delta_e, find_flips, gaussian_blur, perturbation_scores, removal_order,
                                            removal_reference, shuffle_pool)
+from sanitas.evaluate.completeness import CompletenessFit, completeness
 from sanitas.evaluate.stats import holm, pairwise_wilcoxon, rank_biserial, summarize, wilcoxon_pair
 
 __all__ = ["HIGHER_IS_BETTER", "METRICS", "ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
            "find_flips", "gaussian_blur", "perturbation_scores", "removal_order", "removal_reference", "shuffle_pool",
-           "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
+           "CompletenessFit", "completeness", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
 
 # Box plots live in sanitas.evaluate.plots (imported on demand: matplotlib is slow to import).

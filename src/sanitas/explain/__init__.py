@@ -15,6 +15,7 @@ from sanitas.explain.gradients import Gradient, InputXGradient, IntegratedGradie
 from sanitas.explain.layers import Activity, Bias, FullGrad, layer_attributions, layer_decomposition
 from sanitas.explain.modified_backprop import Deconvnet, GuidedBackprop
 from sanitas.explain.registry import EXPLAINERS, explain, get_explainer, list_methods, register
+from sanitas.explain.shapley import DASP
 from sanitas.explain.relevance import DeepLift, LRPAlphaBeta, LRPEpsilon, LRPZPlus
 
 register(Gradient, aliases=("saliency", "vanilla_gradient"))
@@ -33,6 +34,7 @@ register(DeepLift)
 register(FullGrad, aliases=("full_grad",))
 register(Activity)
 register(Bias)
+register(DASP)
 register(Competitive, wrapper=True)
 register(Sobel)
 register(Canny)
@@ -42,4 +44,4 @@ __all__ = ["explain", "get_explainer", "list_methods", "register", "EXPLAINERS",
            "postprocess", "layer_attributions", "layer_decomposition", "Gradient", "InputXGradient",
            "IntegratedGradients", "SmoothGrad", "VarGrad", "GuidedBackprop", "Deconvnet", "GradCAM", "GuidedGradCAM",
            "LRPEpsilon", "LRPZPlus", "LRPAlphaBeta", "DeepLift", "FullGrad", "Activity", "Bias", "Sobel", "Canny",
-           "RandomMap", "Competitive", "competition_mask", "nonzero_fraction"]
+           "RandomMap", "DASP", "Competitive", "competition_mask", "nonzero_fraction"]

@@ -1,0 +1,59 @@
+"""Result of a sanity check: tidy table, summary with CIs and NaN counts, calibration, plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def summarize_table(table: pd.DataFrame, by=("method", "stage", "variant", "metric"), n_boot: int = 1000,
+                    seed: int = 0) -> pd.DataFrame:
+    """Mean, bootstrap 95% CI, number of images and NaN count per group (NaN never averaged in)."""
+    from sanitas.utils.stats import summarize
+
+    rows = []
+    for key, grp in table.groupby(list(by), sort=False):
+        s = summarize(grp["value"].to_numpy(dtype=float), n_boot=n_boot, seed=seed)
+        rows.append({**dict(zip(by, key)), "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "n": s["n"], "nan_count": s["nan_count"]})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class CheckResult:
+    """What a sanity check returns; ``table`` has one row per image x method x stage x metric."""
+
+    kind: str
+    table: pd.DataFrame
+    calibration: pd.DataFrame
+    meta: dict[str, Any]
+    maps: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    images: torch.Tensor | None = None
+    stages: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    def summary(self) -> pd.DataFrame:
+        return summarize_table(self.table)
+
+    def pivot(self, metric: str, stat: str = "mean") -> pd.DataFrame:
+        """Methods x stages table of one metric's mean (or ci_low, ci_high, nan_count)."""
+        s = self.summary()
+        s = s[s["metric"] == metric]
+        order = s.drop_duplicates("stage").sort_values("stage")["variant"].tolist()
+        p = s.pivot(index="method", columns="variant", values=stat)
+        return p[[c for c in order if c in p.columns]]
+
+    def __repr__(self) -> str:
+        n_img = self.table["image"].nunique() if len(self.table) else 0
+        return (f"CheckResult({self.kind}: {self.table['method'].nunique() if len(self.table) else 0} methods, "
+                f"{len(self.stages)} stages, {n_img} images, {len(self.table)} rows)")
+
+    def nan_report(self) -> pd.DataFrame:
+        t = self.table
+        bad = t[np.isnan(t["value"].to_numpy(dtype=float))]
+        return bad.groupby(["method", "metric"]).size().rename("nan_count").reset_index()

@@ -1,0 +1,184 @@
+"""The engine: every explanation computed once per (variant, method), scored by every similarity.
+
+A *variant* is a model derived from the reference one (a randomized stage, a model trained on
+permuted labels, another seed...). For each variant the engine computes each method's maps
+once, scores them against the reference maps with every metric, and appends tidy rows
+(one per image x method x variant x metric). Finished (variant, method) cells are written to
+``out_dir/cells/`` atomically as they complete; a re-run with the same config skips them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sanitas.errors import CacheError, ConfigError
+from sanitas.explain import Explainer
+from sanitas.explain import postprocess as pp
+from sanitas.utils.hashing import config_hash
+from sanitas.utils.io import atomic_write_bytes, atomic_write_json, read_json
+from sanitas.utils.progress import log, progress
+
+NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "none": None,
+    "maxabs": pp.normalize_maxabs,
+    "rms": pp.normalize_rms,
+}
+
+
+@dataclass
+class Variant:
+    """One model to compare with the reference: a name, an order index and extra info columns."""
+
+    name: str
+    index: int
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize_maps(maps: torch.Tensor, how: str | None) -> torch.Tensor:
+    how = how or "none"
+    if how not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {how!r}: use one of {sorted(NORMALIZATIONS)}")
+    fn = NORMALIZATIONS[how]
+    return maps if fn is None else fn(maps)
+
+
+class CellStore:
+    """Finished cells of a run on disk: ``cells/<variant-index>-<method>.pt`` (rows + shown maps)."""
+
+    def __init__(self, out_dir: str | Path | None, config: dict[str, Any], resume: bool = True):
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.key = config_hash(config)
+        self.config = config
+        if self.out_dir is None:
+            return
+        self.cells = self.out_dir / "cells"
+        self.cells.mkdir(parents=True, exist_ok=True)
+        marker = self.out_dir / "run.json"
+        if marker.exists():
+            try:
+                old = read_json(marker)
+            except (OSError, ValueError) as exc:
+                raise CacheError(f"{marker} is unreadable ({exc}); delete {self.out_dir} or choose another --out") from exc
+            if old.get("key") != self.key or not resume:
+                log(f"{self.out_dir}: config changed (or --no-resume), starting the run afresh")
+                for f in self.cells.glob("*.pt"):
+                    f.unlink()
+        atomic_write_json(marker, {"key": self.key, "config": config})
+
+    def _path(self, variant_index: int, method: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in method)
+        return self.cells / f"{variant_index:03d}-{safe}.pt"
+
+    def load(self, variant_index: int, method: str):
+        if self.out_dir is None:
+            return None
+        p = self._path(variant_index, method)
+        if not p.exists():
+            return None
+        try:
+            blob = torch.load(p, map_location="cpu", weights_only=False)
+            return pd.read_json(io.StringIO(blob["rows"]), orient="split"), blob["maps"], blob.get("extra", {})
+        except Exception:  # a truncated cell is recomputed, never trusted
+            p.unlink(missing_ok=True)
+            return None
+
+    def save(self, variant_index: int, method: str, rows: pd.DataFrame, maps: torch.Tensor, extra=None):
+        if self.out_dir is None:
+            return
+        buf = io.BytesIO()
+        torch.save({"rows": rows.to_json(orient="split"), "maps": maps.cpu(), "extra": extra or {}}, buf)
+        atomic_write_bytes(self._path(variant_index, method), buf.getvalue())
+
+
+def score(metrics: dict[str, Any], ref: torch.Tensor, maps: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: m(ref, maps, x=x).detach().cpu().double() for name, m in metrics.items()}
+
+
+def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
+        explainers: dict[str, Explainer], metrics: dict[str, Any],
+        target_for: Callable[[Variant], torch.Tensor | str],
+        store: CellStore, reference_target: torch.Tensor | str, normalize: str | None = None,
+        show: int = 8, quiet: bool | None = None, total: int | None = None,
+        extra_scores: Callable[[Variant, str, torch.Tensor, torch.Tensor], dict] | None = None):
+    """Run the engine. Returns ``(rows DataFrame, shown maps {(variant_index, method): maps}, timings)``."""
+    timings: dict[str, float] = {}
+    shown: dict[tuple[int, str], torch.Tensor] = {}
+    frames: list[pd.DataFrame] = []
+    ref_maps: dict[str, torch.Tensor] = {}
+
+    def ref(method: str) -> torch.Tensor:
+        if method not in ref_maps:
+            t = time.perf_counter()
+            ref_maps[method] = normalize_maps(explainers[method](reference, x, reference_target), normalize).detach()
+            timings[f"explain/{method}/reference"] = time.perf_counter() - t
+        return ref_maps[method]
+
+    for variant in progress(variants, desc="variants", total=total, quiet=quiet):
+        for method, explainer in explainers.items():
+            cached = store.load(variant.index, method)
+            if cached is not None:
+                rows, maps, _ = cached
+                frames.append(rows)
+                shown[(variant.index, method)] = maps
+                continue
+            t = time.perf_counter()
+            target = target_for(variant)
+            maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
+            timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
+            t = time.perf_counter()
+            values = score(metrics, ref(method), maps, x)
+            timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
+            n = x.shape[0]
+            tgt = target if isinstance(target, torch.Tensor) else torch.full((n,), -1)
+            parts = []
+            for metric, v in values.items():
+                parts.append(pd.DataFrame({
+                    "method": method, "variant": variant.name, "stage": variant.index, "metric": metric,
+                    "image": range(n), "value": v.numpy(), "target": tgt.cpu().numpy(),
+                    **{k: [val] * n for k, val in variant.info.items()}}))
+            if extra_scores is not None:
+                for metric, v in extra_scores(variant, method, ref(method), maps).items():
+                    parts.append(pd.DataFrame({
+                        "method": method, "variant": variant.name, "stage": variant.index, "metric": metric,
+                        "image": range(n), "value": torch.as_tensor(v).double().cpu().numpy(),
+                        "target": tgt.cpu().numpy(), **{k: [val] * n for k, val in variant.info.items()}}))
+            rows = pd.concat(parts, ignore_index=True)
+            keep = maps[:show].cpu()
+            store.save(variant.index, method, rows, keep)
+            frames.append(rows)
+            shown[(variant.index, method)] = keep
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return table, shown, timings
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+    import scipy
+
+    import sanitas
+
+    return {"sanitas": sanitas.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "scipy": scipy.__version__, "pandas": pd.__version__, "python": platform.python_version()}
+
+
+def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    atomic_write_bytes(out_dir / "results.parquet", buf.getvalue())
+    atomic_write_bytes(out_dir / "results.csv", table.to_csv(index=False).encode())
+    atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))

@@ -1,0 +1,105 @@
+"""One self-contained ``report.html`` per results directory (figures embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment
+
+from sanitas.utils.io import atomic_write_text
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:12px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}th{background:#f4f4f4;cursor:pointer}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
+.fig{display:inline-block;max-width:100%;vertical-align:top}.verdict-pass{color:#17693a;font-weight:600}
+.verdict-fail{color:#a3261b;font-weight:600}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
+</style></head><body>
+<h1>{{ title }}</h1>
+<p class="muted">{{ subtitle }}</p>
+{% for section in sections %}
+<section id="{{ section.id }}"><h2>{{ section.title }}</h2>
+{% if section.text %}<p>{{ section.text }}</p>{% endif %}
+{% for t in section.tables %}<div><p class="muted">{{ t.caption }}</p>{{ t.html | safe }}</div>{% endfor %}
+{% for f in section.figures %}<div class="fig"><img src="{{ f.src }}" alt="{{ f.alt }}" loading="lazy"></div>{% endfor %}
+{% if section.pre %}<pre>{{ section.pre }}</pre>{% endif %}
+</section>
+{% endfor %}
+<script>
+document.querySelectorAll("table.sortable th").forEach(function(th){th.addEventListener("click",function(){
+ var table=th.closest("table"),tbody=table.tBodies[0],i=Array.prototype.indexOf.call(th.parentNode.children,th);
+ var asc=th.dataset.asc!=="1";th.dataset.asc=asc?"1":"0";
+ var rows=Array.prototype.slice.call(tbody.rows);rows.sort(function(a,b){
+  var x=a.cells[i].innerText,y=b.cells[i].innerText,nx=parseFloat(x),ny=parseFloat(y);
+  var r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?r:-r;});
+ rows.forEach(function(r){tbody.appendChild(r);});});});
+</script>
+</body></html>
+"""
+
+
+def embed_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def table_html(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if v != v else float_format.format(v)
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render(path: str | Path, title: str, sections: list[dict], subtitle: str = "") -> Path:
+    env = Environment(autoescape=True)
+    text = env.from_string(TEMPLATE).render(title=title, subtitle=subtitle, sections=sections)
+    return atomic_write_text(path, text)
+
+
+def check_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
+    """The report of one check result: verdict-style pivots, calibration, figures, config, timings."""
+    out_dir = Path(out_dir)
+    summary = result.summary()
+    sections = []
+    metrics = list(dict.fromkeys(result.table["metric"]))
+    tables = []
+    for metric in metrics:
+        p = result.pivot(metric).reset_index()
+        tables.append({"caption": f"{metric}: mean over images per stage (columns in stage order)",
+                       "html": table_html(p)})
+    sections.append({"id": "summary", "title": "Summary", "tables": tables, "figures": [],
+                     "text": ("Similarity between each method's explanation on the original model and on each "
+                              "modified model. A method passes when its similarity falls to the calibration band "
+                              "(what random maps score) once the model's parameters are destroyed.")})
+    curves = [f for f in figures if f.name.startswith("curve-")]
+    sections.append({"id": "curves", "title": "Similarity across stages", "tables": [],
+                     "figures": [{"src": embed_png(f), "alt": f.stem} for f in curves]})
+    grids = [f for f in figures if f.name.startswith("maps-")]
+    sections.append({"id": "maps", "title": "Maps", "tables": [],
+                     "figures": [{"src": embed_png(f), "alt": f.stem} for f in grids],
+                     "text": "Rows: methods; columns: stages. The number under each map is the map's sum."})
+    if result.calibration is not None and len(result.calibration):
+        sections.append({"id": "calibration", "title": "Calibration", "figures": [],
+                         "tables": [{"caption": "similarity of random masks and the input-dominance null",
+                                     "html": table_html(result.calibration)}]})
+    sections.append({"id": "table", "title": "All summary rows", "figures": [],
+                     "tables": [{"caption": "mean, bootstrap 95% CI, n and NaN count per method, stage and metric",
+                                 "html": table_html(summary)}]})
+    sections.append({"id": "meta", "title": "Configuration, versions, timings", "tables": [], "figures": [],
+                     "pre": json.dumps(result.meta, indent=1, default=str)})
+    return render(out_dir / "report.html", f"sanitas: {result.kind.replace('_', ' ')}", sections,
+                  subtitle=f"{len(result.table)} rows; {result.table['image'].nunique()} images")

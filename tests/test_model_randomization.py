@@ -1,0 +1,98 @@
+"""The model randomization engine: tidy output, resume, targets, bad inputs, the papers' findings."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from sanitas.checks import model_randomization
+from sanitas.errors import ConfigError, InputError, ModelError, UnknownNameError
+from sanitas.models import build_model
+from sanitas.utils.hashing import model_fingerprint
+
+
+@pytest.fixture
+def small():
+    torch.manual_seed(0)
+    return build_model("cnn"), torch.rand(6, 1, 28, 28), torch.arange(6) % 10
+
+
+def test_tidy_table_and_contract_files(small, tmp_path):
+    m, x, y = small
+    before = model_fingerprint(m)
+    res = model_randomization(m, x, y, ["gradient", "guided_backprop"], ["spearman_abs", "ssim"], out=tmp_path)
+    assert model_fingerprint(m) == before
+    t = res.table
+    assert {"method", "variant", "stage", "metric", "image", "value"} <= set(t.columns)
+    # 5 stages (original + 4 layers) x 2 methods x 2 metrics x 6 images
+    assert len(t) == 5 * 2 * 2 * 6
+    assert res.stages == ["original", "output", "fc1", "features.conv2", "features.conv1"]
+    orig = t[t["stage"] == 0]
+    assert (orig["value"] - 1).abs().max() < 1e-9
+    for f in ["results.parquet", "results.csv", "meta.json"]:
+        assert (tmp_path / f).exists()
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == len(t)
+    s = res.summary()
+    assert {"mean", "ci_low", "ci_high", "nan_count"} <= set(s.columns)
+    assert set(res.calibration["baseline"]) >= {"input_x_uniform", "uniform_vs_uniform"}
+
+
+def test_resume_skips_finished_cells(small, tmp_path, monkeypatch):
+    m, x, y = small
+    first = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False)
+    calls = []
+    import sanitas.explain.gradients as g
+
+    orig = g.Gradient.attribute
+    monkeypatch.setattr(g.Gradient, "attribute", lambda self, *a: calls.append(1) or orig(self, *a))
+    again = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False)
+    assert calls == []  # every (stage, method) cell came from disk
+    pd.testing.assert_frame_equal(first.table.reset_index(drop=True), again.table.reset_index(drop=True),
+                                  check_dtype=False)
+    # a different config recomputes
+    model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False, seed=1)
+    assert calls
+
+
+def test_independent_mode_and_targets(small):
+    m, x, y = small
+    res = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode="independent", target="predicted",
+                              calibrate=False)
+    assert res.table["stage"].nunique() == 5
+    targets = res.table.groupby("stage")["target"].apply(lambda s: tuple(s)).tolist()
+    assert len(set(targets)) > 1  # each randomized model explains its own prediction
+    fixed = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], target="label", calibrate=False)
+    assert (fixed.table["target"].to_numpy() == y.repeat(5).numpy()).all() or \
+        set(fixed.table["target"]) <= set(y.tolist())
+
+
+def test_bad_inputs(small):
+    m, x, y = small
+    with pytest.raises(ModelError, match="no parameters"):
+        model_randomization(nn.Sequential(nn.Flatten()), x, y, ["gradient"], ["spearman_abs"])
+    with pytest.raises(UnknownNameError):
+        model_randomization(m, x, y, ["gradient"], ["spearman_abs"], blocks=["features.conv9"])
+    with pytest.raises(InputError):
+        model_randomization(m, torch.rand(6, 3, 32, 32), y, ["gradient"], ["spearman_abs"])
+    with pytest.raises(InputError, match="out of range"):
+        model_randomization(m, x, y + 10, ["gradient"], ["spearman_abs"])
+    with pytest.raises(InputError, match="NaN"):
+        model_randomization(m, x * float("nan"), y, ["gradient"], ["spearman_abs"])
+    with pytest.raises(ConfigError):
+        model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode="sideways")
+    with pytest.raises(UnknownNameError):
+        model_randomization(m, x, y, ["gradient"], ["spearman_abss"])
+
+
+def test_papers_findings_on_trained_cnn(trained_cnn, fmnist_test):
+    ds = fmnist_test.sample(24, seed=0)
+    res = model_randomization(trained_cnn, ds.x, ds.y, ["gradient", "guided_backprop", "input_x_gradient",
+                                                       "competitive(input_x_gradient)"],
+                              ["spearman_abs", "spearman"], calibrate=False)
+    ab = res.pivot("spearman_abs")
+    signed = res.pivot("spearman")
+    assert ab.loc["gradient", "output"] < 0.5          # gradient changes with the top layer
+    assert ab.loc["guided_backprop", "output"] > 0.8   # guided backprop does not
+    assert ab.loc["input_x_gradient", "features.conv1"] > 0.6  # x*grad keeps the input's structure ...
+    assert abs(signed.loc["input_x_gradient", "output"]) < 0.35  # ... but its signs decorrelate
+    assert ab.loc["competitive(input_x_gradient)", "output"] < 0.4  # competition removes the input
