@@ -96,3 +96,31 @@ def test_papers_findings_on_trained_cnn(trained_cnn, fmnist_test):
     assert ab.loc["input_x_gradient", "features.conv1"] > 0.6  # x*grad keeps the input's structure ...
     assert abs(signed.loc["input_x_gradient", "output"]) < 0.35  # ... but its signs decorrelate
     assert ab.loc["competitive(input_x_gradient)", "output"] < 0.4  # competition removes the input
+
+
+@pytest.mark.parametrize("mode", ["smooth", "efficient", "random_logit"])
+def test_follow_up_modes(small, mode):
+    m, x, y = small
+    res = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode=mode, calibrate=False,
+                              smooth_samples=3)
+    t = res.table
+    if mode == "smooth":
+        assert res.stages[1] == "features.conv1"  # bottom-up
+        assert t["stage"].nunique() == 5
+    elif mode == "efficient":
+        rise = t[(t["metric"] == "entropy_rise") & (t["stage"] == 1)]["value"]
+        assert len(rise) == 6 and rise.notna().all()
+        assert res.stages == ["original", "fully_randomized"]
+    else:
+        assert "ssim_max_sign" in set(t["metric"])
+        other = t[(t["stage"] == 1) & (t["metric"] == "spearman_abs")]["target"].to_numpy()
+        assert (other != y.numpy()).all()
+
+
+def test_histogram_entropy():
+    from sanitas.checks.model_randomization import histogram_entropy
+
+    flat = torch.ones(1, 1, 10, 10)
+    spread = torch.arange(100.0).view(1, 1, 10, 10)
+    assert histogram_entropy(flat)[0] == 0
+    assert abs(histogram_entropy(spread, bins=100)[0] - torch.log(torch.tensor(100.0))) < 1e-6

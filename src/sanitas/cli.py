@@ -151,7 +151,8 @@ def _blocks(blocks):
               "guided_gradcam", show_default=True, help="comma-separated method names (see `sanitas methods`)")
 @click.option("--metrics", default="spearman_abs,spearman,spearman_nz,ssim,hog", show_default=True,
               help="comma-separated similarity names")
-@click.option("--mode", type=click.Choice(["cascading", "independent"]), default="cascading", show_default=True)
+@click.option("--mode", type=click.Choice(["cascading", "independent", "smooth", "efficient", "random_logit"]),
+              default="cascading", show_default=True, help="smooth = sMPRT, efficient = eMPRT, random_logit = Sixt et al.")
 @click.option("--order", type=click.Choice(["top_down", "bottom_up"]), default="top_down", show_default=True,
               help="cascading direction")
 @click.option("--init", default="truncated_normal", show_default=True,

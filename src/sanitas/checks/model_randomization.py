@@ -20,7 +20,7 @@ from sanitas.errors import ConfigError, InputError
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
 
-MODES = ("cascading", "independent")
+MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
 TARGETS = ("label", "original", "predicted")
 
 
@@ -89,15 +89,47 @@ def target_policy(target: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return orig, predicted
 
 
+def histogram_entropy(maps: torch.Tensor, bins: int = 100) -> torch.Tensor:
+    """Shannon entropy (nats) of the histogram of each map's absolute values (eMPRT's complexity)."""
+    flat = maps.detach().abs().flatten(1).double().cpu()
+    out = torch.empty(flat.shape[0], dtype=torch.float64)
+    for i, v in enumerate(flat):
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            out[i] = 0.0
+            continue
+        h = torch.histc(v, bins=bins, min=lo, max=hi)
+        p = h[h > 0] / h.sum()
+        out[i] = float(-(p * p.log()).sum())
+    return out
+
+
+def _ssim_sign_invariant():
+    from sanitas.similarity import get_similarity
+
+    base = get_similarity("ssim")
+
+    def ssim_max_sign(a, b, x=None):
+        return torch.maximum(base(a, b, x=x), base(a, -b, x=x))
+
+    return ssim_max_sign
+
+
 def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
                         mode: str = "cascading", init: str = "truncated_normal", seed: int = 0,
                         target: str = "label", order: str | None = None, blocks=None, normalize: str | None = None,
                         out: str | Path | None = None, resume: bool = True, calibrate: bool = True,
-                        show: int = 8, quiet: bool | None = None, bn_stats: str | None = None) -> CheckResult:
+                        show: int = 8, quiet: bool | None = None, bn_stats: str | None = None,
+                        smooth_samples: int = 50, smooth_sigma: float = 0.1) -> CheckResult:
     """Run the model parameter randomization test and return a :class:`CheckResult`.
 
-    ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses)
-    or 'independent' (one layer at a time). ``init``: 'truncated_normal' (paper), 'uniform',
+    ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
+    'independent' (one layer at a time), 'smooth' (sMPRT: explanations averaged over
+    ``smooth_samples`` noisy copies, sigma ``smooth_sigma`` x range, bottom-up), 'efficient'
+    (eMPRT: original vs fully randomized, metric ``entropy_rise`` = (H(e_rand) - H(e)) / H(e) of
+    100-bin histograms, higher = more sensitive) or 'random_logit' (Sixt et al. 2020: the
+    explained class vs a random other class of the same model, metric ``ssim_max_sign`` =
+    max(SSIM(a, b), SSIM(a, -b))). ``init``: 'truncated_normal' (paper), 'uniform',
     'default', 'permute'. ``target``: 'label', 'original' or 'predicted' (see module docs).
     Each explanation is computed once per (stage, method) and scored by every metric; with
     ``out`` finished stages are stored and a re-run with the same config resumes.
@@ -113,18 +145,49 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     kw: dict[str, Any] = {"init": init, "seed": seed, "blocks": blocks}
     if bn_stats is not None:
         kw["bn_stats"] = bn_stats
-    if mode == "cascading":
-        kw["order"] = order or "top_down"
-        stages_iter = randomize.cascading(model, x[:1], **kw)
-    else:
-        stages_iter = randomize.independent(model, x[:1], **kw)
+    extra = None
     layers = randomize.discover_layers(model, x[:1])
     groups = randomize.group_layers(layers, blocks)
     total = len(groups) + 1
     ref_target, target_for = target_policy(target, model, x, y)
+    if mode in ("cascading", "smooth"):
+        # sMPRT (Hedstrom et al. 2023): every explanation averaged over noisy copies, bottom-up
+        kw["order"] = order or ("bottom_up" if mode == "smooth" else "top_down")
+        stages_iter = randomize.cascading(model, x[:1], **kw)
+        if mode == "smooth":
+            explainers = {f"{k}": get_explainer("smoothgrad", base=e, samples=smooth_samples, sigma=smooth_sigma,
+                                                seed=seed) for k, e in explainers.items()}
+    elif mode == "independent":
+        stages_iter = randomize.independent(model, x[:1], **kw)
+    elif mode == "efficient":
+        # eMPRT (Hedstrom et al. 2023): original vs fully randomized; score = relative entropy rise
+        full = randomize.randomize(model, x[:1], None, init=init, seed=seed,
+                                   **({"bn_stats": bn_stats} if bn_stats else {}))
+        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": model})(),
+                       type("S", (), {"name": "fully_randomized", "index": 1,
+                                      "randomized_layers": [l.name for l in layers], "model": full})()]
+        total = 2
+
+        def extra(variant, method, ref, maps):
+            h0, h1 = histogram_entropy(ref), histogram_entropy(maps)
+            return {"entropy_rise": (h1 - h0) / torch.where(h0 > 0, h0, torch.ones_like(h0))}
+    else:  # random_logit (Sixt et al. 2020): same model, a random other class
+        g = torch.Generator().manual_seed(seed)
+        from sanitas.explain._core import num_classes
+
+        k = num_classes(model, x)
+        other = (ref_target.cpu() + torch.randint(1, k, ref_target.shape, generator=g)) % k
+        other = other.to(x.device)
+        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": model})(),
+                       type("S", (), {"name": "random_logit", "index": 1, "randomized_layers": [], "model": model})()]
+        total = 2
+        sims = {**sims, "ssim_max_sign": _ssim_sign_invariant()}
+        base_for = target_for
+        target_for = lambda v: other if v.index == 1 else base_for(v)  # noqa: E731
     config = {"check": "model_randomization", "mode": mode, "init": init, "seed": seed, "target": target,
               "order": kw.get("order"), "blocks": blocks, "normalize": normalize, "bn_stats": bn_stats,
-              "methods": list(explainers), "metrics": list(sims), "n_images": int(x.shape[0]),
+              "methods": list(explainers), "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
+              "n_images": int(x.shape[0]),
               "images_digest": __import__("sanitas.utils.hashing", fromlist=["x"]).tensor_digest(x),
               "model": __import__("sanitas.utils.hashing", fromlist=["x"]).model_fingerprint(model)}
     store = engine.CellStore(out, config, resume=resume)
@@ -137,7 +200,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                                                                 "randomized": ",".join(st.randomized_layers)})
 
     table, shown, timings = engine.run(model, variants(), x, explainers, sims, target_for, store, ref_target,
-                                       normalize=normalize, show=show, quiet=quiet, total=total)
+                                       normalize=normalize, show=show, quiet=quiet, total=total,
+                                       extra_scores=extra)
     cal = None
     if calibrate:
         from sanitas.similarity.calibration import calibrate as run_cal
