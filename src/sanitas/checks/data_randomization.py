@@ -1,0 +1,161 @@
+"""Data randomization test (seed 000, section 4) and the input invariance test (Kindermans et al. 2017).
+
+Both compare explanations of the same images on two models through the engine:
+
+* ``data_randomization``: the model trained on the true labels vs the same architecture trained on
+  permuted labels, with an optional *model-seed ceiling*: a second true-label model trained with
+  another seed. A method passes only when true-vs-permuted similarity is clearly below the ceiling
+  (the bootstrap CIs do not overlap).
+* ``input_invariance``: a second model that computes exactly the same logits on ``x + c`` as the
+  first on ``x`` (the first layer's bias absorbs the shift); explanations of ``x`` on the first and of
+  ``x + c`` on the second should be equal for an input-invariant method.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sanitas import engine
+from sanitas.checks.model_randomization import check_batch, resolve_methods, resolve_metrics
+from sanitas.checks.result import CheckResult, summarize_table
+from sanitas.errors import ModelError
+from sanitas.explain._core import eval_mode, logits_of
+from sanitas.utils.hashing import model_fingerprint, tensor_digest
+
+
+def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, inputs=None, out=None,
+             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None):
+    x, y = check_batch(models[0][1], x, y)
+    explainers = resolve_methods(methods)
+    sims = resolve_metrics(metrics)
+    t0 = time.perf_counter()
+    config = {"check": kind, "methods": list(explainers), "metrics": list(sims), "images": tensor_digest(x),
+              "models": [(n, model_fingerprint(m)) for n, m in models], **(extra_config or {})}
+    store = engine.CellStore(out, config, resume=resume)
+    variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
+    inputs = inputs or {}
+    table_parts, shown, timings, refs = [], {}, {}, {}
+    for v in variants:  # the reference maps are computed once per method and reused for every variant
+        t, sh = _run_with_reference(models[0][1], v, x, inputs.get(v.index, x), explainers, sims, y, store, show,
+                                    refs)
+        table_parts.append(t)
+        shown.update(sh)
+    table = pd.concat(table_parts, ignore_index=True)
+    cal = None
+    if calibrate:
+        from sanitas.similarity.calibration import calibrate as run_cal
+
+        cal = run_cal(list(sims), x=x, seed=seed)
+    timings["total"] = time.perf_counter() - t0
+    meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+            "stages": [n for n, _ in models]}
+    res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models], Path(out) if out else None)
+    if out:
+        engine.write_outputs(Path(out), table, meta)
+    return res
+
+
+def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, store, show, refs):
+    """Score ``variant`` explained on ``x_var`` against ``reference`` explained on ``x_ref``."""
+    rows, shown = [], {}
+    for method, e in explainers.items():
+        cached = store.load(variant.index, method)
+        if cached is not None:
+            rows.append(cached[0])
+            shown[(variant.index, method)] = cached[1]
+            continue
+        if method not in refs:
+            refs[method] = e(reference, x_ref, y).detach()
+        ref = refs[method]
+        maps = ref if variant.index == 0 else e(variant.model, x_var, y).detach()
+        values = engine.score(sims, ref, maps, x_ref)
+        n = x_ref.shape[0]
+        part = pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
+                                        "metric": k, "image": range(n), "value": v.numpy(),
+                                        "target": y.cpu().numpy()}) for k, v in values.items()], ignore_index=True)
+        store.save(variant.index, method, part, maps[:show].cpu())
+        rows.append(part)
+        shown[(variant.index, method)] = maps[:show].cpu()
+    return pd.concat(rows, ignore_index=True), shown
+
+
+def data_randomization(model_true: nn.Module, model_random: nn.Module, x, y, methods,
+                       metrics=("spearman_abs", "spearman", "ssim"), ceiling_model: nn.Module | None = None,
+                       out=None, resume: bool = True, calibrate: bool = True, seed: int = 0,
+                       quiet=None) -> CheckResult:
+    """True-label model vs permuted-label model (and vs another seed: the ceiling) on the same images."""
+    models = [("true_labels", model_true), ("permuted_labels", model_random)]
+    if ceiling_model is not None:
+        models.append(("other_seed", ceiling_model))
+    return _compare("data_randomization", models, x, y, methods, metrics, out=out, resume=resume,
+                    calibrate=calibrate, seed=seed, quiet=quiet)
+
+
+def ceiling_verdicts(result: CheckResult) -> pd.DataFrame:
+    """Per method and metric: passes when the true-vs-permuted CI lies below the model-seed ceiling's CI."""
+    s = summarize_table(result.table)
+    perm = s[s["variant"] == "permuted_labels"].set_index(["method", "metric"])
+    ceil = s[s["variant"] == "other_seed"].set_index(["method", "metric"])
+    rows = []
+    for key, r in perm.iterrows():
+        c = ceil.loc[key] if key in ceil.index else None
+        passes = bool(c is not None and r["ci_high"] < c["ci_low"])
+        rows.append({"method": key[0], "metric": key[1], "permuted": r["mean"], "permuted_ci_high": r["ci_high"],
+                     "ceiling": None if c is None else c["mean"], "ceiling_ci_low": None if c is None else c["ci_low"],
+                     "passes": passes})
+    return pd.DataFrame(rows)
+
+
+class _ShiftCompensated(nn.Module):
+    """Wraps a model's first layer so that ``layer(x + c) - offset == layer(x)`` exactly (zero padding too)."""
+
+    def __init__(self, layer: nn.Module, offset: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("offset", offset)
+
+    def forward(self, x):
+        return self.layer(x) - self.offset
+
+
+def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
+    """A copy of ``model`` whose logits on ``x + shift`` equal the original's on ``x``.
+
+    The first parameterized layer (Conv2d or Linear) gets the compensation ``layer(c) - layer(0)``
+    subtracted, a constant (a bias; spatially varying where zero padding meets the border).
+    """
+    from sanitas.randomize import discover_layers
+
+    first = discover_layers(model, x[:1])[0]
+    twin = copy.deepcopy(model)
+    parent_name, _, attr = first.name.rpartition(".")
+    parent = twin.get_submodule(parent_name) if parent_name else twin
+    layer = getattr(parent, attr)
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise ModelError(f"input invariance needs a Conv2d or Linear first layer; {first.name} is {first.type}")
+    with torch.no_grad():
+        zero = torch.zeros_like(x[:1])
+        offset = (layer(zero + shift) - layer(zero))[0]
+    setattr(parent, attr, _ShiftCompensated(layer, offset))
+    return twin
+
+
+def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
+                     shift: float = 1.0, out=None, resume: bool = True, calibrate: bool = False, seed: int = 0,
+                     quiet=None) -> CheckResult:
+    """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin."""
+    x, y = check_batch(model, x, y)
+    twin = shifted_model(model, x, shift)
+    with eval_mode(model), eval_mode(twin), torch.no_grad():
+        gap = float((logits_of(model, x) - logits_of(twin, x + shift)).abs().max())
+    res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
+                   metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
+                   quiet=quiet, extra_config={"shift": shift})
+    res.meta["max_logit_difference"] = gap
+    return res

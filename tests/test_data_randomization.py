@@ -1,0 +1,55 @@
+"""Data randomization and input invariance: pipeline end to end on tiny models, and the expected pattern."""
+
+import torch
+from torch import nn
+
+from sanitas.checks import ceiling_verdicts, data_randomization, input_invariance, shifted_model
+from sanitas.models import build_model, permute_labels, train
+
+
+def test_permutation_is_a_seeded_true_permutation():
+    y = torch.arange(100) % 10
+    p = permute_labels(y, seed=3)
+    assert sorted(p.tolist()) == sorted(y.tolist()) and not torch.equal(p, y)
+    assert torch.equal(p, permute_labels(y, seed=3)) and not torch.equal(p, permute_labels(y, seed=4))
+
+
+def test_memorization_stops_at_target():
+    r = train("linear", "digits", labels="permuted", epochs=40, lr=0.05, target_accuracy=0.15)
+    m = r.metrics
+    assert m["memorized"] is True and m["train_accuracy"] >= 0.15 and m["epochs_run"] < 40
+
+
+def test_data_randomization_pipeline_and_ceiling(tmp_path):
+    true = train("linear", "digits", epochs=3).model
+    other = train("linear", "digits", epochs=3, seed=1).model
+    perm = train("linear", "digits", labels="permuted", epochs=3).model
+    from sanitas.data import load_dataset
+
+    ds = load_dataset("digits", "test", limit=32)
+    res = data_randomization(true, perm, ds.x, ds.y, ["gradient", "input_x_gradient"], ["spearman_abs", "ssim"],
+                             ceiling_model=true, out=tmp_path, calibrate=False)
+    assert set(res.table["variant"]) == {"true_labels", "permuted_labels", "other_seed"}
+    assert (tmp_path / "results.parquet").exists()
+    v = ceiling_verdicts(res)
+    g = v[(v["method"] == "gradient") & (v["metric"] == "spearman_abs")].iloc[0]
+    # with the true model itself as the ceiling (similarity 1), any real difference passes
+    assert abs(g["ceiling"] - 1) < 1e-9 and g["permuted"] < 0.999 and bool(g["passes"])
+    assert len(v) == 4 and v["passes"].dtype == bool
+    assert other is not None
+
+
+def test_input_invariance_pattern():
+    torch.manual_seed(0)
+    m = build_model("cnn")
+    x = torch.rand(8, 1, 28, 28)
+    twin = shifted_model(m, x, -1.0)
+    with torch.no_grad():
+        assert (m(x) - twin(x - 1.0)).abs().max() < 1e-4
+    res = input_invariance(m, x, torch.arange(8), ["gradient", "guided_backprop", "input_x_gradient"],
+                           ["spearman"], shift=-1.0)
+    p = res.pivot("spearman")
+    col = "shifted_by_-1"
+    assert p.loc["gradient", col] > 0.999 and p.loc["guided_backprop", col] > 0.999
+    assert p.loc["input_x_gradient", col] < 0.5  # x * grad flips sign with the shift
+    assert res.meta["max_logit_difference"] < 1e-4
