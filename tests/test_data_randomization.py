@@ -53,3 +53,14 @@ def test_input_invariance_pattern():
     assert p.loc["gradient", col] > 0.999 and p.loc["guided_backprop", col] > 0.999
     assert p.loc["input_x_gradient", col] < 0.5  # x * grad flips sign with the shift
     assert res.meta["max_logit_difference"] < 1e-4
+
+
+def test_input_invariance_with_shifted_baseline_restores_ig():
+    torch.manual_seed(1)
+    m = build_model("cnn")
+    x = torch.rand(6, 1, 28, 28)
+    res = input_invariance(m, x, torch.arange(6), ["integrated_gradients"], ["spearman"], shift=-1.0,
+                           shift_baselines=True)
+    assert res.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] > 0.999
+    plain = input_invariance(m, x, torch.arange(6), ["integrated_gradients"], ["spearman"], shift=-1.0)
+    assert plain.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] < 0.5

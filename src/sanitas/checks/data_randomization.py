@@ -30,7 +30,7 @@ from sanitas.utils.hashing import model_fingerprint, tensor_digest
 
 
 def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, inputs=None, out=None,
-             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None):
+             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None, adapt=None):
     x, y = check_batch(models[0][1], x, y)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
@@ -43,7 +43,7 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
     table_parts, shown, timings, refs = [], {}, {}, {}
     for v in variants:  # the reference maps are computed once per method and reused for every variant
         t, sh = _run_with_reference(models[0][1], v, x, inputs.get(v.index, x), explainers, sims, y, store, show,
-                                    refs)
+                                    refs, adapt)
         table_parts.append(t)
         shown.update(sh)
     table = pd.concat(table_parts, ignore_index=True)
@@ -61,7 +61,7 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
     return res
 
 
-def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, store, show, refs):
+def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, store, show, refs, adapt=None):
     """Score ``variant`` explained on ``x_var`` against ``reference`` explained on ``x_ref``."""
     rows, shown = [], {}
     for method, e in explainers.items():
@@ -73,7 +73,8 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
         if method not in refs:
             refs[method] = e(reference, x_ref, y).detach()
         ref = refs[method]
-        maps = ref if variant.index == 0 else e(variant.model, x_var, y).detach()
+        ev = adapt(e) if (adapt is not None and variant.index > 0) else e
+        maps = ref if variant.index == 0 else ev(variant.model, x_var, y).detach()
         values = engine.score(sims, ref, maps, x_ref)
         n = x_ref.shape[0]
         part = pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
@@ -147,15 +148,32 @@ def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
 
 
 def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
-                     shift: float = 1.0, out=None, resume: bool = True, calibrate: bool = False, seed: int = 0,
-                     quiet=None) -> CheckResult:
-    """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin."""
+                     shift: float = 1.0, shift_baselines: bool = False, out=None, resume: bool = True,
+                     calibrate: bool = False, seed: int = 0, quiet=None) -> CheckResult:
+    """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin.
+
+    ``shift_baselines=True`` moves the baseline of baseline methods (IG, DeepLIFT) by the same shift
+    on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline.
+    """
     x, y = check_batch(model, x, y)
     twin = shifted_model(model, x, shift)
     with eval_mode(model), eval_mode(twin), torch.no_grad():
         gap = float((logits_of(model, x) - logits_of(twin, x + shift)).abs().max())
     res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
                    metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
-                   quiet=quiet, extra_config={"shift": shift})
+                   quiet=quiet, extra_config={"shift": shift, "shift_baselines": shift_baselines},
+                   adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)
     res.meta["max_logit_difference"] = gap
     return res
+
+
+def _shift_baseline(explainer, shift: float):
+    """The same method with its (constant) baseline moved by ``shift``; methods without one unchanged."""
+    if "baseline" not in getattr(explainer, "defaults", {}):
+        return explainer
+    base = explainer.baseline
+    if base is None or (isinstance(base, str) and base in ("zero", "zeros", "black")):
+        base = 0.0
+    if not isinstance(base, (int, float)):
+        raise ModelError(f"shift_baselines needs a constant baseline; {explainer!r} has {base!r}")
+    return type(explainer)(**{**explainer.options, "baseline": float(base) + shift})
