@@ -56,3 +56,15 @@ def test_randomize_command_writes_the_contract(tmp_path):
     assert "competitive(input_x_gradient)" in r.output
     r = CliRunner().invoke(main, args[:-3] + ["--methods", "gradiant", "--out", str(out)])
     assert r.exit_code == 1 and "Did you mean" in r.output and "Traceback" not in r.output
+
+
+def test_data_randomization_and_input_invariance_commands(tmp_path):
+    r = CliRunner().invoke(main, ["data-randomization", "linear", "--dataset", "digits", "--methods", "gradient",
+                                  "--metrics", "spearman_abs", "--images", "8", "--epochs", "2",
+                                  "--target-accuracy", "0.9", "--out", str(tmp_path / "dr"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "NOT reached" in r.output and "passes" in r.output and (tmp_path / "dr" / "report.html").exists()
+    r = CliRunner().invoke(main, ["input-invariance", "linear", "--dataset", "digits", "--methods",
+                                  "gradient,input_x_gradient", "--images", "8", "--out", str(tmp_path / "ii"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "largest logit difference" in r.output

@@ -185,5 +185,79 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
     click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
 
 
+@main.command("data-randomization")
+@click.argument("model")
+@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@click.option("--methods", default="gradient,smoothgrad,input_x_gradient,integrated_gradients,guided_backprop,"
+              "gradcam,competitive(input_x_gradient)", show_default=True)
+@click.option("--metrics", default="spearman_abs,spearman,ssim,hog", show_default=True)
+@click.option("--images", "-n", default=64, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train-size", default=None, type=int, help="training subset for the permuted-label model")
+@click.option("--target-accuracy", default=0.95, show_default=True, type=float,
+              help="stop permuted-label training at this training accuracy")
+@click.option("--epochs", default=100, show_default=True, type=int, help="epoch budget of permuted-label training")
+@click.option("--lr", default=None, type=float, help="learning rate of permuted-label training")
+@click.option("--no-ceiling", is_flag=True, help="skip the second true-label model (model-seed ceiling)")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True)
+def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train_size, target_accuracy, epochs, lr,
+                           no_ceiling, out, quiet):
+    """Data randomization test: explanations of MODEL trained on true vs on permuted labels."""
+    from sanitas.checks import ceiling_verdicts, data_randomization
+    from sanitas.data import load_dataset
+    from sanitas.models import train as train_model
+    from sanitas.report.figures import check_figures
+    from sanitas.report.html import check_report
+
+    true = train_model(model, dataset, seed=seed, quiet=quiet)
+    perm = train_model(model, dataset, "permuted", seed=seed, train_size=train_size, epochs=epochs, lr=lr,
+                       target_accuracy=target_accuracy, quiet=quiet)
+    pm = perm.metrics
+    click.echo(f"permuted-label {model}: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
+               f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
+               f"test accuracy {pm['test_accuracy']:.3f}")
+    ceiling = None if no_ceiling else train_model(model, dataset, seed=seed + 1, quiet=quiet).model
+    ds = load_dataset(dataset, "test")
+    ds = ds.sample(images, seed=seed) if images < len(ds) else ds
+    res = data_randomization(true.model, perm.model, ds.x, ds.y, _csv(methods), _csv(metrics), ceiling_model=ceiling,
+                             out=out, seed=seed, quiet=quiet)
+    res.meta["permuted_training"] = pm
+    figs = check_figures(res, out)
+    report = check_report(res, out, figs)
+    if ceiling is not None:
+        click.echo(ceiling_verdicts(res).round(3).to_string(index=False))
+    else:
+        click.echo(res.pivot(_csv(metrics)[0]).round(3).to_string())
+    click.echo(f"\nreport: {report}")
+
+
+@main.command("input-invariance")
+@click.argument("model")
+@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@click.option("--methods", default="gradient,guided_backprop,input_x_gradient,integrated_gradients,deeplift",
+              show_default=True)
+@click.option("--metrics", default="spearman,spearman_abs,ssim", show_default=True)
+@click.option("--shift", default=-1.0, show_default=True, type=float, help="constant added to every input")
+@click.option("--shift-baselines", is_flag=True, help="move IG/DeepLIFT baselines with the inputs")
+@click.option("--images", "-n", default=64, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True)
+def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baselines, images, seed, out, quiet):
+    """Input invariance (Kindermans et al.): are explanations unchanged by a compensated input shift?"""
+    from sanitas.checks import input_invariance
+    from sanitas.report.figures import check_figures
+    from sanitas.report.html import check_report
+
+    net, ds = _model_and_data(model, dataset, images, seed)
+    res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
+                           shift_baselines=shift_baselines, out=out)
+    click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
+    for metric in _csv(metrics):
+        click.echo(f"\n{metric}:\n" + res.pivot(metric).round(3).to_string())
+    click.echo(f"\nreport: {check_report(res, out, check_figures(res, out))}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

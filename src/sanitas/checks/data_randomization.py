@@ -140,9 +140,16 @@ def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
     layer = getattr(parent, attr)
     if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise ModelError(f"input invariance needs a Conv2d or Linear first layer; {first.name} is {first.type}")
-    with torch.no_grad():
-        zero = torch.zeros_like(x[:1])
-        offset = (layer(zero + shift) - layer(zero))[0]
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    try:
+        with eval_mode(twin), torch.no_grad():  # the first layer's own input for a zero and a shifted image
+            zero = torch.zeros_like(x[:1])
+            twin(zero)
+            twin(zero + shift)
+            offset = (layer(seen[1]) - layer(seen[0]))[0]
+    finally:
+        handle.remove()
     setattr(parent, attr, _ShiftCompensated(layer, offset))
     return twin
 
