@@ -103,6 +103,31 @@ def similarity_curves(summary: pd.DataFrame, metric: str, path: str | Path, cali
     return path
 
 
+def metric_bars(summary: pd.DataFrame, metric: str, path: str | Path, title: str | None = None) -> Path:
+    """Bars of a metric per method, one bar per compared model, with 95% bootstrap CIs (seed 000, fig. 6)."""
+    s = summary[(summary["metric"] == metric) & (summary["stage"] > 0)]
+    methods = list(dict.fromkeys(s["method"]))
+    variants = list(dict.fromkeys(s.sort_values("stage")["variant"]))
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(methods) + 1.5), 3.2))
+    for j, v in enumerate(variants):
+        g = s[s["variant"] == v].set_index("method").reindex(methods)
+        xs = np.arange(len(methods)) + (j - (len(variants) - 1) / 2) * width
+        err = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]])
+        ax.bar(xs, g["mean"], width, yerr=err, capsize=2, label=v)
+    ax.set_xticks(np.arange(len(methods)), [_short(m, 16) for m in methods], rotation=30, ha="right", fontsize=7)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel(f"{metric} vs reference")
+    ax.set_title(title or metric, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -> list[Path]:
     """All figures of a check result into ``out_dir/figures``."""
     fig_dir = Path(out_dir) / "figures"
@@ -114,6 +139,11 @@ def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -
                                   f"maps-image{i}-{style}.png", style=style, index=i,
                                   title=f"{result.kind}: image {i} ({style})"))
     summary = result.summary()
+    if result.kind != "model_randomization":  # two or three models: bars, not curves
+        for metric in dict.fromkeys(result.table["metric"]):
+            paths.append(metric_bars(summary, metric, fig_dir / f"curve-{metric}.png",
+                                     title=f"{result.kind}: {metric}"))
+        return paths
     for metric in dict.fromkeys(result.table["metric"]):
         paths.append(similarity_curves(summary, metric, fig_dir / f"curve-{metric}.png", result.calibration,
                                        title=f"{result.kind} ({result.meta['config'].get('mode', '')}): {metric}"))
