@@ -36,12 +36,10 @@ class CompletenessFit:
 
     def plot(self, path: str | Path) -> Path:
         """Scatter of sum-of-map vs logit with the fitted line (seed 001, figure 3)."""
-        import matplotlib
+        from sanitas.report.figures import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        fig = new_figure((3.6, 3.2))
+        ax = fig.subplots()
         ax.scatter(self.logits.ravel(), self.sums.ravel(), s=4, alpha=0.4)
         lo, hi = float(self.logits.min()), float(self.logits.max())
         xs = np.linspace(lo, hi, 10)
@@ -52,11 +50,7 @@ class CompletenessFit:
         ax.set_title(self.method, fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=110)
 
 
 def completeness(method, model: torch.nn.Module, x: torch.Tensor, **options) -> CompletenessFit:

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.errors import InputError
+from sanitas.report.figures import save_figure
 from sanitas.evaluate.perturbation import HIGHER_IS_BETTER
 from sanitas.evaluate.stats import pairwise_wilcoxon
 
@@ -104,9 +105,7 @@ def boxplot_scores(df: pd.DataFrame, metric: str, *, path: str | Path | None = N
         ax.set_title(title)
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        save_figure(fig, path)
     return fig
 
 
@@ -125,7 +124,5 @@ def boxplot_metrics(df: pd.DataFrame, metrics: Sequence[str] = ("delta_e_minus",
         _draw(fig.add_subplot(len(metrics), 1, i), df, metric, methods, reference, None, method_col, value, colors)
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        save_figure(fig, path)
     return fig

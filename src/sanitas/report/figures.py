@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from sanitas.explain import postprocess as pp  # noqa: E402
+from sanitas.explain import postprocess as pp
 
 STYLES = ("absolute", "diverging", "two_channel")
+
+
+def new_figure(figsize) -> Figure:
+    """A matplotlib figure that renders with Agg without pyplot (the user's backend is left alone)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Write ``fig`` as PNG to ``path``, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", **savefig_kwargs)
+    return path
 
 
 def _short(name: str, width: int = 14) -> str:
@@ -37,8 +50,8 @@ def map_grid(maps: dict[tuple[int, str], torch.Tensor], stages: list[str], metho
              title: str | None = None) -> Path:
     """Rows: methods; columns: the input, then each stage. The map's sum is written under each cell."""
     ncols = len(stages) + (1 if image is not None else 0)
-    fig, axes = plt.subplots(len(methods), ncols, figsize=(1.25 * ncols + 0.8, 1.35 * len(methods) + 0.6),
-                             squeeze=False)
+    fig = new_figure((1.25 * ncols + 0.8, 1.35 * len(methods) + 0.6))
+    axes = fig.subplots(len(methods), ncols, squeeze=False)
     for r, method in enumerate(methods):
         c0 = 0
         if image is not None:
@@ -63,18 +76,15 @@ def map_grid(maps: dict[tuple[int, str], torch.Tensor], stages: list[str], metho
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(pad=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def similarity_curves(summary: pd.DataFrame, metric: str, path: str | Path, calibration: pd.DataFrame | None = None,
                       title: str | None = None) -> Path:
     """Mean similarity (95% bootstrap CI) per stage for each method, with the calibration band."""
     s = summary[summary["metric"] == metric].sort_values("stage")
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * s["stage"].nunique() + 2.5), 3.2))
+    fig = new_figure((max(4.5, 0.45 * s["stage"].nunique() + 2.5), 3.2))
+    ax = fig.subplots()
     labels = s.drop_duplicates("stage")[["stage", "variant"]]
     for method, g in s.groupby("method", sort=False):
         ax.plot(g["stage"], g["mean"], marker="o", ms=3, label=method)
@@ -96,11 +106,7 @@ def similarity_curves(summary: pd.DataFrame, metric: str, path: str | Path, cali
     ax.legend(fontsize=6, loc="best", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def metric_bars(summary: pd.DataFrame, metric: str, path: str | Path, title: str | None = None) -> Path:
@@ -109,7 +115,8 @@ def metric_bars(summary: pd.DataFrame, metric: str, path: str | Path, title: str
     methods = list(dict.fromkeys(s["method"]))
     variants = list(dict.fromkeys(s.sort_values("stage")["variant"]))
     width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(methods) + 1.5), 3.2))
+    fig = new_figure((max(4.5, 0.9 * len(methods) + 1.5), 3.2))
+    ax = fig.subplots()
     for j, v in enumerate(variants):
         g = s[s["variant"] == v].set_index("method").reindex(methods)
         xs = np.arange(len(methods)) + (j - (len(variants) - 1) / 2) * width
@@ -121,11 +128,7 @@ def metric_bars(summary: pd.DataFrame, metric: str, path: str | Path, title: str
     ax.set_title(title or metric, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -> list[Path]:
