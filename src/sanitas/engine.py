@@ -101,6 +101,16 @@ class CellStore:
         atomic_write_bytes(self._path(variant_index, method), buf.getvalue())
 
 
+def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int) -> pd.DataFrame:
+    """One row per image and metric for one (variant, method) cell, with the variant's info columns."""
+    tgt = (target if isinstance(target, torch.Tensor) else torch.full((n,), -1)).cpu().numpy()
+    info = {k: [v] * n for k, v in variant.info.items()}
+    return pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
+                                    "metric": metric, "image": range(n),
+                                    "value": torch.as_tensor(v).double().cpu().numpy(), "target": tgt, **info})
+                      for metric, v in values.items()], ignore_index=True)
+
+
 def score(metrics: dict[str, Any], ref: torch.Tensor, maps: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: m(ref, maps, x=x).detach().cpu().double() for name, m in metrics.items()}
 
@@ -139,21 +149,9 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
             t = time.perf_counter()
             values = score(metrics, ref(method), maps, x)
             timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
-            n = x.shape[0]
-            tgt = target if isinstance(target, torch.Tensor) else torch.full((n,), -1)
-            parts = []
-            for metric, v in values.items():
-                parts.append(pd.DataFrame({
-                    "method": method, "variant": variant.name, "stage": variant.index, "metric": metric,
-                    "image": range(n), "value": v.numpy(), "target": tgt.cpu().numpy(),
-                    **{k: [val] * n for k, val in variant.info.items()}}))
             if extra_scores is not None:
-                for metric, v in extra_scores(variant, method, ref(method), maps).items():
-                    parts.append(pd.DataFrame({
-                        "method": method, "variant": variant.name, "stage": variant.index, "metric": metric,
-                        "image": range(n), "value": torch.as_tensor(v).double().cpu().numpy(),
-                        "target": tgt.cpu().numpy(), **{k: [val] * n for k, val in variant.info.items()}}))
-            rows = pd.concat(parts, ignore_index=True)
+                values.update(extra_scores(variant, method, ref(method), maps))
+            rows = tidy_rows(method, variant, values, target, x.shape[0])
             keep = maps[:show].cpu()
             store.save(variant.index, method, rows, keep)
             frames.append(rows)

@@ -75,11 +75,7 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
         ref = refs[method]
         ev = adapt(e) if (adapt is not None and variant.index > 0) else e
         maps = ref if variant.index == 0 else ev(variant.model, x_var, y).detach()
-        values = engine.score(sims, ref, maps, x_ref)
-        n = x_ref.shape[0]
-        part = pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
-                                        "metric": k, "image": range(n), "value": v.numpy(),
-                                        "target": y.cpu().numpy()}) for k, v in values.items()], ignore_index=True)
+        part = engine.tidy_rows(method, variant, engine.score(sims, ref, maps, x_ref), y, x_ref.shape[0])
         store.save(variant.index, method, part, maps[:show].cpu())
         rows.append(part)
         shown[(variant.index, method)] = maps[:show].cpu()

@@ -19,6 +19,7 @@ from sanitas.checks.result import CheckResult
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
+from sanitas.utils.hashing import model_fingerprint, tensor_digest
 
 MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
 TARGETS = ("label", "original", "predicted")
@@ -168,9 +169,11 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                                       "randomized_layers": [l.name for l in layers], "model": full})()]
         total = 2
 
-        def extra(variant, method, ref, maps):
+        def entropy_rise(variant, method, ref, maps):
             h0, h1 = histogram_entropy(ref), histogram_entropy(maps)
             return {"entropy_rise": (h1 - h0) / torch.where(h0 > 0, h0, torch.ones_like(h0))}
+
+        extra = entropy_rise
     else:  # random_logit (Sixt et al. 2020): same model, a random other class
         g = torch.Generator().manual_seed(seed)
         from sanitas.explain._core import num_classes
@@ -188,8 +191,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
               "order": kw.get("order"), "blocks": blocks, "normalize": normalize, "bn_stats": bn_stats,
               "methods": list(explainers), "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
               "n_images": int(x.shape[0]),
-              "images_digest": __import__("sanitas.utils.hashing", fromlist=["x"]).tensor_digest(x),
-              "model": __import__("sanitas.utils.hashing", fromlist=["x"]).model_fingerprint(model)}
+              "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
     store = engine.CellStore(out, config, resume=resume)
     stage_names: list[str] = []
 
