@@ -83,6 +83,25 @@ class Explainer:
         raise NotImplementedError
 
 
+class WrapperExplainer(Explainer):
+    """A method that wraps another one: option ``base`` (a name, Explainer or callable) built with
+    ``base_options``; ``repr`` reads ``name(inner, options)``, e.g. ``smoothgrad(guided_backprop)``."""
+
+    def validate(self):
+        from sanitas.explain.registry import get_explainer
+
+        self.inner = get_explainer(self.base, **(self.base_options or {}))
+
+    def __repr__(self):
+        extra = {k: v for k, v in self.options.items() if k not in ("base", "base_options")}
+        opts = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        return f"{self.name}({self.inner!r}{', ' + opts if opts else ''})"
+
+    @property
+    def uses_model(self):  # type: ignore[override]
+        return self.inner.uses_model
+
+
 class CallableExplainer(Explainer):
     """Wraps a user's ``f(model, x, target)`` (Quantus' ``explain_func`` contract) or a Captum object."""
 

@@ -27,23 +27,24 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
 def capture(model: nn.Module, x: torch.Tensor, layers: list[str] | None, kinds: tuple = (nn.Conv2d,)):
     """Forward ``x`` and keep the outputs of the named layers (or of every module of ``kinds``).
 
-    Returns ``(logits, [(name, output), ...])`` in forward order; outputs stay in the graph.
+    Returns ``(logits, [(name, module, output), ...])`` in forward order (a module called twice
+    counts at its first call); outputs stay in the graph.
     """
     named = dict(model.named_modules())
     wanted = {n: find_module(model, n) for n in layers} if layers else {n: m for n, m in named.items() if isinstance(m, kinds)}
-    seen: list[tuple[str, torch.Tensor]] = []
+    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
     handles = []
     for n, m in wanted.items():
         def hook(mod, inputs, output, _n=n):
-            if isinstance(output, torch.Tensor) and not any(s == _n for s, _ in seen):
-                seen.append((_n, output))
+            if isinstance(output, torch.Tensor) and all(s != _n for s, _, _ in seen):
+                seen.append((_n, mod, output))
         handles.append(m.register_forward_hook(hook))
     try:
         out = logits_of(model, x)
     finally:
         for h in handles:
             h.remove()
-    missing = [n for n in (layers or []) if n not in {s for s, _ in seen}]
+    missing = [n for n in (layers or []) if n not in {s for s, _, _ in seen}]
     if missing:
         raise ConfigError(f"layer(s) {missing} were not run by the model's forward pass")
     return out, seen
@@ -76,7 +77,7 @@ class GradCAM(Explainer):
         out, seen = capture(model, xg, [self.layer] if self.layer else None)
         if not seen:
             raise ConfigError("gradcam needs a convolutional layer: the model ran no nn.Conv2d; pass layer=NAME")
-        name, act = seen[-1]
+        name, _, act = seen[-1]
         if act.dim() != 4:
             raise ConfigError(f"gradcam layer {name!r} has output of shape {tuple(act.shape)}; "
                               "choose a layer with (N, C, h, w) outputs")

@@ -23,7 +23,7 @@ import torch
 
 from sanitas.errors import ConfigError
 from sanitas.explain._core import chunks, logits_of
-from sanitas.explain.base import Explainer
+from sanitas.explain.base import WrapperExplainer
 
 
 def competition_mask(chosen: torch.Tensor, max_all: torch.Tensor, min_all: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def competition_mask(chosen: torch.Tensor, max_all: torch.Tensor, min_all: torch
     return ((chosen > 0) & (chosen >= max_all)) | ((chosen < 0) & (chosen <= min_all))
 
 
-class Competitive(Explainer):
+class Competitive(WrapperExplainer):
     """Competitive version of a method (CGI = competitive(input_x_gradient), CLRP, ...), seed 001."""
 
     name = "competitive"
@@ -39,21 +39,14 @@ class Competitive(Explainer):
                 "top_classes": None}
 
     def validate(self):
-        from sanitas.explain.registry import get_explainer
-
         if self.channels not in ("element", "pixel"):
             raise ConfigError(f"competitive: channels must be 'element' or 'pixel', got {self.channels!r}")
         if self.top_classes is not None and int(self.top_classes) < 1:
             raise ConfigError(f"competitive: top_classes must be >= 1, got {self.top_classes}")
-        self.inner = get_explainer(self.base, **(self.base_options or {}))
+        super().validate()
         if not self.inner.uses_model:
             raise ConfigError(f"competitive({self.inner.name}) makes no sense: {self.inner.name} ignores the model "
                               "and gives every class the same map")
-
-    def __repr__(self):
-        extra = {k: v for k, v in self.options.items() if k not in ("base", "base_options")}
-        opts = ", ".join(f"{k}={v!r}" for k, v in extra.items())
-        return f"competitive({self.inner!r}{', ' + opts if opts else ''})"
 
     def _scores(self, maps: torch.Tensor) -> torch.Tensor:
         return maps.sum(-3, keepdim=True) if self.channels == "pixel" else maps
@@ -75,17 +68,23 @@ class Competitive(Explainer):
             chosen = torch.take_along_dim(maps, idx, dim=0)
             chosen_s = torch.take_along_dim(s, idx, dim=0)
             return chosen * competition_mask(chosen_s, mx, mn)
-        # Streaming over class chunks: the chosen map comes from its own pass, so its own entry in a
-        # chunk may round differently; compare against the OTHER labels only (>= others == maximal).
+        classes = torch.arange(K, device=x.device)[:, None].expand(K, n)  # (R, N): competitor of each row
+        return self._streamed(model, x, G, labels, classes, chunk)
+
+    def _streamed(self, model, x, G, labels, competitors, chunk):
+        """Competition against the classes ``competitors`` (R, N), R/``chunk`` passes of the base method.
+
+        The chosen map comes from its own pass, so its own entry in a chunk may round differently:
+        it is compared against the OTHER labels only (>= all others == maximal).
+        """
+        K = G.shape[2]
         chosen = self.inner.attribute(model, x, G)
         sc = self._scores(chosen)
         mx = torch.full_like(sc, float("-inf"))
         mn = torch.full_like(sc, float("inf"))
-        for sl in chunks(K, chunk):
-            classes = torch.arange(sl.start, sl.stop, device=x.device)
-            rows = eye[sl][:, None, :].expand(len(classes), n, K)
-            mx, mn = self._update(mx, mn, self._scores(self.inner.attribute(model, x, rows)),
-                                  classes[:, None].expand(-1, n), labels)
+        for sl in chunks(competitors.shape[0], chunk):
+            rows = torch.nn.functional.one_hot(competitors[sl], K).to(G.dtype)  # (r, N, K)
+            mx, mn = self._update(mx, mn, self._scores(self.inner.attribute(model, x, rows)), competitors[sl], labels)
         return chosen * competition_mask(sc, mx, mn)
 
     @staticmethod
@@ -100,20 +99,10 @@ class Competitive(Explainer):
         return mx, mn
 
     def _top_classes(self, model, x, G, labels):
-        B, n, K = G.shape
-        m = min(int(self.top_classes), K)
+        m = min(int(self.top_classes), G.shape[2])
         with torch.no_grad():
             top = logits_of(model, x).topk(m, dim=1).indices  # (N, M)
-        rows = torch.nn.functional.one_hot(top.T, K).to(G.dtype)  # (M, N, K): row j = j-th best class
-        chosen = self.inner.attribute(model, x, G)
-        sc = self._scores(chosen)
-        mx = torch.full_like(sc, float("-inf"))
-        mn = torch.full_like(sc, float("inf"))
-        chunk = int(self.class_chunk) if self.class_chunk else m
-        for sl in chunks(m, chunk):
-            s = self._scores(self.inner.attribute(model, x, rows[sl]))
-            mx, mn = self._update(mx, mn, s, top.T[sl], labels)
-        return chosen * competition_mask(sc, mx, mn)
+        return self._streamed(model, x, G, labels, top.T, int(self.class_chunk) if self.class_chunk else m)
 
 
 def nonzero_fraction(maps: torch.Tensor, dims: int = 3) -> torch.Tensor:

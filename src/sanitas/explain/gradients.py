@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain._core import chunks, logits_of, vjp
-from sanitas.explain.base import Explainer
+from sanitas.explain.base import Explainer, WrapperExplainer
 from sanitas.explain.rules import RuleMode, rule_mode
+from sanitas.utils.image import gaussian_blur
 from sanitas.utils.seed import make_generator
 
 
@@ -69,26 +68,6 @@ def make_baseline(baseline, x: torch.Tensor, seed: int = 0, blur_sigma: float | 
     except RuntimeError as exc:
         raise InputError(f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs "
                          f"{tuple(x.shape)}") from exc
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel (reflect padding), kernel radius 3 sigma."""
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_h = min(radius, x.shape[-2] - 1)
-    pad_w = min(radius, x.shape[-1] - 1)
-    y = x
-    y = F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else y
-    kw = k[radius - pad_w: radius + pad_w + 1] if pad_w < radius else k
-    kw = kw / kw.sum()
-    y = F.conv2d(y, kw.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else y
-    kh = k[radius - pad_h: radius + pad_h + 1] if pad_h < radius else k
-    kh = kh / kh.sum()
-    return F.conv2d(y, kh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def path_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +148,7 @@ class IntegratedGradients(Explainer):
 # noise wrappers
 # ----------------------------------------------------------------------------------------------
 
-class _NoiseWrapper(Explainer):
+class _NoiseWrapper(WrapperExplainer):
     defaults = {"base": "gradient", "samples": 50, "sigma": 0.15, "seed": 0, "batch_size": 512,
                 "base_options": None, "noise_fn": None}
 
@@ -178,21 +157,7 @@ class _NoiseWrapper(Explainer):
             raise ConfigError(f"{self.name}: samples must be >= 1, got {self.samples}")
         if float(self.sigma) < 0:
             raise ConfigError(f"{self.name}: sigma must be >= 0 (a fraction of the input range), got {self.sigma}")
-        from sanitas.explain.registry import get_explainer
-
-        self.inner = get_explainer(self.base, **(self.base_options or {}))
-        if isinstance(self.inner, _NoiseWrapper):
-            pass
-
-    def __repr__(self):
-        extra = {k: v for k, v in self.options.items() if k not in ("base", "base_options")}
-        opts = ", ".join(f"{k}={v!r}" for k, v in extra.items())
-        inner = repr(self.inner)
-        return f"{self.name}({inner}{', ' + opts if opts else ''})"
-
-    @property
-    def uses_model(self):  # type: ignore[override]
-        return self.inner.uses_model
+        super().validate()
 
     def noisy_maps(self, model, x, G):
         """Yield ``(B, S_chunk, N, ...)`` maps of noisy copies; noise std = sigma * (max - min) per image."""

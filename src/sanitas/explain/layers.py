@@ -27,7 +27,8 @@ from torch import nn
 from sanitas.errors import ConfigError
 from sanitas.explain._core import logits_of, vjp
 from sanitas.explain.base import Explainer
-from sanitas.explain.cam import find_module, upsample
+from sanitas.explain.cam import capture, upsample
+from sanitas.explain.postprocess import normalize_minmax as rescale
 
 PARAM_KINDS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -58,25 +59,10 @@ def layer_attributions(model: nn.Module, x: torch.Tensor, G: torch.Tensor, layer
                        kinds: tuple = PARAM_KINDS, with_input: bool = False):
     """One forward pass and one batched backward for all layers; returns (input_grad|None, [LayerAttribution])."""
     xg = x.detach().clone().requires_grad_(True)
-    named = {n: m for n, m in model.named_modules()}
-    wanted = {n: find_module(model, n) for n in layers} if layers else {n: m for n, m in named.items()
-                                                                         if isinstance(m, kinds)}
-    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
-    handles = []
-    for n, m in wanted.items():
-        def hook(mod, inputs, output, _n=n):
-            if isinstance(output, torch.Tensor) and all(s != _n for s, _, _ in seen):
-                seen.append((_n, mod, output))
-        handles.append(m.register_forward_hook(hook))
-    try:
-        out = logits_of(model, xg)
-    finally:
-        for h in handles:
-            h.remove()
+    out, seen = capture(model, xg, layers, kinds)
     if not seen:
         kinds_txt = "/".join(k.__name__ for k in kinds)
-        raise ConfigError("no layer to attribute: the model ran none of the requested layers "
-                          f"({list(wanted) or 'it has no ' + kinds_txt + ' modules'}); this method needs "
+        raise ConfigError("no layer to attribute: the model ran no " + kinds_txt + " module; this method needs "
                           "convolutional layers, or pass layers=[names]")
     inputs = [xg] + [o for _, _, o in seen]
     grads = vjp(out, inputs, G)
@@ -116,15 +102,6 @@ def layer_decomposition(model: nn.Module, x: torch.Tensor, target="predicted", l
                                         else torch.zeros_like(a_h[0]) for la in las]
     return {"layers": ["input"] + [la.name for la in las], "A_h": torch.stack(a_h, 1), "A_b": torch.stack(a_b, 1),
             "logit": logits[torch.arange(x.shape[0]), tgt]}
-
-
-def rescale(a: torch.Tensor, dims: int) -> torch.Tensor:
-    """Min-max rescale to [0, 1] over the last ``dims`` dimensions (constant maps become 0)."""
-    flat = a.flatten(-dims)
-    lo = flat.min(-1, keepdim=True).values
-    hi = flat.max(-1, keepdim=True).values
-    out = (flat - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    return out.reshape(a.shape)
 
 
 def psi(a: torch.Tensor, size, interpolation: str = "bilinear") -> torch.Tensor:
