@@ -102,11 +102,11 @@ def _csv(value: str) -> list[str]:
     return out
 
 
-def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str = "test"):
+def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str = "test", quiet: bool = False):
     from sanitas.data import load_dataset
     from sanitas.models import load_model
 
-    net = load_model(model, dataset)
+    net = load_model(model, dataset, **({"quiet": True} if quiet else {}))
     ds = load_dataset(dataset, split)
     ds = ds.sample(images, seed=seed) if images and images < len(ds) else ds
     return net, ds
@@ -173,7 +173,7 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
-    net, ds = _model_and_data(model, dataset, images, seed)
+    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
     res = model_randomization(net, ds.x, ds.y, _csv(methods), _csv(metrics), mode=mode, init=init, seed=seed,
                               target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
                               resume=not no_resume, quiet=quiet)
@@ -252,7 +252,7 @@ def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baseline
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
-    net, ds = _model_and_data(model, dataset, images, seed)
+    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
     res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
                            shift_baselines=shift_baselines, out=out)
     click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
