@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.sanitas-installed
 DEMO_OUT ?= sanitas-demo
 
-.PHONY: install data demo test bench clean
+.PHONY: install data browser demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ install: $(STAMP) data
 data:
 	@sh scripts/install-data.sh
 
-demo: install
-	$(BIN)/sanitas train cnn --dataset fashion-mnist
+browser:
+	@sh scripts/install-browser.sh
 
-test: install
+# A small but complete `reproduce` of the papers (quick profile): ~10 min on 2 cores the first
+# time (models are trained and cached), about a minute afterwards; ends with the report's path.
+demo: install
+	$(BIN)/sanitas reproduce all --quick --out $(DEMO_OUT)
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

@@ -68,3 +68,54 @@ def _one_torch_thread():
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+# A tiny study config: a few seconds on 2 cores (cnn trains on digits in ~5 s).
+TINY = """
+paper: tiny
+title: Tiny test study
+dataset: digits
+seed: 0
+images: 6
+experiments:
+  cascading:
+    check: model_randomization
+    model: cnn
+    methods: [gradient, "competitive(input_x_gradient)"]
+    metrics: [spearman_abs, ssim]
+    map_stats: [nonzero_fraction]
+  complete:
+    check: completeness
+    model: cnn
+    methods: [input_x_gradient]
+  never:
+    check: model_randomization
+    model: cnn
+    methods: [gradient]
+claims:
+  - {id: t1, claim: the gradient changes, experiment: cascading,
+     measure: {method: gradient, metric: spearman_abs, stages: first}, expect: "< 0.99"}
+  - {id: t2, claim: impossible R2, experiment: complete, measure: {scalar: r2/input_x_gradient}, expect: "> 2"}
+  - {id: t3, claim: skipped experiment, experiment: never, measure: {method: gradient, metric: spearman_abs},
+     expect: "< 1"}
+  - {id: t4, claim: unknown metric, experiment: cascading, measure: {method: gradient, metric: hog}, expect: "< 1"}
+quick:
+  experiments:
+    never: {skip: not in the quick profile}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tmp_path_factory):
+    """A small real study (cnn on digits, a few seconds): what the report and browser tests read."""
+    from sanitas.experiments import run_config
+
+    out = tmp_path_factory.mktemp("run")
+    return run_config(tiny_config, out, quick=True, quiet=True)

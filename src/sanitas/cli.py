@@ -261,5 +261,82 @@ def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baseline
     click.echo(f"\nreport: {check_report(res, out, check_figures(res, out))}")
 
 
+def _print_claims(claims) -> None:
+    if claims is None or not len(claims):
+        click.echo("(no claims)")
+        return
+    for r in claims.to_dict("records"):
+        m = r["measured"]
+        measured = "-" if m is None or m != m else f"{m:.3f}"
+        why = f"  ({r['why']})" if isinstance(r.get("why"), str) and r["why"] else ""
+        click.echo(f"  {r['verdict']:<14} {r['id']:<30} measured {measured:>8}   expected {r['expected']}{why}")
+    counts = claims["verdict"].value_counts().to_dict()
+    click.echo(f"\n{len(claims)} claims: {counts.get('holds', 0)} hold, {counts.get('does not hold', 0)} do not "
+               f"hold, {counts.get('not run', 0)} not run")
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
+@click.option("--quick", is_flag=True, help="apply the config's `quick:` profile (fewer images and experiments)")
+@click.option("--images", "-n", type=int, default=None, help="override every experiment's number of images")
+@click.option("--only", default=None, help="comma-separated experiment names to run (the others: not run)")
+@click.option("--quiet", "-q", is_flag=True)
+def run_cmd(config, out, quick, images, only, quiet):
+    """Run the experiments of a YAML CONFIG (copy one with `sanitas reproduce --show PAPER`)."""
+    from sanitas.experiments import run_config
+
+    res = run_config(config, out, quick=quick, images=images, only=_csv(only) if only else None, quiet=quiet)
+    click.echo(f"{res.config.get('title', res.paper)}:")
+    _print_claims(res.claims)
+    click.echo(f"\nclaims: {out}/claims.csv\nreport: {res.report}")
+
+
+@main.command()
+@click.argument("papers", nargs=-1)
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="results directory")
+@click.option("--quick", is_flag=True, help="the small profile (what `make demo` runs, ~10 min on 2 cores)")
+@click.option("--images", "-n", type=int, default=None, help="override every experiment's number of images")
+@click.option("--show", is_flag=True, help="print the config of PAPER (YAML) instead of running it")
+@click.option("--list", "list_", is_flag=True, help="list the papers and their claims")
+@click.option("--quiet", "-q", is_flag=True)
+def reproduce(papers, out, quick, images, show, list_, quiet):
+    """Re-run the papers' experiments (PAPERS: names or `all`) and state which claims hold."""
+    from sanitas.errors import ConfigError
+    from sanitas.experiments import config_text, list_papers, load_config
+    from sanitas.experiments import reproduce as run_all
+
+    if list_ or (not papers and not show):
+        for name in list_papers():
+            cfg = load_config(name)
+            click.echo(f"{name:<14} {cfg.get('title', '')}  ({len(cfg['experiments'])} experiments, "
+                       f"{len(cfg.get('claims') or [])} claims)")
+        if not list_:
+            click.echo("\nrun: sanitas reproduce all --out DIR   (or a paper name; --quick for the small profile)")
+        return
+    if show:
+        if len(papers) != 1 or papers[0] == "all":
+            raise ConfigError(f"--show takes one paper name: one of {list_papers()}")
+        click.echo(config_text(papers[0]), nl=False)
+        return
+    if out is None:
+        raise ConfigError("reproduce needs --out DIR (where results, claims.csv and report.html go)")
+    runs, claims, report = run_all(list(papers), out, quick=quick, images=images, quiet=quiet)
+    _print_claims(claims)
+    click.echo(f"\nclaims: {out}/claims.csv\nreport: {report}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+def report(directory):
+    """(Re)build report.html (and the claims) of a results DIRECTORY written by sanitas."""
+    from sanitas.experiments.rebuild import rebuild
+
+    path, claims = rebuild(directory)
+    if claims is not None:
+        _print_claims(claims)
+    click.echo(f"report: {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

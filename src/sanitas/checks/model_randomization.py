@@ -26,6 +26,11 @@ TARGETS = ("label", "original", "predicted")
 
 
 def resolve_methods(methods) -> dict[str, Any]:
+    """Names, explainers or a ``{display name: name | explainer}`` dict -> ``{name: explainer}``."""
+    if isinstance(methods, dict):
+        if not methods:
+            raise ConfigError("no attribution method given")
+        return {str(k): get_explainer(v) for k, v in methods.items()}
     if isinstance(methods, (str, bytes)) or callable(methods):
         methods = [methods]
     out = {}
@@ -90,6 +95,27 @@ def target_policy(target: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return orig, predicted
 
 
+def _nonzero_fraction(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    return (maps != 0).flatten(1).double().mean(1)
+
+
+def _nonzero_fraction_nz(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    active = (x != 0).expand_as(maps).flatten(1)
+    nz = ((maps != 0).flatten(1) & active).double().sum(1)
+    return nz / active.double().sum(1)  # NaN for an all-zero image: counted, never averaged in
+
+
+def _map_sum(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    return maps.flatten(1).double().sum(1)
+
+
+# Statistics of one map (not a comparison of two), recorded per stage as extra "metrics":
+# the sparsity of competitive maps (seed 001 section 4: about 1/K on a randomized net) and the
+# attribution sum shown under each map (seed 003 section 3.2: IG's sum follows the logit).
+MAP_STATS = {"nonzero_fraction": _nonzero_fraction, "nonzero_fraction_nz": _nonzero_fraction_nz,
+             "map_sum": _map_sum}
+
+
 def histogram_entropy(maps: torch.Tensor, bins: int = 100) -> torch.Tensor:
     """Shannon entropy (nats) of the histogram of each map's absolute values (eMPRT's complexity)."""
     flat = maps.detach().abs().flatten(1).double().cpu()
@@ -121,7 +147,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                         target: str = "label", order: str | None = None, blocks=None, normalize: str | None = None,
                         out: str | Path | None = None, resume: bool = True, calibrate: bool = True,
                         show: int = 8, quiet: bool | None = None, bn_stats: str | None = None,
-                        smooth_samples: int = 50, smooth_sigma: float = 0.1) -> CheckResult:
+                        smooth_samples: int = 50, smooth_sigma: float = 0.1, map_stats=()) -> CheckResult:
     """Run the model parameter randomization test and return a :class:`CheckResult`.
 
     ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
@@ -134,6 +160,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     'default', 'permute'. ``target``: 'label', 'original' or 'predicted' (see module docs).
     Each explanation is computed once per (stage, method) and scored by every metric; with
     ``out`` finished stages are stored and a re-run with the same config resumes.
+    ``map_stats``: names from :data:`MAP_STATS` (``nonzero_fraction``, ``nonzero_fraction_nz`` = among
+    input elements that are not zero, ``map_sum``) recorded per stage as extra rows of the table.
     """
     from sanitas import randomize
 
@@ -142,6 +170,10 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     x, y = check_batch(model, x, y)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
+    map_stats = [map_stats] if isinstance(map_stats, str) else list(map_stats)
+    unknown = [m for m in map_stats if m not in MAP_STATS]
+    if unknown:
+        raise ConfigError(f"unknown map statistic(s) {unknown}: use any of {sorted(MAP_STATS)}")
     t0 = time.perf_counter()
     kw: dict[str, Any] = {"init": init, "seed": seed, "blocks": blocks}
     if bn_stats is not None:
@@ -187,9 +219,17 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
         sims = {**sims, "ssim_max_sign": _ssim_sign_invariant()}
         base_for = target_for
         target_for = lambda v: other if v.index == 1 else base_for(v)  # noqa: E731
+    if map_stats:
+        inner = extra
+
+        def extra(variant, method, ref, maps):
+            values = inner(variant, method, ref, maps) if inner is not None else {}
+            values.update({name: MAP_STATS[name](x, maps).cpu() for name in map_stats})
+            return values
     config = {"check": "model_randomization", "mode": mode, "init": init, "seed": seed, "target": target,
               "order": kw.get("order"), "blocks": blocks, "normalize": normalize, "bn_stats": bn_stats,
               "methods": list(explainers), "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
+              "map_stats": map_stats,
               "n_images": int(x.shape[0]),
               "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
     store = engine.CellStore(out, config, resume=resume)

@@ -24,7 +24,8 @@ th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
 .fig{display:inline-block;max-width:100%;vertical-align:top}.verdict-pass{color:#17693a;font-weight:600}
-.verdict-fail{color:#a3261b;font-weight:600}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
+.verdict-fail{color:#a3261b;font-weight:600}.verdict-skip{color:#8a6d00;font-weight:600}
+.wrap{display:inline-block;white-space:normal;min-width:14em;max-width:28em;text-align:left}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ subtitle }}</p>
@@ -32,7 +33,7 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
 <section id="{{ section.id }}"><h2>{{ section.title }}</h2>
 {% if section.text %}<p>{{ section.text }}</p>{% endif %}
 {% for t in section.tables %}<div><p class="muted">{{ t.caption }}</p>{{ t.html | safe }}</div>{% endfor %}
-{% for f in section.figures %}<div class="fig"><img src="{{ f.src }}" alt="{{ f.alt }}" loading="lazy"></div>{% endfor %}
+{% for f in section.figures %}<div class="fig"><img src="{{ f.src }}" alt="{{ f.alt }}"></div>{% endfor %}
 {% if section.pre %}<pre>{{ section.pre }}</pre>{% endif %}
 </section>
 {% endfor %}
@@ -103,3 +104,15 @@ def check_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
                      "pre": json.dumps(result.meta, indent=1, default=str)})
     return render(out_dir / "report.html", f"sanitas: {result.kind.replace('_', ' ')}", sections,
                   subtitle=f"{len(result.table)} rows; {result.table['image'].nunique()} images")
+
+
+def check_report_simple(out_dir: str | Path, title: str, summary: pd.DataFrame, figures: list[Path], meta: dict,
+                        text: str = "") -> Path:
+    """A one-table report (results that are not stage-by-stage similarities)."""
+    sections = [{"id": "summary", "title": "Summary", "text": text, "figures": [],
+                 "tables": [{"caption": "", "html": table_html(summary)}]},
+                {"id": "figures", "title": "Figures", "tables": [],
+                 "figures": [{"src": embed_png(f), "alt": Path(f).stem} for f in figures]},
+                {"id": "meta", "title": "Configuration, versions, timings", "tables": [], "figures": [],
+                 "pre": json.dumps(meta, indent=1, default=str)}]
+    return render(Path(out_dir) / "report.html", title, sections)

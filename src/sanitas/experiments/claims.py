@@ -1,0 +1,249 @@
+"""A paper's checkable findings as named claims with a measure and an expectation.
+
+A claim in a config::
+
+    - id: gbp-survives
+      claim: Guided Backprop's map stays similar until the lowest layer is randomized
+      experiment: cascading-cnn
+      measure: {method: guided_backprop, metric: spearman_abs, stages: all_but_last, reduce: min}
+      expect: "> 0.5"
+
+Measures (all read the experiment's tidy table or its named scalars):
+
+* ``{method, metric, stages, reduce, variant}``: the mean over images per stage of one method and
+  metric; ``stages`` is ``first`` (the first randomized stage), ``last``, ``all`` (every stage but the
+  original), ``all_but_last``, ``original``, a stage index or a stage/variant name; ``reduce`` is
+  ``mean`` (default), ``min`` or ``max`` across the selected stages.
+* ``{scalar: name}``: a number the experiment reported (``sanitas reproduce`` lists them).
+* ``{calibration: baseline, metric}``: the calibration mean (e.g. ``input_x_uniform``: the
+  input-dominance null of seed 000 section 5.2).
+* ``{sub: [m1, m2]}``, ``{ratio: [m1, m2]}``, ``{abs: m}``: arithmetic on measures.
+
+Expectations: ``"> 0.5"``, ``"< m"`` style strings with a number, or a mapping
+``{op: "<", than: MEASURE}``, ``{op: within, tol: 0.1, of: MEASURE}`` (absolute) or
+``{op: within, rel: 0.5, of: MEASURE}`` (relative). A claim that does not hold is a finding and
+is reported as such; "not run" says why (experiment skipped or failed, or no rows matched).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sanitas.errors import ConfigError
+
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_SHORT = re.compile(r"^\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+HOLDS, FAILS, NOT_RUN = "holds", "does not hold", "not run"
+
+
+class MeasureError(Exception):
+    """A measure could not be computed from the experiment's results (reported as 'not run')."""
+
+
+@dataclass
+class Verdict:
+    id: str
+    paper: str
+    claim: str
+    experiment: str
+    expected: str
+    measured: float | None
+    verdict: str
+    why: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _parse_expect(expect) -> dict:
+    if isinstance(expect, str):
+        m = _SHORT.match(expect)
+        if not m:
+            raise ConfigError(f"expectation {expect!r}: write it as '> 0.5', '< 0.1', '>= 1' or a mapping "
+                              f"{{op: within, tol: 0.1, of: MEASURE}}")
+        return {"op": m.group(1), "than": float(m.group(2))}
+    if isinstance(expect, dict) and expect.get("op") in OPS and "than" in expect:
+        return expect
+    if isinstance(expect, dict) and expect.get("op") == "within" and "of" in expect and (
+            "tol" in expect or "rel" in expect):
+        return expect
+    raise ConfigError(f"expectation {expect!r} not understood: use '> 0.5', {{op: '<', than: MEASURE}} or "
+                      f"{{op: within, tol|rel: NUMBER, of: MEASURE}}")
+
+
+def _check_measure(m, where: str) -> None:
+    if isinstance(m, (int, float)):
+        return
+    if not isinstance(m, dict):
+        raise ConfigError(f"{where}: a measure is a number or a mapping, got {m!r}")
+    for key in ("sub", "ratio"):
+        if key in m:
+            if not isinstance(m[key], list) or len(m[key]) != 2:
+                raise ConfigError(f"{where}: {key!r} takes a list of two measures")
+            for sub in m[key]:
+                _check_measure(sub, where)
+            return
+    if "abs" in m:
+        return _check_measure(m["abs"], where)
+    if "scalar" in m:
+        return
+    if "calibration" in m:
+        if "metric" not in m:
+            raise ConfigError(f"{where}: a calibration measure needs a 'metric'")
+        return
+    for key in ("method", "metric"):
+        if key not in m:
+            raise ConfigError(f"{where}: measure {m!r} needs {key!r} (or use scalar:, calibration:, sub:, ratio:)")
+    if m.get("reduce", "mean") not in ("mean", "min", "max"):
+        raise ConfigError(f"{where}: reduce must be mean, min or max, got {m['reduce']!r}")
+
+
+def validate_claim(claim, experiments: dict, where: str) -> None:
+    if not isinstance(claim, dict):
+        raise ConfigError(f"{where}: a claim is a mapping with id, claim, experiment, measure, expect")
+    for key in ("id", "claim", "experiment", "measure", "expect"):
+        if key not in claim:
+            raise ConfigError(f"{where}: missing {key!r}")
+    if claim["experiment"] not in experiments:
+        raise ConfigError(f"{where} ({claim['id']}): unknown experiment {claim['experiment']!r}; "
+                          f"the config defines {list(experiments)}")
+    _check_measure(claim["measure"], f"{where} ({claim['id']})")
+    e = _parse_expect(claim["expect"])
+    for key in ("than", "of"):
+        if key in e:
+            _check_measure(e[key], f"{where} ({claim['id']})")
+
+
+def _select_stages(means: pd.Series, stages) -> pd.Series:
+    """``means`` indexed by (stage index, variant name), original stage = 0."""
+    idx = means.index.get_level_values(0)
+    names = means.index.get_level_values(1)
+    randomized = idx > 0
+    if stages in (None, "all"):
+        sel = randomized
+    elif stages == "first":
+        sel = idx == (idx[randomized].min() if randomized.any() else -1)
+    elif stages == "last":
+        sel = idx == idx.max()
+    elif stages == "all_but_last":
+        sel = randomized & (idx < idx.max())
+    elif stages == "original":
+        sel = idx == 0
+    elif isinstance(stages, int):
+        sel = idx == stages
+    elif isinstance(stages, str):
+        sel = names == stages
+    else:
+        raise MeasureError(f"stage selector {stages!r} not understood")
+    return means[np.asarray(sel)]
+
+
+def measure(m, outcome) -> float:
+    """Evaluate a measure on an experiment outcome (see the module docs)."""
+    if isinstance(m, (int, float)):
+        return float(m)
+    if "sub" in m:
+        a, b = (measure(x, outcome) for x in m["sub"])
+        return a - b
+    if "ratio" in m:
+        a, b = (measure(x, outcome) for x in m["ratio"])
+        if b == 0:
+            raise MeasureError("ratio with a zero denominator")
+        return a / b
+    if "abs" in m:
+        return abs(measure(m["abs"], outcome))
+    if "scalar" in m:
+        if m["scalar"] not in outcome.scalars:
+            raise MeasureError(f"the experiment reported no scalar {m['scalar']!r} "
+                               f"(it has {sorted(outcome.scalars)})")
+        return float(outcome.scalars[m["scalar"]])
+    if "calibration" in m:
+        cal = outcome.calibration
+        if cal is None or not len(cal):
+            raise MeasureError("the experiment has no calibration")
+        row = cal[(cal["baseline"] == m["calibration"]) & (cal["metric"] == m["metric"])]
+        if not len(row):
+            raise MeasureError(f"no calibration row for baseline {m['calibration']!r}, metric {m['metric']!r}")
+        return float(row["mean"].iloc[0])
+    t = outcome.table
+    rows = t[(t["method"] == m["method"]) & (t["metric"] == m["metric"])]
+    if "variant" in m:
+        rows = rows[rows["variant"] == m["variant"]]
+    if not len(rows):
+        raise MeasureError(f"no rows for method {m['method']!r}, metric {m['metric']!r}")
+    values = rows["value"].astype(float)
+    means = values.groupby([rows["stage"], rows["variant"]]).mean()  # NaN (constant maps) skipped, counted
+    sel = _select_stages(means, m.get("stages", "all"))
+    if not len(sel):
+        raise MeasureError(f"stage selector {m.get('stages')!r} matched no stage")
+    return float(getattr(sel, m.get("reduce", "mean"))())
+
+
+def _fmt(m) -> str:
+    if isinstance(m, (int, float)):
+        return f"{m:g}"
+    if "scalar" in m:
+        return m["scalar"]
+    if "calibration" in m:
+        return f"null {m['calibration']} ({m['metric']})"
+    if "sub" in m:
+        return f"({_fmt(m['sub'][0])} - {_fmt(m['sub'][1])})"
+    if "ratio" in m:
+        return f"{_fmt(m['ratio'][0])} / {_fmt(m['ratio'][1])}"
+    if "abs" in m:
+        return f"|{_fmt(m['abs'])}|"
+    parts = [m["method"], m["metric"]]
+    if "variant" in m:
+        parts.append(m["variant"])
+    stages = m.get("stages", "all")
+    if stages in ("first", "last", "original") or isinstance(stages, int):
+        parts.append(f"at the {stages} stage" if isinstance(stages, str) else f"at stage {stages}")
+    elif m.get("reduce", "mean") != "mean" or stages != "all":
+        parts.append(f"{m.get('reduce', 'mean')} over {stages} stages")
+    return " ".join(str(p) for p in parts)
+
+
+def describe_expect(expect) -> str:
+    e = _parse_expect(expect)
+    if e["op"] == "within":
+        tol = f"{e['tol']:g}" if "tol" in e else f"{100 * e['rel']:g}%"
+        return f"within {tol} of {_fmt(e['of'])}"
+    return f"{e['op']} {_fmt(e['than'])}"
+
+
+def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None) -> Verdict:
+    """The verdict of one claim on an experiment's outcome (``None`` outcome: not run, ``skipped`` says why)."""
+    expected = describe_expect(claim["expect"])
+    base = dict(id=claim["id"], paper=paper, claim=claim["claim"], experiment=claim["experiment"],
+                expected=f"{_fmt(claim['measure'])} {expected}")
+    if outcome is None:
+        return Verdict(**base, measured=None, verdict=NOT_RUN, why=skipped or "experiment not run")
+    e = _parse_expect(claim["expect"])
+    try:
+        value = measure(claim["measure"], outcome)
+        if e["op"] == "within":
+            ref = measure(e["of"], outcome)
+            tol = e["tol"] if "tol" in e else e["rel"] * abs(ref)
+            ok = abs(value - ref) <= tol
+            why = f"reference {ref:.4g}, difference {value - ref:+.4g}"
+        else:
+            ref = measure(e["than"], outcome)
+            ok = OPS[e["op"]](value, ref)
+            why = "" if isinstance(e["than"], (int, float)) else f"reference {ref:.4g}"
+    except MeasureError as exc:
+        return Verdict(**base, measured=None, verdict=NOT_RUN, why=str(exc))
+    if math.isnan(value):
+        return Verdict(**base, measured=value, verdict=NOT_RUN, why="the measure is NaN (every map constant?)")
+    return Verdict(**base, measured=value, verdict=HOLDS if ok else FAILS, why=why)
+
+
+def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
+    return pd.DataFrame([v.as_dict() for v in verdicts],
+                        columns=["id", "paper", "claim", "experiment", "expected", "measured", "verdict", "why"])

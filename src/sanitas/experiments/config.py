@@ -1,0 +1,120 @@
+"""Experiment configs: each paper's protocol as a YAML file shipped with the package.
+
+A config names a paper, a dataset, a seed, default image counts and a set of experiments (each
+one a check: ``model_randomization``, ``data_randomization``, ``completeness``, ...), plus the
+paper's checkable claims (see :mod:`sanitas.experiments.claims`). ``quick:`` holds the overrides
+of the small profile that ``make demo`` runs. Copy one (``sanitas reproduce --show PAPER``), edit
+it, and run it with ``sanitas run CONFIG --out DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sanitas.errors import ConfigError, UnknownNameError
+
+TOP_KEYS = {"paper", "title", "reference", "description", "dataset", "seed", "images", "experiments", "claims",
+            "quick"}
+EXPERIMENT_KEYS_COMMON = {"check", "model", "dataset", "images", "seed", "methods", "metrics", "description",
+                          "skip"}
+
+
+def _config_dir():
+    return resources.files("sanitas.experiments") / "configs"
+
+
+def list_papers() -> list[str]:
+    """Names of the configs shipped with sanitas (one per paper)."""
+    return sorted(p.name[:-5] for p in _config_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def config_text(name_or_path: str | Path) -> str:
+    """The YAML text of a shipped config (by paper name) or of a file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; `sanitas reproduce --list` shows the shipped "
+                              f"ones and `sanitas reproduce --show PAPER > my.yaml` copies one")
+        return path.read_text()
+    name = str(name_or_path)
+    if name not in list_papers():
+        raise UnknownNameError(f"unknown paper {name!r}: choose from {list_papers()} or give a .yaml file")
+    return (_config_dir() / f"{name}.yaml").read_text()
+
+
+def load_config(name_or_path: str | Path) -> dict[str, Any]:
+    """Parse and validate a config; errors name the key and the fix."""
+    text = config_text(name_or_path)
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name_or_path}: not valid YAML ({exc})") from None
+    validate(cfg, str(name_or_path))
+    return cfg
+
+
+def validate(cfg: Any, where: str = "config") -> None:
+    from sanitas.experiments.claims import validate_claim
+    from sanitas.experiments.runners import RUNNERS
+
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping with 'paper' and 'experiments'")
+    unknown = set(cfg) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    for key in ("paper", "experiments"):
+        if key not in cfg:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    exps = cfg["experiments"]
+    if not isinstance(exps, dict) or not exps:
+        raise ConfigError(f"{where}: 'experiments' must be a non-empty mapping of name -> experiment")
+    for name, exp in exps.items():
+        if not isinstance(exp, dict) or "check" not in exp:
+            raise ConfigError(f"{where}: experiment {name!r} needs a 'check' (one of {sorted(RUNNERS)})")
+        if exp["check"] not in RUNNERS:
+            raise ConfigError(f"{where}: experiment {name!r}: unknown check {exp['check']!r}; "
+                              f"use one of {sorted(RUNNERS)}")
+        if "model" not in exp and exp["check"] != "calibration":
+            raise ConfigError(f"{where}: experiment {name!r} needs a 'model'")
+    for i, claim in enumerate(cfg.get("claims") or []):
+        validate_claim(claim, exps, f"{where}: claim {i + 1}")
+    quick = cfg.get("quick") or {}
+    if not isinstance(quick, dict):
+        raise ConfigError(f"{where}: 'quick' must be a mapping of overrides")
+    for name in (quick.get("experiments") or {}):
+        if name not in exps:
+            raise ConfigError(f"{where}: quick overrides unknown experiment {name!r}")
+
+
+def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = None,
+            only: list[str] | None = None) -> dict[str, Any]:
+    """The config with the quick profile / image count applied and defaults filled into each experiment."""
+    cfg = copy.deepcopy(cfg)
+    if quick:
+        q = cfg.get("quick") or {}
+        for key, value in q.items():
+            if key == "experiments":
+                for name, over in value.items():
+                    cfg["experiments"][name].update(over)
+            elif key != "experiments":
+                cfg[key] = value
+    cfg.pop("quick", None)
+    for name, exp in cfg["experiments"].items():
+        exp.setdefault("dataset", cfg.get("dataset", "fashion-mnist"))
+        exp.setdefault("seed", cfg.get("seed", 0))
+        exp.setdefault("images", cfg.get("images", 64))
+        if images is not None:
+            exp["images"] = int(images) if exp["check"] != "dasp" else min(int(images), exp["images"])
+    if only:
+        missing = [n for n in only if n not in cfg["experiments"]]
+        if missing:
+            raise ConfigError(f"unknown experiment(s) {missing}; this config has {list(cfg['experiments'])}")
+        for name, exp in cfg["experiments"].items():
+            if name not in only:
+                exp["skip"] = "not selected (--only)"
+    return cfg

@@ -1,0 +1,64 @@
+"""``sanitas report DIR``: rebuild report.html (and re-judge the claims) from results on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from sanitas.errors import ConfigError
+
+
+def rejudge(run) -> pd.DataFrame:
+    """Judge a run's claims again from its stored outcomes (configs are stored resolved in study.json)."""
+    from sanitas.experiments.claims import claims_table, evaluate_claim
+
+    verdicts = [evaluate_claim(c, run.paper, run.outcomes.get(c["experiment"]), run.not_run.get(c["experiment"]))
+                for c in run.config.get("claims") or []]
+    run.claims = claims_table(verdicts)
+    run.claims.to_csv(run.out / "claims.csv", index=False)
+    return run.claims
+
+
+def _check_dir(d: Path) -> Path:
+    from sanitas.checks.result import CheckResult
+    from sanitas.report.figures import check_figures
+    from sanitas.report.html import check_report
+
+    meta = json.loads((d / "meta.json").read_text())
+    cfg = meta.get("config", {})
+    kind = cfg.get("check", "check")
+    table = pd.read_parquet(d / "results.parquet")
+    cal = pd.read_csv(d / "calibration.csv") if (d / "calibration.csv").is_file() else None
+    if kind not in ("model_randomization", "data_randomization", "input_invariance"):
+        raise ConfigError(f"{d}: rebuilding a {kind!r} report is not supported; re-run the command instead")
+    res = CheckResult(kind, table, cal, meta, {}, None, list(meta.get("stages", [])), d)
+    figs = check_figures(res, d)
+    figs += sorted((d / "figures").glob("maps-*.png"))
+    return check_report(res, d, figs)
+
+
+def rebuild(directory: str | Path) -> tuple[Path, pd.DataFrame | None]:
+    from sanitas.experiments.report import combined_report, paper_report
+    from sanitas.experiments.reproduce import load_run
+
+    d = Path(directory)
+    if (d / "reproduce.json").is_file():
+        info = json.loads((d / "reproduce.json").read_text())
+        runs = []
+        for paper in info["papers"]:
+            run = load_run(d / paper)
+            rejudge(run)
+            paper_report(run)
+            runs.append(run)
+        claims = pd.concat([r.claims for r in runs], ignore_index=True)
+        claims.to_csv(d / "claims.csv", index=False)
+        return combined_report(runs, d, claims, float(info.get("seconds", 0.0))), claims
+    if (d / "study.json").is_file():
+        run = load_run(d)
+        rejudge(run)
+        return paper_report(run), run.claims
+    if (d / "results.parquet").is_file() and (d / "meta.json").is_file():
+        return _check_dir(d), None
+    raise ConfigError(f"{d} holds no sanitas results (no reproduce.json, study.json or results.parquet + meta.json)")

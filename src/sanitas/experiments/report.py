@@ -1,0 +1,143 @@
+"""The reproduce report: claims table and verdicts on top, then every experiment with its figures."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sanitas.report.html import embed_png, render, table_html
+
+VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "not run": "verdict-skip"}
+PASS_THRESHOLD = 0.5
+
+
+def claims_html(claims: pd.DataFrame) -> str:
+    """The claims table with the verdict coloured (sortable like every table of the report)."""
+    cols = ["id", "paper", "claim", "expected", "measured", "verdict", "why"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = []
+    for r in claims.to_dict("records"):
+        m = r.get("measured")
+        measured = "" if m is None or (isinstance(m, float) and m != m) else f"{float(m):.3f}"
+        cls = VERDICT_CLASS.get(r["verdict"], "")
+        cells = [html.escape(str(r["id"])), html.escape(str(r["paper"])),
+                 f'<span class="wrap">{html.escape(str(r["claim"]))}</span>',
+                 f'<span class="wrap">{html.escape(str(r["expected"]))}</span>', measured,
+                 f'<span class="{cls}">{html.escape(str(r["verdict"]))}</span>',
+                 f'<span class="wrap">{html.escape(str(r["why"]) if r["why"] == r["why"] else "")}</span>']
+        body.append("<tr class=\"claim\">" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<table class="sortable claims"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table>")
+
+
+def method_verdicts(runs) -> pd.DataFrame:
+    """Per randomization experiment and method: similarity at the first and last randomized stage.
+
+    A method *passes* when its mean similarity (the experiment's first metric) after full
+    randomization is below 0.5, i.e. closer to the random-map band than to an unchanged map;
+    the input-dominance null (x*u vs x*v) is shown beside it to tell "changed" from "input-driven".
+    """
+    rows = []
+    for run in runs:
+        for name, oc in run.outcomes.items():
+            spec = run.config["experiments"][name]
+            if spec["check"] != "model_randomization" or not len(oc.table):
+                continue
+            metric = (spec.get("metrics") or ["spearman_abs"])[0]
+            t = oc.table[oc.table["metric"] == metric]
+            null = None
+            if oc.calibration is not None and len(oc.calibration):
+                c = oc.calibration[(oc.calibration["metric"] == metric) &
+                                   (oc.calibration["baseline"] == "input_x_uniform")]
+                null = float(c["mean"].iloc[0]) if len(c) else None
+            for method, g in t.groupby("method", sort=False):
+                means = g.groupby("stage")["value"].mean()
+                first, last = float(means.get(1, float("nan"))), float(means.iloc[-1])
+                rows.append({"paper": run.paper, "experiment": name, "model": spec["model"], "method": method,
+                             "metric": metric, "first_randomized": first, "fully_randomized": last,
+                             "input_null": null,
+                             "verdict": "passes" if last < PASS_THRESHOLD else "fails"})
+    return pd.DataFrame(rows)
+
+
+def _exp_section(run, name: str, rel_to: Path) -> dict:
+    spec = run.config["experiments"][name]
+    oc = run.outcomes.get(name)
+    sid = f"{run.paper}-{name}"
+    title = f"{run.paper} / {name}: {spec['check'].replace('_', ' ')} on {spec['model']}"
+    if oc is None:
+        return {"id": sid, "title": title, "text": f"Not run: {run.not_run.get(name, 'unknown reason')}",
+                "tables": [], "figures": []}
+    tables = []
+    if spec["check"] in ("model_randomization", "data_randomization", "input_invariance") and len(oc.table):
+        for metric in list(dict.fromkeys(oc.table["metric"]))[:3]:
+            t = oc.table[oc.table["metric"] == metric]
+            p = t.groupby(["method", "stage", "variant"], sort=False)["value"].mean().reset_index()
+            order = p.drop_duplicates("stage").sort_values("stage")["variant"].tolist()
+            p = p.pivot(index="method", columns="variant", values="value")[order].reset_index()
+            tables.append({"caption": f"{metric}: mean over {t['image'].nunique()} images (stage order)",
+                           "html": table_html(p)})
+    elif oc.summary is not None:
+        tables.append({"caption": "", "html": table_html(oc.summary)})
+    if oc.scalars:
+        sc = pd.DataFrame([{"scalar": k, "value": float(v)} for k, v in oc.scalars.items()])
+        tables.append({"caption": "reported numbers", "html": table_html(sc, "{:.4g}")})
+    figs = [f for f in oc.figures if f.name.startswith(("curve-", "completeness-", "box", "bias", "scatter"))]
+    figs += [f for f in oc.figures if f.name.startswith("maps-image0-")][:2]
+    link = ""
+    if oc.report is not None:
+        link = os.path.relpath(oc.report, rel_to)
+    desc = spec.get("description", "")
+    text = f"{desc} Seconds: {oc.seconds:.0f}. Full report: {link}" if link else desc
+    return {"id": sid, "title": title, "text": text.strip(), "tables": tables,
+            "figures": [{"src": embed_png(f), "alt": f"{name}: {f.stem}"} for f in figs if f.is_file()]}
+
+
+def _summary_sections(runs, claims: pd.DataFrame, seconds: float) -> list[dict]:
+    counts = claims["verdict"].value_counts().to_dict() if len(claims) else {}
+    text = (f"{len(claims)} claims: {counts.get('holds', 0)} hold, {counts.get('does not hold', 0)} do not hold, "
+            f"{counts.get('not run', 0)} not run. Total time {seconds / 60:.1f} min. A claim that does not hold "
+            f"is a finding about these models and data, not a failure of the run.")
+    sections = [{"id": "claims", "title": "Claims", "text": text, "figures": [],
+                 "tables": [{"caption": "each paper's checkable findings, re-measured here",
+                             "html": claims_html(claims)}]}]
+    mv = method_verdicts(runs)
+    if len(mv):
+        sections.append({"id": "verdicts", "title": "Verdict per method (model parameter randomization)",
+                         "text": method_verdicts.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
+                         "figures": [], "tables": [{"caption": "", "html": table_html(mv)}]})
+    return sections
+
+
+def _meta_section(runs, seconds: float) -> dict:
+    from sanitas.engine import versions
+
+    cfgs = "\n---\n".join(yaml.safe_dump(r.config, sort_keys=False) for r in runs)
+    timing = {r.paper: {"seconds": round(r.seconds, 1),
+                        "experiments": {k: round(o.seconds, 1) for k, o in r.outcomes.items()}} for r in runs}
+    return {"id": "meta", "title": "Configuration, versions, seeds and timings", "tables": [], "figures": [],
+            "pre": json.dumps({"versions": versions(), "total_seconds": round(seconds, 1), "timings": timing},
+                              indent=1) + "\n\n" + cfgs}
+
+
+def paper_report(run) -> Path:
+    sections = _summary_sections([run], run.claims if run.claims is not None else pd.DataFrame(), run.seconds)
+    sections += [_exp_section(run, name, run.out) for name in run.config["experiments"]]
+    sections.append(_meta_section([run], run.seconds))
+    title = f"sanitas reproduce: {run.config.get('title', run.paper)}"
+    return render(run.out / "report.html", title, sections, subtitle=run.config.get("reference", ""))
+
+
+def combined_report(runs, out: Path, claims: pd.DataFrame, seconds: float) -> Path:
+    sections = _summary_sections(runs, claims, seconds)
+    for run in runs:
+        sections += [_exp_section(run, name, out) for name in run.config["experiments"]]
+    sections.append(_meta_section(runs, seconds))
+    papers = ", ".join(r.config.get("title", r.paper) for r in runs)
+    return render(Path(out) / "report.html", "sanitas reproduce: claims of the papers, re-measured", sections,
+                  subtitle=papers)

@@ -1,0 +1,263 @@
+"""Declarative experiments, claims, resumable runs, reproduce and report rebuilding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sanitas.cli import main
+from sanitas.errors import ConfigError, UnknownNameError
+from sanitas.experiments import (config_text, evaluate_claim, list_papers, load_config, load_run, measure, resolve,
+                                 run_config)
+from sanitas.experiments import runners as runners_mod
+from sanitas.experiments.claims import FAILS, HOLDS, NOT_RUN, MeasureError
+from sanitas.experiments.runners import Outcome
+
+from conftest import TINY
+
+# -- configs ----------------------------------------------------------------------------------------
+
+def test_shipped_configs_load_and_cover_the_four_papers():
+    papers = list_papers()
+    assert set(papers) >= {"sanity-checks", "competition", "sensitivity"}
+    for p in papers:
+        cfg = load_config(p)
+        assert cfg["claims"], p
+        # the quick profile resolves and every claim names an experiment of the config
+        q = resolve(cfg, quick=True)
+        assert all(c["experiment"] in q["experiments"] for c in cfg["claims"])
+        assert yaml.safe_load(config_text(p)) == cfg
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["experiments"]["cascading"].update(check="bogus"), "unknown check 'bogus'"),
+    (lambda c: c["claims"][0].update(experiment="nope"), "unknown experiment 'nope'"),
+    (lambda c: c["claims"][0].update(expect="about 3"), "'> 0.5'"),
+    (lambda c: c["claims"][0]["measure"].pop("metric"), "needs 'metric'"),
+    (lambda c: c.update(colour="red"), "unknown top-level key"),
+    (lambda c: c["experiments"]["complete"].pop("model"), "needs a 'model'"),
+])
+def test_bad_configs_name_the_problem(tmp_path, mutate, message):
+    cfg = yaml.safe_load(TINY)
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_unknown_paper_and_missing_file():
+    with pytest.raises(UnknownNameError, match="unknown paper"):
+        load_config("no-such-paper")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("missing.yaml")
+
+
+def test_resolve_applies_quick_profile_and_images():
+    cfg = yaml.safe_load(TINY)
+    r = resolve(cfg, quick=True, images=3)
+    assert r["experiments"]["never"]["skip"] == "not in the quick profile"
+    assert all(e["images"] == 3 and e["dataset"] == "digits" for e in r["experiments"].values())
+    r = resolve(cfg, only=["complete"])
+    assert "skip" in r["experiments"]["cascading"] and "skip" not in r["experiments"]["complete"]
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        resolve(cfg, only=["zzz"])
+
+
+# -- claims on a hand-made table ----------------------------------------------------------------------
+
+def _outcome():
+    rows = []
+    # stage 0 original (1.0), stages 1..3 randomized; two images with values v and v + 0.1
+    for stage, name, v in [(0, "original", 1.0), (1, "top", 0.6), (2, "mid", 0.4), (3, "bottom", 0.2)]:
+        for image, d in enumerate((0.0, 0.1)):
+            rows.append({"method": "m", "variant": name, "stage": stage, "metric": "s", "image": image,
+                         "value": v + d})
+    rows.append({"method": "m", "variant": "top", "stage": 1, "metric": "s", "image": 2, "value": float("nan")})
+    cal = pd.DataFrame([{"metric": "s", "baseline": "input_x_uniform", "mean": 0.3}])
+    return Outcome(pd.DataFrame(rows), {"k": 10.0}, cal)
+
+
+@pytest.mark.parametrize("m, expected", [
+    ({"method": "m", "metric": "s", "stages": "first"}, 0.65),          # NaN skipped, not averaged in
+    ({"method": "m", "metric": "s", "stages": "last"}, 0.25),
+    ({"method": "m", "metric": "s", "stages": "original"}, 1.05),
+    ({"method": "m", "metric": "s", "stages": "all"}, (0.65 + 0.45 + 0.25) / 3),
+    ({"method": "m", "metric": "s", "stages": "all_but_last", "reduce": "min"}, 0.45),
+    ({"method": "m", "metric": "s", "stages": "all", "reduce": "max"}, 0.65),
+    ({"method": "m", "metric": "s", "stages": 2}, 0.45),
+    ({"method": "m", "metric": "s", "stages": "bottom"}, 0.25),
+    ({"method": "m", "metric": "s", "variant": "mid"}, 0.45),
+    ({"scalar": "k"}, 10.0),
+    ({"calibration": "input_x_uniform", "metric": "s"}, 0.3),
+    ({"sub": [{"scalar": "k"}, 4]}, 6.0),
+    ({"ratio": [{"method": "m", "metric": "s", "stages": "last"}, {"scalar": "k"}]}, 0.025),
+    ({"abs": {"sub": [1, {"scalar": "k"}]}}, 9.0),
+])
+def test_measures(m, expected):
+    assert measure(m, _outcome()) == pytest.approx(expected)
+
+
+def test_measure_errors_become_not_run():
+    oc = _outcome()
+    with pytest.raises(MeasureError, match="no rows"):
+        measure({"method": "zz", "metric": "s"}, oc)
+    claim = {"id": "x", "claim": "c", "experiment": "e", "measure": {"scalar": "missing"}, "expect": "> 1"}
+    v = evaluate_claim(claim, "p", oc)
+    assert v.verdict == NOT_RUN and "no scalar 'missing'" in v.why
+    v = evaluate_claim(claim, "p", None, "skipped: quick profile")
+    assert v.verdict == NOT_RUN and v.why == "skipped: quick profile"
+
+
+@pytest.mark.parametrize("expect, verdict", [
+    ("< 0.3", HOLDS), ("> 0.3", FAILS), ("<= 0.25", HOLDS), (">= 0.26", FAILS),
+    ({"op": "within", "tol": 0.06, "of": {"calibration": "input_x_uniform", "metric": "s"}}, HOLDS),
+    ({"op": "within", "tol": 0.04, "of": {"calibration": "input_x_uniform", "metric": "s"}}, FAILS),
+    ({"op": "within", "rel": 0.2, "of": 0.3}, HOLDS),
+    ({"op": "within", "rel": 0.1, "of": 0.3}, FAILS),
+    ({"op": "<", "than": {"method": "m", "metric": "s", "stages": "first"}}, HOLDS),
+])
+def test_expectations(expect, verdict):
+    claim = {"id": "x", "claim": "c", "experiment": "e", "measure": {"method": "m", "metric": "s", "stages": "last"},
+             "expect": expect}
+    v = evaluate_claim(claim, "p", _outcome())
+    assert v.verdict == verdict
+    assert math.isclose(v.measured, 0.25)
+
+
+# -- running a config ------------------------------------------------------------------------------
+
+def test_run_config_writes_results_claims_and_report(tiny_run):
+    out = tiny_run.out
+    claims = tiny_run.claims.set_index("id")
+    assert claims.loc["t1", "verdict"] in (HOLDS, FAILS) and claims.loc["t1", "measured"] == claims.loc["t1",
+                                                                                                       "measured"]
+    assert claims.loc["t2", "verdict"] == FAILS            # R^2 can never exceed 2: a finding, reported
+    assert claims.loc["t3", "verdict"] == NOT_RUN and "quick profile" in claims.loc["t3", "why"]
+    assert claims.loc["t4", "verdict"] == NOT_RUN and "no rows" in claims.loc["t4", "why"]
+    for f in ("claims.csv", "claims.json", "study.json", "report.html", "cascading/results.parquet",
+              "cascading/done.json", "cascading/report.html", "complete/done.json"):
+        assert (out / f).is_file(), f
+    t = pd.read_parquet(out / "cascading" / "results.parquet")
+    assert set(t["metric"]) == {"spearman_abs", "ssim", "nonzero_fraction"}
+    html = (out / "report.html").read_text()
+    assert "Tiny test study" in html and html.count('<tr class="claim">') == 4
+
+
+def test_finished_experiments_are_loaded_not_rerun(tiny_run, tiny_config, monkeypatch):
+    calls = []
+    monkeypatch.setitem(runners_mod.RUNNERS, "model_randomization", lambda *a: calls.append(a))
+    monkeypatch.setitem(runners_mod.RUNNERS, "completeness", lambda *a: calls.append(a))
+    again = run_config(tiny_config, tiny_run.out, quick=True, quiet=True)
+    assert calls == []
+    pd.testing.assert_frame_equal(again.claims, tiny_run.claims)
+
+
+def test_changed_spec_reruns_the_experiment(tiny_run, tmp_path):
+    cfg = yaml.safe_load(TINY)
+    cfg["experiments"]["complete"]["methods"] = ["gradient"]
+    from sanitas.experiments.reproduce import load_outcome
+
+    spec = resolve(cfg, quick=True)["experiments"]["complete"]
+    assert load_outcome(tiny_run.out / "complete", spec) is None
+    assert load_outcome(tiny_run.out / "complete") is not None
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def test_interrupted_run_resumes_without_recomputing(tiny_config, tiny_run, tmp_path, monkeypatch):
+    """Kill the run inside the second stage; the re-run computes only what was missing and the
+    final tables equal the uninterrupted run's."""
+    from sanitas.explain.base import Explainer
+
+    calls = {"n": 0, "limit": 5}
+    original = Explainer.__call__
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > calls["limit"]:
+            raise _Interrupt()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "__call__", counting)
+    with pytest.raises(_Interrupt):
+        run_config(tiny_config, tmp_path / "killed", quick=True, quiet=True)
+    assert not (tmp_path / "killed" / "cascading" / "done.json").exists()
+    assert list((tmp_path / "killed" / "cascading").rglob("*.pt"))     # some cells were finished
+    calls.update(n=0, limit=10**9)
+    resumed = run_config(tiny_config, tmp_path / "killed", quick=True, quiet=True)
+    n_resumed = calls["n"]
+    calls.update(n=0)
+    run_config(tiny_config, tmp_path / "fresh", quick=True, quiet=True)
+    assert 0 < n_resumed < calls["n"]             # finished cells were not recomputed
+    for name in ("cascading", "complete"):
+        a = pd.read_parquet(tmp_path / "killed" / name / "results.parquet")
+        b = pd.read_parquet(tiny_run.out / name / "results.parquet")
+        pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(resumed.claims, tiny_run.claims)
+
+
+def test_load_run_and_rebuild(tiny_run):
+    from sanitas.experiments.rebuild import rebuild
+
+    run = load_run(tiny_run.out)
+    assert set(run.outcomes) == {"cascading", "complete"}
+    path, claims = rebuild(tiny_run.out)
+    pd.testing.assert_frame_equal(claims.reset_index(drop=True), tiny_run.claims.reset_index(drop=True),
+                                  check_dtype=False)
+    assert path.is_file()
+    # a single check's directory rebuilds too
+    path, claims = rebuild(tiny_run.out / "cascading")
+    assert claims is None and path.name == "report.html"
+    with pytest.raises(ConfigError, match="holds no sanitas results"):
+        rebuild(tiny_run.out / "cascading" / "figures")
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+def test_cli_reproduce_list_and_show():
+    r = CliRunner().invoke(main, ["reproduce", "--list"])
+    assert r.exit_code == 0 and "sanity-checks" in r.output and "claims" in r.output
+    r = CliRunner().invoke(main, ["reproduce", "--show", "sensitivity"])
+    assert r.exit_code == 0 and yaml.safe_load(r.output) == load_config("sensitivity")
+    r = CliRunner().invoke(main, ["reproduce", "--show", "nope"])
+    assert r.exit_code == 1 and "unknown paper" in r.output
+    r = CliRunner().invoke(main, ["reproduce", "sensitivity"])
+    assert r.exit_code == 1 and "needs --out" in r.output
+
+
+def test_cli_run_and_report(tiny_config, tiny_run):
+    r = CliRunner().invoke(main, ["run", str(tiny_config), "--out", str(tiny_run.out), "--quick", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "t2" in r.output and "does not hold" in r.output and "4 claims" in r.output
+    r = CliRunner().invoke(main, ["report", str(tiny_run.out)])
+    assert r.exit_code == 0 and "report:" in r.output
+    r = CliRunner().invoke(main, ["run", "nowhere.yaml", "--out", str(tiny_run.out)])
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_reproduce_runs_papers_into_one_report(tmp_path, monkeypatch):
+    """reproduce = one run per paper + combined claims/report; here with a fast stand-in runner."""
+    from sanitas.experiments import reproduce
+
+    def fake(spec, out, quiet):
+        t = pd.DataFrame({"method": ["x"], "variant": ["v"], "stage": [1], "metric": ["m"], "image": [0],
+                          "value": [0.0]})
+        t.to_parquet(out / "results.parquet")
+        return Outcome(t, {"inverse_num_classes": 0.1}, None, [], None, 0.0)
+
+    for kind in list(runners_mod.RUNNERS):
+        monkeypatch.setitem(runners_mod.RUNNERS, kind, fake)
+    runs, claims, report = reproduce(["sensitivity", "competition"], tmp_path, quick=True, quiet=True)
+    assert report.is_file() and (tmp_path / "claims.csv").is_file()
+    assert set(claims["paper"]) == {"sensitivity", "competition"}
+    assert len(claims) == sum(len(load_config(p)["claims"]) for p in ("sensitivity", "competition"))
+    info = json.loads((tmp_path / "reproduce.json").read_text())
+    assert info["papers"] == ["sensitivity", "competition"]
