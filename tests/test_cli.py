@@ -58,6 +58,22 @@ def test_randomize_command_writes_the_contract(tmp_path):
     assert r.exit_code == 1 and "Did you mean" in r.output and "Traceback" not in r.output
 
 
+def test_top_classes_flag_names_the_approximation(tmp_path):
+    """--top-classes M: competitive methods compete among the M best classes, and say so in the results
+    (a different name, so a resumed run never mixes exact and approximate cells)."""
+    import pandas as pd
+
+    out = tmp_path / "top"
+    args = ["randomize", "linear", "--dataset", "digits", "--methods", "gradient,competitive(input_x_gradient)",
+            "--metrics", "spearman_abs", "--images", "6", "--out", str(out), "-q"]
+    r = CliRunner().invoke(main, args + ["--top-classes", "3"])
+    assert r.exit_code == 0, r.output
+    methods = set(pd.read_parquet(out / "results.parquet")["method"])
+    assert methods == {"gradient", "competitive(input_x_gradient, top_classes=3)"}
+    r = CliRunner().invoke(main, args + ["--top-classes", "0"])
+    assert r.exit_code == 2 and "top-classes" in r.output
+
+
 def test_data_randomization_and_input_invariance_commands(tmp_path):
     r = CliRunner().invoke(main, ["data-randomization", "linear", "--dataset", "digits", "--methods", "gradient",
                                   "--metrics", "spearman_abs", "--images", "8", "--epochs", "2",

@@ -102,6 +102,30 @@ def _csv(value: str) -> list[str]:
     return out
 
 
+def _methods(value: str, top_classes: int | None):
+    """Method names from the CLI; with ``--top-classes M`` every ``competitive(...)`` competes only
+    among the M highest-scoring classes (named ``competitive(base, top_classes=M)`` in the results)."""
+    names = _csv(value)
+    if top_classes is None:
+        return names
+    from sanitas.explain import get_explainer
+    from sanitas.explain.registry import _CALL
+
+    out = {}
+    for name in names:
+        m = _CALL.match(name)
+        if m and m.group(1) == "competitive":
+            e = get_explainer("competitive", base=m.group(2).strip(), top_classes=top_classes)
+            out[repr(e)] = e
+        else:
+            out[name] = name
+    return out
+
+
+TOP_CLASSES_HELP = ("competitive(...) methods compete only among the M highest-scoring classes of each image "
+                    "(an approximation for large heads; default: all classes, exact)")
+
+
 def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str = "test", quiet: bool = False):
     from sanitas.data import load_dataset
     from sanitas.models import load_model
@@ -164,18 +188,19 @@ def _blocks(blocks):
 @click.option("--blocks", default=None, help="group layers: 'prefix:N' or comma-separated prefixes")
 @click.option("--normalize", type=click.Choice(["none", "maxabs", "rms"]), default="none", show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
+@click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @click.option("--no-resume", is_flag=True, help="recompute finished stages instead of reusing them")
 @click.option("--quiet", "-q", is_flag=True)
 def randomize(model, dataset, methods, metrics, mode, order, init, target, images, seed, blocks, normalize, out,
-              no_resume, quiet):
+              top_classes, no_resume, quiet):
     """Model parameter randomization test: do MODEL's explanations change when its weights are destroyed?"""
     from sanitas.checks import model_randomization
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
     net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
-    res = model_randomization(net, ds.x, ds.y, _csv(methods), _csv(metrics), mode=mode, init=init, seed=seed,
-                              target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
+    res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode, init=init,
+                              seed=seed, target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
                               resume=not no_resume, quiet=quiet)
     figs = check_figures(res, out)
     report = check_report(res, out, figs)
@@ -201,10 +226,11 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
 @click.option("--lr", default=3e-4, show_default=True, type=float,
               help="learning rate of permuted-label training (1e-3 never leaves chance level for cnn)")
 @click.option("--no-ceiling", is_flag=True, help="skip the second true-label model (model-seed ceiling)")
+@click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--quiet", "-q", is_flag=True)
 def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train_size, target_accuracy, epochs, lr,
-                           no_ceiling, out, quiet):
+                           no_ceiling, top_classes, out, quiet):
     """Data randomization test: explanations of MODEL trained on true vs on permuted labels."""
     from sanitas.checks import ceiling_verdicts, data_randomization
     from sanitas.data import load_dataset
@@ -222,7 +248,8 @@ def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train
     ceiling = None if no_ceiling else train_model(model, dataset, seed=seed + 1, quiet=quiet).model
     ds = load_dataset(dataset, "test")
     ds = ds.sample(images, seed=seed) if images < len(ds) else ds
-    res = data_randomization(true.model, perm.model, ds.x, ds.y, _csv(methods), _csv(metrics), ceiling_model=ceiling,
+    res = data_randomization(true.model, perm.model, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics),
+                             ceiling_model=ceiling,
                              out=out, seed=seed, quiet=quiet)
     res.meta["permuted_training"] = pm
     figs = check_figures(res, out)

@@ -35,7 +35,7 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
     t0 = time.perf_counter()
-    config = {"check": kind, "methods": list(explainers), "metrics": list(sims), "images": tensor_digest(x),
+    config = {"check": kind, "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "images": tensor_digest(x),
               "models": [(n, model_fingerprint(m)) for n, m in models], **(extra_config or {})}
     store = engine.CellStore(out, config, resume=resume)
     variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]

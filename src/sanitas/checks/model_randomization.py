@@ -228,7 +228,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
             return values
     config = {"check": "model_randomization", "mode": mode, "init": init, "seed": seed, "target": target,
               "order": kw.get("order"), "blocks": blocks, "normalize": normalize, "bn_stats": bn_stats,
-              "methods": list(explainers), "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
+              "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
               "map_stats": map_stats,
               "n_images": int(x.shape[0]),
               "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
