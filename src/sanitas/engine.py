@@ -115,6 +115,12 @@ def score(metrics: dict[str, Any], ref: torch.Tensor, maps: torch.Tensor, x: tor
     return {name: m(ref, maps, x=x).detach().cpu().double() for name, m in metrics.items()}
 
 
+def _same_target(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+    return isinstance(a, str) and isinstance(b, str) and a == b
+
+
 def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         explainers: dict[str, Explainer], metrics: dict[str, Any],
         target_for: Callable[[Variant], torch.Tensor | str],
@@ -144,7 +150,10 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
                 continue
             t = time.perf_counter()
             target = target_for(variant)
-            maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
+            if variant.model is reference and _same_target(target, reference_target):
+                maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
+            else:
+                maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
             timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
             t = time.perf_counter()
             values = score(metrics, ref(method), maps, x)

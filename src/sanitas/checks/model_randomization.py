@@ -238,7 +238,9 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     def variants():
         for st in stages_iter:
             stage_names.append(st.name)
-            yield engine.Variant(st.name, st.index, st.model, {"mode": mode,
+            # nothing randomized yet: explain the user's model itself, so the engine reuses the reference maps
+            net = model if not st.randomized_layers and mode != "random_logit" else st.model
+            yield engine.Variant(st.name, st.index, net, {"mode": mode,
                                                                 "randomized": ",".join(st.randomized_layers)})
 
     table, shown, timings = engine.run(model, variants(), x, explainers, sims, target_for, store, ref_target,
