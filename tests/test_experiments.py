@@ -147,6 +147,7 @@ def test_run_config_writes_results_claims_and_report(tiny_run):
     assert set(t["metric"]) == {"spearman_abs", "ssim", "nonzero_fraction"}
     html = (out / "report.html").read_text()
     assert "Tiny test study" in html and html.count('<tr class="claim">') == 4
+    assert "Verdict per method" in html and "mean_randomized" in html
 
 
 def test_finished_experiments_are_loaded_not_rerun(tiny_run, tiny_config, monkeypatch):

@@ -232,11 +232,11 @@ def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None)
             ref = measure(e["of"], outcome)
             tol = e["tol"] if "tol" in e else e["rel"] * abs(ref)
             ok = abs(value - ref) <= tol
-            why = f"reference {ref:.4g}, difference {value - ref:+.4g}"
+            why = f"reference {ref:.3f}, difference {value - ref:+.3f}"
         else:
             ref = measure(e["than"], outcome)
             ok = OPS[e["op"]](value, ref)
-            why = "" if isinstance(e["than"], (int, float)) else f"reference {ref:.4g}"
+            why = "" if isinstance(e["than"], (int, float)) else f"reference {ref:.3f}"
     except MeasureError as exc:
         return Verdict(**base, measured=None, verdict=NOT_RUN, why=str(exc))
     if math.isnan(value):

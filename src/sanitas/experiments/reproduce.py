@@ -133,6 +133,7 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
     run.claims.to_csv(out / "claims.csv", index=False)
     atomic_write_json(out / "claims.json", json.loads(run.claims.to_json(orient="records")))
     atomic_write_json(out / "study.json", {"paper": cfg["paper"], "config": cfg, "seconds": run.seconds,
+                                           "experiment_order": list(cfg["experiments"]),
                                          "experiment_seconds": {k: o.seconds for k, o in run.outcomes.items()},
                                          "not_run": run.not_run})
     if report:
@@ -173,6 +174,8 @@ def load_run(out: str | Path) -> PaperRun:
         raise ConfigError(f"{out} has no study.json: not a directory written by `sanitas run` / `sanitas reproduce`")
     info = json.loads(info_path.read_text())
     cfg = info["config"]
+    order = info.get("experiment_order") or list(cfg["experiments"])   # JSON keys are stored sorted
+    cfg["experiments"] = {k: cfg["experiments"][k] for k in order}
     run = PaperRun(cfg, out, seconds=float(info.get("seconds", 0.0)), not_run=dict(info.get("not_run", {})))
     for name in cfg["experiments"]:
         oc = load_outcome(out / name)

@@ -17,7 +17,7 @@ TEMPLATE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{ title }}</title>
 <style>
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:12px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1240px;padding:12px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}th{background:#f4f4f4;cursor:pointer}
@@ -25,7 +25,7 @@ td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
 .fig{display:inline-block;max-width:100%;vertical-align:top}.verdict-pass{color:#17693a;font-weight:600}
 .verdict-fail{color:#a3261b;font-weight:600}.verdict-skip{color:#8a6d00;font-weight:600}
-.wrap{display:inline-block;white-space:normal;min-width:14em;max-width:28em;text-align:left}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
+.wrap{display:inline-block;white-space:normal;min-width:9em;max-width:22em;text-align:left}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ subtitle }}</p>
