@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -14,11 +15,23 @@ class _Group(click.Group):
     """Turns a :class:`SanitasError` into one clear line and exit status 1, not a traceback."""
 
     def invoke(self, ctx):
+        # --quiet silences every progress bar below the command too (training, DASP, ...)
+        args = [*getattr(ctx, "protected_args", []), *ctx.args]
+        quiet = "-q" in args or "--quiet" in args
+        before = os.environ.get("SANITAS_QUIET")
+        if quiet:
+            os.environ["SANITAS_QUIET"] = "1"
         try:
             return super().invoke(ctx)
         except SanitasError as exc:
             click.echo(f"sanitas: error: {exc}", err=True)
             ctx.exit(1)
+        finally:
+            if quiet:
+                if before is None:
+                    os.environ.pop("SANITAS_QUIET", None)
+                else:
+                    os.environ["SANITAS_QUIET"] = before
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
