@@ -218,8 +218,7 @@ def zero_bias_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     y = torch.as_tensor(y)
     if y.shape[:1] != x.shape[:1]:
         raise InputError(f"{len(y)} labels for {len(x)} images; give one label per image")
-    pred = _logits(zero_bias(model), x, batch_size).argmax(1)
-    return float((pred == y.cpu().long()).float().mean())
+    return _accuracy(zero_bias(model), x, y, batch_size)
 
 
 def _fit(f: np.ndarray, f0: np.ndarray) -> tuple[float, float, float]:
@@ -366,7 +365,7 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
     """
     import sanitas
     from sanitas.data import load_dataset
-    from sanitas.models.train import TrainedModel, _try_load, accuracy, train
+    from sanitas.models.train import TrainedModel, _try_load, train
     from sanitas.utils.device import resolve_device
     from sanitas.utils.io import atomic_torch_save, atomic_write_json
     from sanitas.utils.seed import isolated_rng, make_generator
@@ -453,11 +452,10 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
         t_pred = _logits(teacher_net, test_ds.x).argmax(1)
         s_pred = _logits(student, test_ds.x).argmax(1)
     metrics = {
-        "test_accuracy": accuracy(student, test_ds.x, test_ds.y),
+        "test_accuracy": _accuracy(student, test_ds.x, test_ds.y),
         "teacher_test_accuracy": teacher.test_accuracy,
         "zero_bias_test_accuracy": zero_bias_accuracy(teacher_net, test_ds.x, test_ds.y),
-        "agreement_with_teacher": float((t_pred == s_pred).float().mean()),
-        "train_accuracy": accuracy(student, train_ds.x, train_ds.y),
+        "agreement_with_teacher": int((t_pred == s_pred).sum()) / len(t_pred),
         "max_abs_bias": max_abs_bias(student), "seconds": round(seconds, 2), "steps": steps,
         "epochs": round(steps * batch_size / n, 3), "n_train": n, "device": str(dev), "labels": "distilled",
     }
@@ -543,8 +541,7 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
     for i, m in enumerate(models):
         name = m if isinstance(m, str) else f"{type(m).__name__}{i}"
         t0 = time.perf_counter()
-        net = load_model(m, dataset, **({"quiet": quiet} if isinstance(m, str) else {}),
-                         **(train_kwargs or {} if isinstance(m, str) else {}))
+        net = load_model(m, dataset, **({"quiet": quiet, **(train_kwargs or {})} if isinstance(m, str) else {}))
         acc = _accuracy(net, acc_ds.x, acc_ds.y)
         acc0 = zero_bias_accuracy(net, acc_ds.x, acc_ds.y)
         reg = bias_regression(net, sub.x)
@@ -609,9 +606,9 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
     return res
 
 
-def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    pred = _logits(net, x).argmax(1)
-    return float((pred == y.cpu().long()).float().mean())
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    pred = _logits(net, x, batch_size).argmax(1)
+    return int((pred == torch.as_tensor(y).cpu().long()).sum()) / len(pred)
 
 
 def write_bias_outputs(res: BiasAnalysis, out: str | Path) -> Path:
