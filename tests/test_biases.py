@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError, ModelError, SanitasError
-from sanitas.evaluate import (bias_decomposition, bias_regression, bias_summary, cutting_layers, distill_zero_bias,
-                              max_abs_bias, zero_bias, zero_bias_accuracy)
+from sanitas.evaluate import (bias_analysis, bias_decomposition, bias_regression, bias_summary, cutting_layers,
+                              distill_zero_bias, max_abs_bias, zero_bias, zero_bias_accuracy)
 from sanitas.explain.layers import layer_bias
 from sanitas.models import build_model
 from sanitas.utils.hashing import model_fingerprint
@@ -159,3 +159,7 @@ def test_bad_inputs_raise_clear_errors():
         distill_zero_bias(net, "digits")
     with pytest.raises(SanitasError, match="unknown model"):
         distill_zero_bias("nope", "digits")
+    with pytest.raises(ConfigError, match="not among the models"):
+        bias_analysis(["linear"], "digits", distill=["cnn"])
+    with pytest.raises(ConfigError, match="at least one model"):
+        bias_analysis([], "digits")

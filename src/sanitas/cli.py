@@ -269,20 +269,26 @@ def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baseline
 @click.option("--accuracy-images", default=None, type=int, help="test images for the accuracies [default: all]")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--distill", is_flag=True, help="also make zero-bias models by bias decay + distillation (T=100)")
-@click.option("--distill-steps", default=600, show_default=True, type=int, help="fine-tuning steps of --distill")
+@click.option("--distill-models", default=None, help="comma-separated subset of MODELS to distill (implies --distill)")
+@click.option("--distill-steps", default=None, type=int,
+              help="fine-tuning steps of --distill [default: distill_zero_bias's]")
 @click.option("--temperature", "-T", default=100.0, show_default=True, type=float, help="distillation temperature")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--quiet", "-q", is_flag=True)
-def biases(models, dataset, images, accuracy_images, seed, distill, distill_steps, temperature, out, quiet):
+def biases(models, dataset, images, accuracy_images, seed, distill, distill_models, distill_steps, temperature, out,
+           quiet):
     """The role of biases (seed 002): accuracy with biases set to zero, f^{b=0} = alpha f + beta, and the
     per-layer bias share of the logit (Eq. 13-14) for each MODEL."""
     from sanitas.evaluate.biases import bias_analysis
 
+    if distill_models:
+        distill = _csv(distill_models)
     res = bias_analysis(list(models), dataset, images, out, seed=seed, distill=distill,
-                        distill_kwargs={"steps": distill_steps, "T": temperature}, accuracy_images=accuracy_images,
+                        distill_kwargs={"T": temperature, **({"steps": distill_steps} if distill_steps else {})},
+                        accuracy_images=accuracy_images,
                         quiet=quiet)
     cols = ["model", "test_accuracy", "zero_bias_accuracy", "alpha", "beta", "r2", "bias_share_of_logit_median",
-            "max_residual"] + (["distilled_accuracy", "distill_seconds"] if distill else [])
+            "max_residual", "distilled_accuracy", "distill_seconds"]
     click.echo(res.models[[c for c in cols if c in res.models]].round(4).to_string(index=False))
     click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
 

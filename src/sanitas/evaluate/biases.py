@@ -317,6 +317,7 @@ def distill_config(model: str, dataset: str, teacher, *, T: float, steps: int, s
         "T": float(T), "steps": int(steps), "stages": int(stages), "final_fraction": float(final_fraction),
         "decay": decay, "lr": float(lr), "batch_size": int(batch_size),
         "train_size": None if train_size is None else int(train_size), "optimizer": "adam",
+        "lr_schedule": "constant while decaying, cosine to 0 once the biases are zero",
         "loss": "kl(softmax(t/T) || softmax(s/T)) * T^2", "distill_version": DISTILL_VERSION,
     }
 
@@ -354,7 +355,8 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
     is BatchNorm's implicit bias) are not trained but re-scaled from their original values:
     during the first ``(1 - final_fraction) * steps`` steps in ``stages`` equal stages (see
     :func:`decay_factor`), then held at exactly zero for the rest, so the weights learn to make
-    up for them. BatchNorm's gamma and running variance stay fixed and the student runs in eval
+    up for them. Adam's learning rate is constant during the decay and follows a cosine to zero
+    once the biases are zero. BatchNorm's gamma and running variance stay fixed and the student runs in eval
     mode (no dropout, frozen statistics), as in the paper, which keeps gamma and var constant.
 
     Returns a :class:`sanitas.models.TrainedModel` whose every bias is exactly zero; metrics
@@ -407,12 +409,16 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
         raise ModelError(f"{model} has no weights to fine-tune besides its biases")
     opt = torch.optim.Adam(trainable, lr=lr)
     decay_steps = max(1, int(round(steps * (1 - final_fraction))))
+    final = max(1, steps - decay_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if s < decay_steps else 0.5 * (1 + math.cos(math.pi * min(s - decay_steps, final) / final)))
     g = make_generator(seed)
     n = len(x)
     history = []
     start = time.perf_counter()
     factor = None
     loss_sum, loss_n = 0.0, 0
+    tail, tail_from = [], steps - max(1, steps // 10)
     with isolated_rng(seed):
         order = torch.randperm(n, generator=g)
         pos = 0
@@ -437,8 +443,11 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             loss_sum += float(loss.detach())
             loss_n += 1
+            if step >= tail_from:
+                tail.append(float(loss.detach()))
         history.append({"factor": factor, "until_step": steps, "loss": loss_sum / max(loss_n, 1)})
     seconds = time.perf_counter() - start
     with torch.no_grad():  # exactly zero, whatever rounding the schedule left
@@ -456,7 +465,8 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
         "teacher_test_accuracy": teacher.test_accuracy,
         "zero_bias_test_accuracy": zero_bias_accuracy(teacher_net, test_ds.x, test_ds.y),
         "agreement_with_teacher": int((t_pred == s_pred).sum()) / len(t_pred),
-        "max_abs_bias": max_abs_bias(student), "seconds": round(seconds, 2), "steps": steps,
+        "final_loss": sum(tail) / len(tail), "max_abs_bias": max_abs_bias(student), "seconds": round(seconds, 2),
+        "steps": steps,
         "epochs": round(steps * batch_size / n, 3), "n_train": n, "device": str(dev), "labels": "distilled",
     }
     log(f"{model} zero-bias distillation: test accuracy {metrics['test_accuracy']:.4f} (teacher "
@@ -511,7 +521,7 @@ def _row(model, method, variant, metric, value, stage=-1, layer="", image=-1):
 
 
 def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out: str | Path | None = None, *,
-                  seed: int = 0, distill: bool = False, distill_kwargs: dict | None = None,
+                  seed: int = 0, distill: bool | list[str] = False, distill_kwargs: dict | None = None,
                   train_kwargs: dict | None = None, accuracy_images: int | None = None,
                   quiet: bool | None = None) -> BiasAnalysis:
     """The zero-bias analysis of seed 002 for each model (names of reference models, or modules).
@@ -519,8 +529,9 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
     Per model: test accuracy with and without biases (on the whole test split, or
     ``accuracy_images`` of it), the regression f^{b=0} = alpha f + beta, and the per-layer
     decomposition on ``images`` seeded test images (bias share per layer, Eq. 13 residuals).
-    ``distill=True`` also makes the zero-bias model by distillation (reference models only) and
-    reports its accuracy, fine-tuning time and decomposition. With ``out``, writes
+    ``distill=True`` also makes the zero-bias model by distillation (:func:`distill_zero_bias`;
+    reference models only; a list of names: only those) and reports its accuracy, fine-tuning
+    time and decomposition. With ``out``, writes
     results.parquet/csv, summary.csv, layers.csv, regression.csv, meta.json, figures/*.png and
     report.html.
     """
@@ -533,6 +544,13 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
     models = list(models)
     if not models:
         raise ConfigError("bias_analysis needs at least one model")
+    if isinstance(distill, str):
+        distill = [distill]
+    if not isinstance(distill, bool):
+        distill = list(distill)
+        unknown = [d for d in distill if d not in models]
+        if unknown:
+            raise ConfigError(f"distill names {unknown} that are not among the models {models}")
     test = load_dataset(dataset, "test")
     sub = test.sample(images, seed=seed)
     acc_ds = test.sample(accuracy_images, seed=seed) if accuracy_images else test
@@ -566,7 +584,7 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
         pc.insert(0, "model", name)
         regs.append(pc)
         scatter[name] = (reg.logits, reg.zero_bias_logits, reg.alpha, reg.beta)
-        if distill:
+        if distill is True or (distill and name in distill):
             if not isinstance(m, str):
                 notes[name] = "distillation skipped: needs a reference model name"
             else:
@@ -594,7 +612,8 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
     table = table[["model", "method", "variant", "stage", "layer", "metric", "image", "value"]]
     meta = {"kind": "biases", "config": {"models": [m if isinstance(m, str) else type(m).__name__ for m in models],
                                          "dataset": str(dataset), "images": len(sub), "seed": seed,
-                                         "accuracy_images": len(acc_ds), "distill": distill,
+                                         "accuracy_images": len(acc_ds),
+                                         "distill": distill if isinstance(distill, bool) else list(distill),
                                          "distill_kwargs": distill_kwargs or {}, "train_kwargs": train_kwargs or {}},
             "image_indices": sub.info.get("indices"), "versions": versions(), "timings_s": timings, "notes": notes,
             "eq13": "residual reported for layers that cut the graph (every input-output path passes through "
