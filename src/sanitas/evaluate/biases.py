@@ -297,7 +297,8 @@ def decay_factor(step: int, decay_steps: int, stages: int, decay: str = "linear"
 
 
 def distill_config(model: str, dataset: str, teacher, *, T: float, steps: int, stages: int, final_fraction: float,
-                   decay: str, lr: float, batch_size: int, train_size: int | None, seed: int) -> dict[str, Any]:
+                   decay: str, lr: float, batch_size: int, train_size: int | None, seed: int,
+                   label_weight: float = 0.0) -> dict[str, Any]:
     if not (T > 0 and math.isfinite(T)):
         raise ConfigError(f"temperature T must be a positive number, got {T!r}")
     if decay not in DECAYS:
@@ -309,6 +310,8 @@ def distill_config(model: str, dataset: str, teacher, *, T: float, steps: int, s
         raise ConfigError(f"final_fraction must be in [0, 1), got {final_fraction}")
     if not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}")
+    if not (label_weight >= 0 and math.isfinite(label_weight)):
+        raise ConfigError(f"label_weight must be >= 0, got {label_weight}")
     return {
         "kind": "zero-bias-distillation", "model": teacher.config["model"], "dataset": str(dataset),
         "dataset_key": teacher.config["dataset_key"], "labels": "distilled", "seed": int(seed),
@@ -318,7 +321,8 @@ def distill_config(model: str, dataset: str, teacher, *, T: float, steps: int, s
         "decay": decay, "lr": float(lr), "batch_size": int(batch_size),
         "train_size": None if train_size is None else int(train_size), "optimizer": "adam",
         "lr_schedule": "constant while decaying, cosine to 0 once the biases are zero",
-        "loss": "kl(softmax(t/T) || softmax(s/T)) * T^2", "distill_version": DISTILL_VERSION,
+        "loss": "kl(softmax(t/T) || softmax(s/T)) * T^2 + label_weight * cross_entropy(s, y)",
+        "label_weight": float(label_weight), "distill_version": DISTILL_VERSION,
     }
 
 
@@ -342,7 +346,7 @@ def _distill_paths(cfg: dict) -> tuple[Path, Path, str]:
 
 def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100.0, *, steps: int = 600,
                       stages: int = 10, final_fraction: float = 0.3, decay: str = "linear", lr: float = 1e-4,
-                      batch_size: int = 64, train_size: int | None = None, seed: int = 0,
+                      batch_size: int = 64, train_size: int | None = None, seed: int = 0, label_weight: float = 0.0,
                       teacher_kwargs: dict | None = None, device: str | torch.device = "auto", cache: bool = True,
                       force: bool = False, quiet: bool | None = None):
     """A zero-bias version of a trained reference model, by bias decay + distillation (supplement C).
@@ -350,7 +354,9 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
     The teacher is ``train(model, dataset, **teacher_kwargs)`` (trained or loaded from the
     cache). A copy (the student) is fine-tuned with Adam on the training images to match the
     teacher's outputs softened at temperature ``T`` (Hinton et al.: KL divergence between
-    softmax(teacher / T) and softmax(student / T), times T^2; no labels are used). Meanwhile the
+    softmax(teacher / T) and softmax(student / T), times T^2; seed 002 uses T = 100). By default no
+    labels are used; ``label_weight`` > 0 adds that multiple of the cross-entropy with the true
+    training labels (Hinton et al.'s second objective). Meanwhile the
     biases (every ``bias`` parameter, and BatchNorm's running mean and beta, whose combination
     is BatchNorm's implicit bias) are not trained but re-scaled from their original values:
     during the first ``(1 - final_fraction) * steps`` steps in ``stages`` equal stages (see
@@ -377,7 +383,8 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
                           f"{type(model).__name__}")
     teacher = train(model, dataset, quiet=quiet, **(teacher_kwargs or {}))
     cfg = distill_config(model, dataset, teacher, T=T, steps=steps, stages=stages, final_fraction=final_fraction,
-                         decay=decay, lr=lr, batch_size=batch_size, train_size=train_size, seed=seed)
+                         decay=decay, lr=lr, batch_size=batch_size, train_size=train_size, seed=seed,
+                         label_weight=label_weight)
     cfg["teacher_config"] = {k: v for k, v in teacher.config.items()}
     train_ds = load_dataset(dataset, "train")
     test_ds = load_dataset(dataset, "test")
@@ -434,12 +441,15 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
                         p.copy_(p0 * fct)
             if pos + batch_size > n:
                 order, pos = torch.randperm(n, generator=g), 0
-            xb = x[order[pos:pos + batch_size]].to(dev)
+            idx = order[pos:pos + batch_size]
+            xb = x[idx].to(dev)
             pos += batch_size
             with torch.no_grad():
                 soft_t = F.log_softmax(t_net(xb) / T, 1)
-            log_s = F.log_softmax(student(xb) / T, 1)
-            loss = F.kl_div(log_s, soft_t, log_target=True, reduction="batchmean") * T * T
+            s_logits = student(xb)
+            loss = F.kl_div(F.log_softmax(s_logits / T, 1), soft_t, log_target=True, reduction="batchmean") * T * T
+            if label_weight:
+                loss = loss + label_weight * F.cross_entropy(s_logits, train_ds.y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
