@@ -172,7 +172,9 @@ def bias_share_bars(layers: pd.DataFrame, path: str | Path, title: str | None = 
             gv = g[g["variant"] == v].set_index("layer").reindex(stages)
             xs = np.arange(len(stages)) + (j - (len(variants) - 1) / 2) * width
             ax.bar(xs, gv["bias_share_mean"], width, label=v)
-        ax.set_xticks(np.arange(len(stages)), [_short(n, 16) for n in stages], rotation=35, ha="right", fontsize=6)
+        # layer names differ at their ends (stages.stage2.block1.bn1 vs ...bn2): keep the tail
+        ax.set_xticks(np.arange(len(stages)), [n if len(n) <= 18 else "…" + n[-17:] for n in stages], rotation=35,
+                      ha="right", fontsize=6)
         ax.set_ylabel("mean |A_b| / |f|", fontsize=7)
         ax.set_title(name, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
