@@ -291,7 +291,9 @@ def biases(models, dataset, images, accuracy_images, seed, distill, distill_mode
                         accuracy_images=accuracy_images, quiet=quiet)
     cols = ["model", "test_accuracy", "zero_bias_accuracy", "alpha", "beta", "r2", "bias_share_of_logit_median",
             "max_residual", "distilled_accuracy", "distill_seconds"]
-    click.echo(res.models[[c for c in cols if c in res.models]].round(4).to_string(index=False))
+    table = res.models[[c for c in cols if c in res.models]].round(4)
+    table["max_residual"] = res.models["max_residual"].map("{:.1e}".format)  # Eq. 13 check: ~1e-6, not 0
+    click.echo(table.to_string(index=False))
     click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
 
 
