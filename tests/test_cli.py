@@ -84,3 +84,22 @@ def test_data_randomization_and_input_invariance_commands(tmp_path):
                                   "gradient,input_x_gradient", "--images", "8", "--out", str(tmp_path / "ii"), "-q"])
     assert r.exit_code == 0, r.output
     assert "largest logit difference" in r.output
+
+
+def test_biases_command_writes_the_contract(tmp_path):
+    out = tmp_path / "biases"
+    args = ["biases", "linear", "--dataset", "digits", "--images", "16", "--distill", "--distill-steps", "4",
+            "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    for f in ["results.parquet", "results.csv", "meta.json", "report.html", "summary.csv", "layers.csv"]:
+        assert (out / f).exists(), f
+    assert len(list((out / "figures").glob("*.png"))) == 2
+    assert "zero_bias_accuracy" in r.output and "distilled_accuracy" in r.output
+    import pandas as pd
+
+    t = pd.read_parquet(out / "results.parquet")
+    assert {"method", "variant", "stage", "metric", "image", "value"} <= set(t.columns)
+    assert set(t["variant"]) == {"original", "zero_bias", "distilled"}
+    r = CliRunner().invoke(main, ["biases", "linear", "--dataset", "digits", "--images", "0", "--out", str(out)])
+    assert r.exit_code == 1 and "positive" in r.output and "Traceback" not in r.output

@@ -378,5 +378,41 @@ def report(directory):
     click.echo(f"report: {path}")
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@click.option("--images", "-n", default=512, show_default=True, type=int,
+              help="test images for the per-layer decomposition and the regression (seeded sample)")
+@click.option("--accuracy-images", default=None, type=int, help="test images for the accuracies [default: all]")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--distill", is_flag=True, help="also make zero-bias models by bias decay + distillation (T=100)")
+@click.option("--distill-models", default=None, help="comma-separated subset of MODELS to distill (implies --distill)")
+@click.option("--distill-steps", default=None, type=int,
+              help="fine-tuning steps of --distill [default: distill_zero_bias's]")
+@click.option("--temperature", "-T", default=100.0, show_default=True, type=float, help="distillation temperature")
+@click.option("--label-weight", default=None, type=float,
+              help="weight of the true-label cross-entropy in --distill (0: pure distillation) [default: 0.5]")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
+@click.option("--quiet", "-q", is_flag=True)
+def biases(models, dataset, images, accuracy_images, seed, distill, distill_models, distill_steps, temperature,
+           label_weight, out, quiet):
+    """The role of biases (seed 002): accuracy with biases set to zero, f^{b=0} = alpha f + beta, and the
+    per-layer bias share of the logit (Eq. 13-14) for each MODEL."""
+    from sanitas.evaluate.biases import bias_analysis
+
+    if distill_models:
+        distill = _csv(distill_models)
+    distill_kwargs = {"T": temperature, **({"steps": distill_steps} if distill_steps else {}),
+                      **({"label_weight": label_weight} if label_weight is not None else {})}
+    res = bias_analysis(list(models), dataset, images, out, seed=seed, distill=distill, distill_kwargs=distill_kwargs,
+                        accuracy_images=accuracy_images, quiet=quiet)
+    cols = ["model", "test_accuracy", "zero_bias_accuracy", "alpha", "beta", "r2", "bias_share_of_logit_median",
+            "max_residual", "distilled_accuracy", "distill_seconds"]
+    table = res.models[[c for c in cols if c in res.models]].round(4)
+    table["max_residual"] = res.models["max_residual"].map("{:.1e}".format)  # Eq. 13 check: ~1e-6, not 0
+    click.echo(table.to_string(index=False))
+    click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -4,17 +4,24 @@
 >>> e_minus = decision_flip(model, x, maps, order="-s")                     # doctest: +SKIP
 >>> df = perturbation_scores(model, x, {"gradient": g, "random": r})       # doctest: +SKIP
 >>> pairwise_wilcoxon(df, metric="delta_e_minus")                          # doctest: +SKIP
+>>> bias_decomposition(model, x)          # A^{h,l}, A^{b,l} per image and layer (Eq. 13-14)  # doctest: +SKIP
+>>> bias_regression(model, x).alpha       # f^{b=0} = alpha f + beta                 # doctest: +SKIP
 >>> from sanitas.evaluate.plots import boxplot_scores                   # doctest: +SKIP
 """
 
 from sanitas.evaluate.perturbation import (HIGHER_IS_BETTER, METRICS, ORDERS, REMOVALS, FlipResult, decision_flip,
                                            delta_e, find_flips, gaussian_blur, perturbation_scores, removal_order,
                                            removal_reference, shuffle_pool)
+from sanitas.evaluate.biases import (BiasAnalysis, BiasRegression, bias_analysis, bias_decomposition, bias_regression,
+                                      bias_summary, cutting_layers, distill_zero_bias, max_abs_bias, zero_bias,
+                                      zero_bias_accuracy)
 from sanitas.evaluate.completeness import CompletenessFit, completeness
 from sanitas.evaluate.stats import holm, pairwise_wilcoxon, rank_biserial, summarize, wilcoxon_pair
 
 __all__ = ["HIGHER_IS_BETTER", "METRICS", "ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
            "find_flips", "gaussian_blur", "perturbation_scores", "removal_order", "removal_reference", "shuffle_pool",
-           "CompletenessFit", "completeness", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
+           "CompletenessFit", "completeness",
+           "BiasAnalysis", "BiasRegression", "bias_analysis", "bias_decomposition", "bias_regression", "bias_summary",
+           "cutting_layers", "distill_zero_bias", "max_abs_bias", "zero_bias", "zero_bias_accuracy", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
 
 # Box plots live in sanitas.evaluate.plots (imported on demand: matplotlib is slow to import).

@@ -151,3 +151,68 @@ def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -
         paths.append(similarity_curves(summary, metric, fig_dir / f"curve-{metric}.png", result.calibration,
                                        title=f"{result.kind} ({result.meta['config'].get('mode', '')}): {metric}"))
     return paths
+
+
+def bias_share_bars(layers: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+    """Per model, bars of the mean |A^{b,l}| / |f_c| per layer (seed 002, Eq. 14), one bar per variant.
+
+    ``layers`` is :func:`sanitas.evaluate.biases.bias_summary` per model with ``model`` and
+    ``variant`` columns (the input, which has no bias, is left out).
+    """
+    s = layers[layers["stage"] > 0]
+    model_names = list(dict.fromkeys(s["model"]))
+    fig = new_figure((max(5.0, 0.3 * s.groupby("model")["stage"].nunique().max() + 2.0), 2.3 * len(model_names) + 0.4))
+    axes = fig.subplots(len(model_names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, model_names):
+        g = s[s["model"] == name]
+        variants = list(dict.fromkeys(g["variant"]))
+        stages = list(dict.fromkeys(g.sort_values("stage")["layer"]))
+        width = 0.8 / max(1, len(variants))
+        for j, v in enumerate(variants):
+            gv = g[g["variant"] == v].set_index("layer").reindex(stages)
+            xs = np.arange(len(stages)) + (j - (len(variants) - 1) / 2) * width
+            ax.bar(xs, gv["bias_share_mean"], width, label=v)
+        # layer names differ at their ends (stages.stage2.block1.bn1 vs ...bn2): keep the tail
+        ax.set_xticks(np.arange(len(stages)), [n if len(n) <= 18 else "…" + n[-17:] for n in stages], rotation=35,
+                      ha="right", fontsize=6)
+        ax.set_ylabel("mean |A_b| / |f|", fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        if len(variants) > 1:
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def bias_regression_scatter(scatter: dict, path: str | Path, max_points: int = 3000) -> Path:
+    """Per model, f^{b=0}_c against f_c over images and classes, with the fitted line and the identity.
+
+    ``scatter`` maps a model name to ``(logits, zero_bias_logits, alpha, beta)``.
+    """
+    names = list(scatter)
+    cols = min(3, max(1, len(names)))
+    rows = (len(names) + cols - 1) // cols
+    fig = new_figure((3.0 * cols + 0.3, 2.8 * rows + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        f, f0, alpha, beta = scatter[name]
+        f, f0 = np.asarray(f).reshape(-1), np.asarray(f0).reshape(-1)
+        if len(f) > max_points:
+            idx = np.random.default_rng(0).choice(len(f), max_points, replace=False)
+            f, f0 = f[idx], f0[idx]
+        ax.scatter(f, f0, s=2, alpha=0.4)
+        lo, hi = float(min(f.min(), f0.min())), float(max(f.max(), f0.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.7, label="identity")
+        ax.plot([lo, hi], [alpha * lo + beta, alpha * hi + beta], "r-", lw=0.9,
+                label=f"alpha={alpha:.2f}, beta={beta:.2f}")
+        ax.set_xlabel("f (original)", fontsize=7)
+        ax.set_ylabel("f with biases = 0", fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

@@ -116,3 +116,31 @@ def check_report_simple(out_dir: str | Path, title: str, summary: pd.DataFrame, 
                 {"id": "meta", "title": "Configuration, versions, timings", "tables": [], "figures": [],
                  "pre": json.dumps(meta, indent=1, default=str)}]
     return render(Path(out_dir) / "report.html", title, sections)
+
+
+def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
+    """The report of :func:`sanitas.evaluate.biases.bias_analysis`."""
+    out_dir = Path(out_dir)
+    layers = result.layers.drop(columns=["n"], errors="ignore")
+    sections = [
+        {"id": "summary", "title": "Accuracy with and without biases", "figures": [],
+         "tables": [{"caption": "per model: test accuracy, accuracy with every bias and BatchNorm shift set to zero, "
+                                "the fit f^{b=0} = alpha f + beta over images and classes, and the median share of "
+                                "the explained logit carried by all biases", "html": table_html(result.models)}],
+         "text": ("Seed 002, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
+                  "are set to zero, and their outputs shrink (alpha < 1); BatchNorm networks collapse.")},
+        {"id": "figures", "title": "Figures", "tables": [],
+         "figures": [{"src": embed_png(f), "alt": Path(f).stem} for f in figures]},
+        {"id": "layers", "title": "Per-layer decomposition (Eq. 13-14)", "figures": [],
+         "tables": [{"caption": "A_h and A_b: gross sums of activity and bias attributions of the explained "
+                                "(predicted) class; bias_above_share: share of the logit carried by the biases "
+                                "above the layer; residual_max: largest |f - A_h - biases above| (NaN where the "
+                                "layer does not cut the graph)", "html": table_html(layers, "{:.4g}")}]},
+        {"id": "regression", "title": "Regression per class", "figures": [],
+         "tables": [{"caption": "f^{b=0}_c = alpha f_c + beta fitted per class over images",
+                     "html": table_html(result.regression)}]},
+        {"id": "meta", "title": "Configuration, versions, timings", "tables": [], "figures": [],
+         "pre": json.dumps(result.meta, indent=1, default=str)},
+    ]
+    return render(out_dir / "report.html", "sanitas: the role of biases", sections,
+                  subtitle=f"{len(result.models)} model(s); {result.meta['config']['images']} images")
