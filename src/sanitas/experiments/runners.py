@@ -179,3 +179,24 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
                                  text="Least-squares fit of sum(map_c(x)) = alpha * logit_c(x) + beta over all "
                                       "images and classes (seed 001, section 4.1).")
     return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
+
+
+@runner("biases")
+def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
+    """The role of biases (seed 002): zero-bias accuracy, f^{b=0} = alpha f + beta, per-layer bias share,
+    optionally the bias-decay distillation; scalars ``<column>/<model>`` from the per-model table."""
+    from sanitas.evaluate.biases import bias_analysis
+
+    t0 = time.perf_counter()
+    models = spec["model"] if isinstance(spec["model"], list) else [spec["model"]]
+    distill = spec.get("distill", False)
+    res = bias_analysis(models, spec["dataset"], int(spec["images"]), out, seed=int(spec["seed"]),
+                        distill=distill, distill_kwargs=spec.get("distill_options"),
+                        accuracy_images=spec.get("accuracy_images"), quiet=quiet)
+    scalars = {}
+    for rec in res.models.to_dict("records"):
+        for key, value in rec.items():
+            if key != "model" and isinstance(value, (int, float)) and value == value:
+                scalars[f"{key}/{rec['model']}"] = float(value)
+    return Outcome(res.table, scalars, None, list(res.figures), res.report, time.perf_counter() - t0,
+                   res.models)
