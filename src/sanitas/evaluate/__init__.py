@@ -4,6 +4,7 @@
 >>> e_minus = decision_flip(model, x, maps, order="-s")                     # doctest: +SKIP
 >>> df = perturbation_scores(model, x, {"gradient": g, "random": r})       # doctest: +SKIP
 >>> pairwise_wilcoxon(df, metric="delta_e_minus")                          # doctest: +SKIP
+>>> res = evaluate_methods(model, x, methods=["gradient", "fullgrad"], layers="all", out="q")  # doctest: +SKIP
 >>> from sanitas.evaluate.plots import boxplot_scores                   # doctest: +SKIP
 """
 
@@ -12,9 +13,11 @@ from sanitas.evaluate.perturbation import (HIGHER_IS_BETTER, METRICS, ORDERS, RE
                                            removal_reference, shuffle_pool)
 from sanitas.evaluate.completeness import CompletenessFit, completeness
 from sanitas.evaluate.stats import holm, pairwise_wilcoxon, rank_biserial, summarize, wilcoxon_pair
+from sanitas.evaluate.quality import MethodSpec, QualityResult, evaluate_methods, layer_methods, spatial_layers
 
 __all__ = ["HIGHER_IS_BETTER", "METRICS", "ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
            "find_flips", "gaussian_blur", "perturbation_scores", "removal_order", "removal_reference", "shuffle_pool",
-           "CompletenessFit", "completeness", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair"]
+           "CompletenessFit", "completeness", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair",
+           "MethodSpec", "QualityResult", "evaluate_methods", "layer_methods", "spatial_layers"]
 
 # Box plots live in sanitas.evaluate.plots (imported on demand: matplotlib is slow to import).
