@@ -1,7 +1,6 @@
 """Data randomization and input invariance: pipeline end to end on tiny models, and the expected pattern."""
 
 import torch
-from torch import nn
 
 from sanitas.checks import ceiling_verdicts, data_randomization, input_invariance, shifted_model
 from sanitas.models import build_model, permute_labels, train

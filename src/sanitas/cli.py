@@ -88,9 +88,18 @@ def train(model, dataset, labels, seed, epochs, lr, batch_size, weight_decay, tr
 
 def _csv(value: str) -> list[str]:
     """Split a comma-separated list, keeping commas inside () and []: 'competitive(a),activity(layers=[b,c])'."""
-    from sanitas.explain.registry import split_top_level
-
-    return split_top_level(value)
+    out, depth, cur = [], 0, ""
+    for ch in value:
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch in "(["
+        depth -= ch in ")]"
+        cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
 
 
 def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str = "test", quiet: bool = False):

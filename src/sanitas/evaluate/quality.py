@@ -593,7 +593,7 @@ def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("del
                         ha="center", va="bottom", fontsize=7)
         if k == len(metrics):
             ax.set_xlabel("layer (forward order; names in the report)")
-        ax.legend(fontsize=7, loc="lower left" if HIGHER_IS_BETTER.get(metric) is not False else "upper left")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("activity vs bias attributions per layer (Wilcoxon, Holm over layers)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
