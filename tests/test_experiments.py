@@ -262,3 +262,23 @@ def test_reproduce_runs_papers_into_one_report(tmp_path, monkeypatch):
     assert len(claims) == sum(len(load_config(p)["claims"]) for p in ("sensitivity", "competition"))
     info = json.loads((tmp_path / "reproduce.json").read_text())
     assert info["papers"] == ["sensitivity", "competition"]
+
+
+def test_quality_runners_report_scalars_for_the_claims(tmp_path):
+    """The evaluate and biases runners on a tiny digits cnn: the scalars the quality claims read exist."""
+    cfg = {"paper": "q", "dataset": "digits", "seed": 0, "images": 6, "experiments": {
+        "ev": {"check": "evaluate", "model": "cnn", "layers": "all", "methods": ["gradient", "random"],
+               "n_shuffles": 2, "test_method": "asymptotic"},
+        "bi": {"check": "biases", "model": ["cnn"], "images": 8, "accuracy_images": 50}},
+        "claims": [{"id": "q1", "claim": "c", "experiment": "ev", "measure": {"scalar": "n_layers"}, "expect": "> 0"},
+                   {"id": "q2", "claim": "c", "experiment": "bi", "measure": {"scalar": "max_residual/cnn"},
+                    "expect": "< 1e-4"}]}
+    run = run_config(cfg, tmp_path, quiet=True)
+    ev, bi = run.outcomes["ev"].scalars, run.outcomes["bi"].scalars
+    assert ev["n_layers"] == 2 and 1 <= ev["best_aggregate_layers"] <= 3
+    assert 0 <= ev["activity_vs_bias_p/delta_e_minus"] <= 1
+    assert 0 <= ev["layers_activity_better/delta_e_minus"] <= 1
+    assert "best_vs/random/p" in ev and "mean/delta_e_minus/gradient" in ev
+    assert 0 <= bi["zero_bias_accuracy/cnn"] <= 1 and "r2/cnn" in bi and "accuracy_drop/cnn" in bi
+    assert list(run.claims["verdict"]) == ["holds", "holds"]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "ev" / "report.html").is_file()

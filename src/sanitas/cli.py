@@ -100,15 +100,15 @@ def train(model, dataset, labels, seed, epochs, lr, batch_size, weight_decay, tr
 
 
 def _csv(value: str) -> list[str]:
-    """Split a comma-separated list, keeping commas inside parentheses: 'competitive(a),b'."""
+    """Split a comma-separated list, keeping commas inside () and []: 'competitive(a),activity(layers=[b,c])'."""
     out, depth, cur = [], 0, ""
     for ch in value:
         if ch == "," and depth == 0:
             out.append(cur.strip())
             cur = ""
             continue
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += ch in "(["
+        depth -= ch in ")]"
         cur += ch
     if cur.strip():
         out.append(cur.strip())
@@ -122,13 +122,14 @@ def _methods(value: str, top_classes: int | None):
     if top_classes is None:
         return names
     from sanitas.explain import get_explainer
-    from sanitas.explain.registry import _CALL
+    from sanitas.explain.registry import EXPLAINERS, parse_method
 
     out = {}
     for name in names:
-        m = _CALL.match(name)
-        if m and m.group(1) == "competitive":
-            e = get_explainer("competitive", base=m.group(2).strip(), top_classes=top_classes)
+        outer, inner, options = parse_method(name)
+        if EXPLAINERS.canonical(outer) == "competitive":
+            options["top_classes"] = top_classes
+            e = get_explainer("competitive", **({"base": inner} if inner else {}), **options)
             out[repr(e)] = e
         else:
             out[name] = name
@@ -412,6 +413,58 @@ def biases(models, dataset, images, accuracy_images, seed, distill, distill_mode
     table["max_residual"] = res.models["max_residual"].map("{:.1e}".format)  # Eq. 13 check: ~1e-6, not 0
     click.echo(table.to_string(index=False))
     click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
+
+
+@main.command("evaluate")
+@click.argument("model")
+@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@click.option("--methods", default="gradient,fullgrad,random", show_default=True,
+              help="comma-separated method names, options in parentheses: activity(layers=[features.conv1]), "
+                   "competitive(gradient); tokens 'layers' and 'aggregates' add the layer methods")
+@click.option("--layers", default=None,
+              help="'all' (or comma-separated layer names): per-layer activity and bias maps and top-down "
+                   "activity aggregates, ranked layer by layer")
+@click.option("--images", "-n", default=64, show_default=True, type=int, help="number of test images (seeded sample)")
+@click.option("--order", default="-s,+s", show_default=True, help="removal orders: -s (least salient first), +s")
+@click.option("--removal", type=click.Choice(["zero", "mean", "blur"]), default="zero", show_default=True,
+              help="what a removed pixel becomes")
+@click.option("--shuffles", default=10, show_default=True, type=int,
+              help="noise maps per image (same method, other images)")
+@click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True)
+@click.option("--interpolation", type=click.Choice(["bilinear", "nearest"]), default="bilinear", show_default=True,
+              help="upsampling of layer maps")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
+@click.option("--no-resume", is_flag=True, help="recompute finished methods instead of reusing them")
+@click.option("--quiet", "-q", is_flag=True)
+def evaluate_cmd(model, dataset, methods, layers, images, order, removal, shuffles, target, interpolation, seed, out,
+                 no_resume, quiet):
+    """Decision-flip evaluation (seed 002): how much signal can go before MODEL changes its decision?"""
+    from sanitas.evaluate.quality import evaluate_methods
+
+    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
+    lay = None if layers is None else ("all" if layers.strip() == "all" else _csv(layers))
+    res = evaluate_methods(net, ds.x, ds.y, _csv(methods), layers=lay, target=target, orders=_csv(order),
+                           removal=removal, n_shuffles=shuffles, seed=seed, interpolation=interpolation, out=out,
+                           resume=not no_resume, quiet=quiet)
+    n = res.table["image"].nunique()
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        click.echo(f"mean over {n} images (higher delta_e_minus / e_minus / delta_e_delta is better):")
+        click.echo(res.pivot().round(4).to_string())
+        lt = res.layer_table((res.select_metric,))
+        if not lt.empty:
+            cols = ["layer_index", "layer", "activity_mean", "bias_mean", "p_value", "p_holm", "rank_biserial", "winner"]
+            click.echo(f"\nactivity vs bias per layer ({res.select_metric}, Wilcoxon signed-rank):")
+            click.echo(lt[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        if res.best_aggregate:
+            click.echo(f"\nbest aggregate by mean {res.select_metric}: {res.best_aggregate}")
+            cmp_ = res.comparison((res.select_metric,))
+            if not cmp_.empty:
+                click.echo(cmp_[["other", "role", "median_difference", "p_value", "favours"]]
+                           .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {res.report}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,7 +48,7 @@ def build_methods(entries) -> dict[str, Any]:
     (``{"competitive(dasp)": {n_sizes: 8}}``), and ``wrapper: {...}`` holds the wrapper's own.
     """
     from sanitas.explain import get_explainer
-    from sanitas.explain.registry import _CALL
+    from sanitas.explain.registry import WRAPPERS, EXPLAINERS, parse_method
 
     if isinstance(entries, str):
         entries = [entries]
@@ -61,10 +61,10 @@ def build_methods(entries) -> dict[str, Any]:
             raise ConfigError(f"a method entry is a name or a one-key mapping {{name: {{options}}}}, got {entry!r}")
         (name, options), = entry.items()
         options = dict(options or {})
-        m = _CALL.match(name)
-        if m:
-            wrapper_opts = options.pop("wrapper", {}) or {}
-            out[name] = get_explainer(m.group(1), base=get_explainer(m.group(2).strip(), **options), **wrapper_opts)
+        outer, inner, named = parse_method(name)
+        if inner is not None and EXPLAINERS.canonical(outer) in WRAPPERS:
+            wrapper_opts = {**named, **(options.pop("wrapper", {}) or {})}
+            out[name] = get_explainer(outer, base=get_explainer(inner, **options), **wrapper_opts)
         else:
             out[name] = get_explainer(name, **options)
     if not out:
@@ -200,3 +200,66 @@ def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
                 scalars[f"{key}/{rec['model']}"] = float(value)
     return Outcome(res.table, scalars, None, list(res.figures), res.report, time.perf_counter() - t0,
                    res.models)
+
+
+_EVAL_KEYS = ("layers", "target", "orders", "removal", "n_shuffles", "channel_reduce", "interpolation", "search",
+              "select_metric", "test_method")
+
+
+def _layers_in(label: str, n_layers: int) -> int:
+    """How many layers an aggregate candidate spans: activity[L] -> 1, top-k -> k, all+input -> L + 1."""
+    if label.startswith("top-"):
+        return int(label[4:])
+    if label == "all+input":
+        return n_layers + 1
+    return 1
+
+
+@runner("evaluate")
+def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
+    """Seed 002's decision-flip evaluation. Scalars: ``mean/<metric>/<method>``; activity vs bias pooled
+    over layers (``activity_vs_bias_p/<metric>``: one-sided Wilcoxon over every (image, layer) pair,
+    ``layers_activity_better/<metric>``: fraction of layers whose mean favours activity,
+    ``layers_activity_wins/<metric>`` / ``layers_bias_wins/<metric>``: layers significant after Holm at 0.05);
+    ``best_aggregate_layers``, ``n_layers``; ``best_vs/<role>/p`` and ``best_vs/<role>/favours_best``."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    from sanitas.evaluate import evaluate_methods
+
+    t0 = time.perf_counter()
+    net, ds = _data(spec, quiet)
+    kw = {k: spec[k] for k in _EVAL_KEYS if k in spec}
+    methods = spec.get("methods", ["gradient", "fullgrad", "random"])
+    methods = methods if all(isinstance(m, str) for m in methods) else build_methods(methods)
+    res = evaluate_methods(net, ds.x, ds.y, methods,
+                           seed=int(spec["seed"]), out=out, resume=True, quiet=quiet, **kw)
+    scalars: dict[str, float] = {}
+    summ = res.summary()
+    for r in summ.to_dict("records"):
+        scalars[f"mean/{r['metric']}/{r['method']}"] = float(r["mean"])
+    lt = res.layer_table()
+    t = res.table
+    n_layers = len({s.layer_index for s in res.specs if s.family == "activity"})
+    scalars["n_layers"] = float(n_layers)
+    if len(lt):
+        for metric, g in lt.groupby("metric"):
+            scalars[f"layers_activity_better/{metric}"] = float((g["activity_mean"] > g["bias_mean"]).mean())
+            sig = g["p_holm"] < 0.05
+            scalars[f"layers_activity_wins/{metric}"] = float((sig & (g["winner"] == "activity")).sum())
+            scalars[f"layers_bias_wins/{metric}"] = float((sig & (g["winner"] == "bias")).sum())
+            w = t[t["metric"] == metric].pivot_table(index="image", columns="method", values="value")
+            a = np.concatenate([w[f"activity[{i}]"].to_numpy() for i in g["layer_index"]])
+            b = np.concatenate([w[f"bias[{i}]"].to_numpy() for i in g["layer_index"]])
+            ok = np.isfinite(a) & np.isfinite(b) & (a != b)
+            if ok.sum() > 0:
+                scalars[f"activity_vs_bias_p/{metric}"] = float(wilcoxon(a[ok], b[ok], alternative="greater").pvalue)
+    best = res.best_aggregate
+    if best is not None:
+        scalars["best_aggregate_layers"] = float(_layers_in(best, n_layers))
+        comp = res.comparison()
+        for r in comp[comp["metric"] == res.select_metric].to_dict("records"):
+            scalars[f"best_vs/{r['role']}/p"] = float(r["p_value"])
+            scalars[f"best_vs/{r['role']}/favours_best"] = float(r["favours"] == r["reference"])
+    summary = res.pivot().reset_index()
+    return Outcome(res.table, scalars, None, list(res.figures), res.report, time.perf_counter() - t0, summary)
