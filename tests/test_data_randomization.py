@@ -36,6 +36,22 @@ def test_data_randomization_pipeline_and_ceiling(tmp_path):
     assert abs(g["ceiling"] - 1) < 1e-9 and g["permuted"] < 0.999 and bool(g["passes"])
     assert len(v) == 4 and v["passes"].dtype == bool
     assert other is not None
+    assert not (tmp_path / "calibration.csv").exists()
+
+
+def test_data_randomization_stores_its_calibration(tmp_path):
+    # the claims of a resumed reproduction read the null bands back from calibration.csv
+    import pandas as pd
+
+    m = train("linear", "digits", epochs=1).model
+    perm = train("linear", "digits", labels="permuted", epochs=1).model
+    from sanitas.data import load_dataset
+
+    ds = load_dataset("digits", "test", limit=8)
+    res = data_randomization(m, perm, ds.x, ds.y, ["gradient"], ["spearman_abs"], out=tmp_path)
+    back = pd.read_csv(tmp_path / "calibration.csv")
+    assert res.calibration is not None and len(back) == len(res.calibration) > 0
+    assert set(back["baseline"]) == set(res.calibration["baseline"])
 
 
 def test_input_invariance_pattern():

@@ -181,11 +181,15 @@ def versions() -> dict[str, str]:
             "scipy": scipy.__version__, "pandas": pd.__version__, "python": platform.python_version()}
 
 
-def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract)."""
+def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any],
+                  calibration: pd.DataFrame | None = None) -> None:
+    """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract), plus
+    ``calibration.csv`` when the check computed its null bands (claims and reports read them back)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     atomic_write_bytes(out_dir / "results.parquet", buf.getvalue())
     atomic_write_bytes(out_dir / "results.csv", table.to_csv(index=False).encode())
     atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))
+    if calibration is not None:
+        atomic_write_bytes(out_dir / "calibration.csv", calibration.to_csv(index=False).encode())

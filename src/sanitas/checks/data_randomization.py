@@ -57,7 +57,7 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
             "stages": [n for n, _ in models]}
     res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models], Path(out) if out else None)
     if out:
-        engine.write_outputs(Path(out), table, meta)
+        engine.write_outputs(Path(out), table, meta, cal)
     return res
 
 

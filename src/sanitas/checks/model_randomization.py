@@ -259,7 +259,5 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
                       Path(out) if out else None)
     if out:
-        engine.write_outputs(Path(out), table, meta)
-        if cal is not None:
-            cal.to_csv(Path(out) / "calibration.csv", index=False)
+        engine.write_outputs(Path(out), table, meta, cal)
     return res
