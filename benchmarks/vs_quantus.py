@@ -25,6 +25,19 @@ import torch
 from sanitas.checks import model_randomization
 from sanitas.data import load_dataset
 from sanitas.models import train
+from sanitas.randomize.init import Default
+
+
+class QuantusSeeded(Default):
+    """``default`` init drawn exactly as Quantus 0.6.0 draws it: ``torch.manual_seed(43)`` before every
+    layer's ``reset_parameters()`` (its ``seed=42`` + 1), instead of sanitas' per-layer seed. Both tools
+    then explain the same random networks, so per-layer differences measure the implementations, not
+    two random draws (with per-layer seeds, one draw moved GradCAM's means by up to 0.13)."""
+
+    name = "quantus_seeded"
+
+    def apply(self, module, param_names, generator, seed):
+        super().apply(module, param_names, generator, 43)
 
 METHODS = ["gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
            "guided_gradcam"]
@@ -84,6 +97,8 @@ def run_quantus(model, x, y, metric_name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--own-seeds", action="store_true",
+                    help="randomize with sanitas' own per-layer seeds (different random weights than Quantus)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     model = train("cnn", "fashion-mnist").model.eval()
@@ -100,7 +115,7 @@ def main():
 
     explainers = [get_explainer("integrated_gradients", steps=50) if m == "integrated_gradients" else
                   get_explainer("smoothgrad", samples=50, sigma=0.15) if m == "smoothgrad" else m for m in methods]
-    res = model_randomization(model, x, y, explainers, ["spearman_abs", "spearman", "ssim"], init="default",
+    res = model_randomization(model, x, y, explainers, ["spearman_abs", "spearman", "ssim"], init="default" if args.own_seeds else QuantusSeeded(),
                               calibrate=False, quiet=True)
     t_sanitas = time.perf_counter() - t
 

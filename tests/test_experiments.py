@@ -114,6 +114,17 @@ def test_measure_errors_become_not_run():
     assert v.verdict == NOT_RUN and v.why == "skipped: quick profile"
 
 
+def test_missing_scalar_names_its_relatives_briefly():
+    scalars = {f"{k}/{m}": 1.0 for k in ("r2", "alpha", "beta", "accuracy") for m in ("cnn", "mlp")}
+    oc = Outcome(pd.DataFrame(), scalars)
+    with pytest.raises(MeasureError) as e:
+        measure({"scalar": "r2/vgg-small"}, oc)
+    assert str(e.value).endswith("only r2/cnn, r2/mlp (a model not in this run?)")
+    with pytest.raises(MeasureError) as e:
+        measure({"scalar": "nothing"}, Outcome(pd.DataFrame(), {**scalars, "x/a": 1.0, "y/b": 2.0}))
+    assert "it has accuracy/cnn, accuracy/mlp," in str(e.value) and str(e.value).endswith("... (2 more))")
+
+
 @pytest.mark.parametrize("expect, verdict", [
     ("< 0.3", HOLDS), ("> 0.3", FAILS), ("<= 0.25", HOLDS), (">= 0.26", FAILS),
     ({"op": "within", "tol": 0.06, "of": {"calibration": "input_x_uniform", "metric": "s"}}, HOLDS),

@@ -161,8 +161,7 @@ def measure(m, outcome) -> float:
         return abs(measure(m["abs"], outcome))
     if "scalar" in m:
         if m["scalar"] not in outcome.scalars:
-            raise MeasureError(f"the experiment reported no scalar {m['scalar']!r} "
-                               f"(it has {sorted(outcome.scalars)})")
+            raise MeasureError(_missing_scalar(m["scalar"], outcome.scalars))
         return float(outcome.scalars[m["scalar"]])
     if "calibration" in m:
         cal = outcome.calibration
@@ -216,6 +215,17 @@ def describe_expect(expect) -> str:
         tol = f"{e['tol']:g}" if "tol" in e else f"{100 * e['rel']:g}%"
         return f"within {tol} of {_fmt(e['of'])}"
     return f"{e['op']} {_fmt(e['than'])}"
+
+
+def _missing_scalar(name: str, scalars) -> str:
+    """Name the missing scalar and its closest relatives (same prefix: ``r2/cnn`` for ``r2/vgg-small``)."""
+    prefix = name.split("/")[0] + "/" if "/" in name else None
+    near = sorted(k for k in scalars if prefix and k.startswith(prefix))
+    if near:
+        return f"the experiment reported no scalar {name!r}, only {', '.join(near)} (a model not in this run?)"
+    shown = sorted(scalars)
+    more = f", ... ({len(shown) - 8} more)" if len(shown) > 8 else ""
+    return f"the experiment reported no scalar {name!r} (it has {', '.join(shown[:8])}{more})"
 
 
 def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None) -> Verdict:

@@ -102,10 +102,20 @@ def _exp_section(run, name: str, rel_to: Path) -> dict:
             "figures": [{"src": embed_png(f), "alt": f"{name}: {f.stem}"} for f in figs if f.is_file()]}
 
 
+def _timing_text(runs, seconds: float) -> str:
+    """This invocation's wall time, and the experiments' own run times (which a resumed run loads)."""
+    own = sum(o.seconds for r in runs for o in r.outcomes.values())
+    text = f"This run took {seconds / 60:.1f} min"
+    if own > seconds * 1.05:
+        text += (f"; the experiments' own run times add up to {own / 60:.1f} min (finished ones were loaded, "
+                 f"not recomputed)")
+    return text + "."
+
+
 def _summary_sections(runs, claims: pd.DataFrame, seconds: float) -> list[dict]:
     counts = claims["verdict"].value_counts().to_dict() if len(claims) else {}
     text = (f"{len(claims)} claims: {counts.get('holds', 0)} hold, {counts.get('does not hold', 0)} do not hold, "
-            f"{counts.get('not run', 0)} not run. Total time {seconds / 60:.1f} min. A claim that does not hold "
+            f"{counts.get('not run', 0)} not run. {_timing_text(runs, seconds)} A claim that does not hold "
             f"is a finding about these models and data, not a failure of the run.")
     sections = [{"id": "claims", "title": "Claims", "text": text, "figures": [],
                  "tables": [{"caption": "each paper's checkable findings, re-measured here",
