@@ -253,6 +253,12 @@ def test_cli_run_and_report(tiny_config, tiny_run):
     assert r.exit_code == 0 and "report:" in r.output
     r = CliRunner().invoke(main, ["run", "nowhere.yaml", "--out", str(tiny_run.out)])
     assert r.exit_code == 1 and "does not exist" in r.output
+    # --only repeated or comma-separated: both names count (repeating used to keep only the last)
+    for only in (["--only", "cascading", "--only", "complete"], ["--only", "cascading,complete"]):
+        r = CliRunner().invoke(main, ["run", str(tiny_config), "--out", str(tiny_run.out), "--quick", "-q", *only])
+        assert r.exit_code == 0, r.output
+        study = json.loads((tiny_run.out / "study.json").read_text())
+        assert set(study["not_run"]) == {"never"}, study["not_run"]
 
 
 def test_reproduce_runs_papers_into_one_report(tmp_path, monkeypatch):

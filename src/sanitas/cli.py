@@ -16,7 +16,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         # --quiet silences every progress bar below the command too (training, DASP, ...)
-        args = [*getattr(ctx, "protected_args", []), *ctx.args]
+        args = ctx.args  # the tokens after the subcommand name (click >= 8: the name itself is held apart)
         quiet = "-q" in args or "--quiet" in args
         before = os.environ.get("SANITAS_QUIET")
         if quiet:
@@ -321,13 +321,13 @@ def _print_claims(claims) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--quick", is_flag=True, help="apply the config's `quick:` profile (fewer images and experiments)")
 @click.option("--images", "-n", type=int, default=None, help="override every experiment's number of images")
-@click.option("--only", default=None, help="comma-separated experiment names to run (the others: not run)")
+@click.option("--only", multiple=True, help="experiment names to run, comma-separated or repeated (the others: not run)")
 @click.option("--quiet", "-q", is_flag=True)
 def run_cmd(config, out, quick, images, only, quiet):
     """Run the experiments of a YAML CONFIG (copy one with `sanitas reproduce --show PAPER`)."""
     from sanitas.experiments import run_config
 
-    res = run_config(config, out, quick=quick, images=images, only=_csv(only) if only else None, quiet=quiet)
+    res = run_config(config, out, quick=quick, images=images, only=[n for o in only for n in _csv(o)] or None, quiet=quiet)
     click.echo(f"{res.config.get('title', res.paper)}:")
     _print_claims(res.claims)
     click.echo(f"\nclaims: {out}/claims.csv\nreport: {res.report}")
