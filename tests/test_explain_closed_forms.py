@@ -241,3 +241,26 @@ def test_smoothgrad_seeded():
     state = torch.random.get_rng_state()
     explain(m, x, 1, method="vargrad", samples=4)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("method, kw", [("integrated_gradients", {"steps": 12}), ("smoothgrad", {"samples": 6}),
+                                        ("vargrad", {"samples": 6})])
+def test_pass_size_changes_speed_not_maps(method, kw):
+    """batch_size (inputs per pass; default sized for the CPU cache) only regroups the work."""
+    torch.manual_seed(0)
+    m = build_model("cnn")
+    x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4])
+    ref = explain(m, x, y, method=method, **kw)
+    for bs in (1, 7, 5 * 6, 10_000):
+        other = explain(m, x, y, method=method, batch_size=bs, **kw)
+        assert torch.allclose(ref, other, rtol=1e-4, atol=1e-6 * float(ref.abs().max())), bs
+    with pytest.raises(ConfigError, match="batch_size must be a positive"):
+        get_explainer(method, batch_size=0)
+
+
+def test_inputs_per_pass_defaults():
+    from sanitas.explain._core import CPU_ELEMENTS_PER_PASS, inputs_per_pass
+
+    assert inputs_per_pass(None, torch.zeros(3, 1, 28, 28)) == 256
+    assert inputs_per_pass(None, torch.zeros(3, 3, 224, 224)) == max(1, CPU_ELEMENTS_PER_PASS // (3 * 224 * 224))
+    assert inputs_per_pass(40, torch.zeros(3, 1, 28, 28)) == 40

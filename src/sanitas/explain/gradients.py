@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from sanitas.errors import ConfigError, InputError
-from sanitas.explain._core import chunks, logits_of, vjp
+from sanitas.explain._core import chunks, inputs_per_pass, logits_of, vjp
 from sanitas.explain.base import Explainer, WrapperExplainer
 from sanitas.explain.rules import RuleMode, rule_mode
 from sanitas.utils.image import gaussian_blur
@@ -95,28 +95,36 @@ def path_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
                       "or 'middle'")
 
 
+def _check_batch_size(name: str, batch_size) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"{name}: batch_size must be a positive number of inputs per pass (or None for the "
+                          f"device's default), got {batch_size!r}")
+
+
 class IntegratedGradients(Explainer):
     """Integrated gradients (Sundararajan et al. 2017) along the straight path from a baseline.
 
     ``rule``: ``"gausslegendre"`` (default) or ``"trapezoid"`` (a proper trapezoid rule whose
     weights sum to 1; Captum's ``riemann_trapezoid`` weights sum to (n-1)/n), ``left``/``right``/
-    ``middle`` Riemann sums. ``batch_size`` bounds the number of path points per forward pass.
+    ``middle`` Riemann sums. ``batch_size`` bounds the number of path points per forward pass
+    (default: a cache-sized pass on CPU, 1024 points on an accelerator; see ``inputs_per_pass``).
     :meth:`with_gap` returns the maps and the completeness gap sum(map) - (f(x) - f(baseline)).
     """
 
     name = "integrated_gradients"
     complete = True
-    defaults = {"baseline": "zeros", "steps": 32, "rule": "gausslegendre", "batch_size": 1024, "seed": 0}
+    defaults = {"baseline": "zeros", "steps": 32, "rule": "gausslegendre", "batch_size": None, "seed": 0}
 
     def validate(self):
         path_points(self.steps, self.rule)
+        _check_batch_size(self.name, self.batch_size)
 
     def attribute(self, model, x, G):
         base = make_baseline(self.baseline, x, self.seed)
         alphas, weights = path_points(self.steps, self.rule)
         n = x.shape[0]
         total = torch.zeros((G.shape[0], *x.shape), dtype=x.dtype, device=x.device)
-        per_pass = max(1, int(self.batch_size) // n)
+        per_pass = max(1, inputs_per_pass(self.batch_size, x) // n)
         for sl in chunks(len(alphas), per_pass):
             a = torch.as_tensor(alphas[sl], dtype=x.dtype, device=x.device)
             w = torch.as_tensor(weights[sl], dtype=x.dtype, device=x.device)
@@ -149,7 +157,7 @@ class IntegratedGradients(Explainer):
 # ----------------------------------------------------------------------------------------------
 
 class _NoiseWrapper(WrapperExplainer):
-    defaults = {"base": "gradient", "samples": 50, "sigma": 0.15, "seed": 0, "batch_size": 512,
+    defaults = {"base": "gradient", "samples": 50, "sigma": 0.15, "seed": 0, "batch_size": None,
                 "base_options": None, "noise_fn": None}
 
     def validate(self):
@@ -157,6 +165,7 @@ class _NoiseWrapper(WrapperExplainer):
             raise ConfigError(f"{self.name}: samples must be >= 1, got {self.samples}")
         if float(self.sigma) < 0:
             raise ConfigError(f"{self.name}: sigma must be >= 0 (a fraction of the input range), got {self.sigma}")
+        _check_batch_size(self.name, self.batch_size)
         super().validate()
 
     def noisy_maps(self, model, x, G):
@@ -165,7 +174,7 @@ class _NoiseWrapper(WrapperExplainer):
         rng = make_generator(self.seed)
         span = (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view((n,) + (1,) * (x.dim() - 1))
         std = float(self.sigma) * span
-        per_pass = max(1, int(self.batch_size) // n)
+        per_pass = max(1, inputs_per_pass(self.batch_size, x) // n)
         for sl in chunks(int(self.samples), per_pass):
             s = sl.stop - sl.start
             if self.noise_fn is None:
