@@ -124,7 +124,13 @@ def test_sumpool_conv_gradient_depends_only_on_activation_pattern():
     assert torch.allclose(explain(m, x2, 0, method="gradient"), g, atol=1e-5)
 
 
-def test_all_class_matches_single_target_for_every_method():
+@pytest.mark.parametrize("strategy", ["rows", "batched"])
+def test_all_class_matches_single_target_for_every_method(strategy, monkeypatch):
+    """Both ways of computing the K rows (per-row backward on the shared graph, CPU's default;
+    is_grads_batched, the accelerators') give every method's single-target maps."""
+    from sanitas.explain import _core
+
+    monkeypatch.setattr(_core, "VJP_STRATEGY", strategy)
     torch.manual_seed(6)
     m = build_model("cnn")
     x = torch.rand(2, 1, 28, 28)
