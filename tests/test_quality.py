@@ -123,6 +123,21 @@ def test_layer_expansion_and_layer_ranking(data, tmp_path):
     assert set(res.comparison().other) >= {"gradient", "random"}
 
 
+def test_bad_target_is_a_clear_error(data):
+    net, x = data
+    kw = dict(methods=["random"], n_shuffles=1, quiet=True, figures=False)
+    with pytest.raises(SanitasError, match="unknown target 'all'"):
+        evaluate_methods(net, x, target="all", **kw)
+    with pytest.raises(SanitasError, match="needs the labels y"):
+        evaluate_methods(net, x, target="label", **kw)
+    with pytest.raises(SanitasError, match="entries for"):
+        evaluate_methods(net, x, target=torch.tensor([0, 1]), **kw)
+    with pytest.raises(SanitasError, match="out of range"):
+        evaluate_methods(net, x, target=99, **kw)
+    with pytest.raises(SanitasError, match="out of range"):
+        evaluate_methods(net, x, y=torch.full((len(x),), 99), target="label", **kw)
+
+
 def test_bad_method_name_is_a_clear_error(data):
     net, x = data
     with pytest.raises(SanitasError, match="Did you mean 'gradient'"):

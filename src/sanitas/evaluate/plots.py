@@ -28,7 +28,8 @@ _LABELS = {"e_minus": "$e_-$", "e_plus": "$e_+$", "e_delta": r"$e_\Delta$",
            "delta_e_minus": r"$\delta e_-$", "delta_e_plus": r"$\delta e_+$", "delta_e_delta": r"$\delta e_\Delta$"}
 
 
-def _format_p(p: float) -> str:
+def p_label(p: float) -> str:
+    """A p-value annotation: ``p=0.012``, ``p<1e-4`` (rounded up to a power of ten), ``p=n/a``."""
     if not np.isfinite(p):
         return "p=n/a"
     if p < 1e-3:
@@ -77,7 +78,7 @@ def _draw(ax, df: pd.DataFrame, metric: str, methods: Sequence[str] | None, refe
                                   methods=methods, reference=reference, method_col=method_col, value=value)
         for _, r in table.iterrows():
             x = methods.index(r["method_a"]) + 1
-            ax.annotate(_format_p(r["p_adjusted"]), (x, 0.985), xycoords=("data", "axes fraction"), ha="center",
+            ax.annotate(p_label(r["p_adjusted"]), (x, 0.985), xycoords=("data", "axes fraction"), ha="center",
                         va="top", fontsize=7)
         ax.annotate("ref.", (methods.index(reference) + 1, 0.985), xycoords=("data", "axes fraction"),
                     ha="center", va="top", fontsize=7, style="italic")

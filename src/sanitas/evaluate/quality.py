@@ -61,7 +61,7 @@ from sanitas.errors import ConfigError, InputError
 from sanitas.evaluate.perturbation import HIGHER_IS_BETTER, METRICS, ORDERS, perturbation_scores, reduce_map
 from sanitas.evaluate.stats import pairwise_wilcoxon
 from sanitas.explain import Explainer, get_explainer
-from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
+from sanitas.explain._core import check_images, eval_mode, logits_of, model_device, resolve_target
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
 from sanitas.utils.progress import progress
 
@@ -371,26 +371,18 @@ class QualityResult:
 
 
 def _resolve_target(target, model, x, y):
-    with eval_mode(model), torch.no_grad():
-        pred = logits_of(model, x).argmax(1)
-    if isinstance(target, str):
-        if target == "predicted":
-            return pred
-        if target == "label":
-            if y is None:
-                raise InputError("target='label' needs the labels y")
-            y = torch.as_tensor(y, device=x.device).long().reshape(-1)
-            if y.numel() != len(x):
-                raise InputError(f"{y.numel()} labels for {len(x)} images")
-            return y
+    """Class indices (N,): ``"predicted"``, ``"label"`` (the labels ``y``) or explicit indices, checked by
+    :func:`sanitas.explain._core.resolve_target` (count, dtype, range)."""
+    if isinstance(target, str) and target not in ("predicted", "label"):
         raise ConfigError(f"unknown target {target!r}: use 'predicted' (the model's class, default), 'label' or "
                           "a tensor of class indices")
-    t = torch.as_tensor(target, device=x.device).long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(len(x)).clone()
-    if t.numel() != len(x):
-        raise InputError(f"{t.numel()} targets for {len(x)} images")
-    return t
+    if isinstance(target, str) and target == "label":
+        if y is None:
+            raise InputError("target='label' needs the labels y")
+        target = y
+    with eval_mode(model), torch.no_grad():
+        logits = logits_of(model, x)
+    return resolve_target(target, logits)
 
 
 def _maps(explainer, model, x, target, batch_size: int) -> torch.Tensor:
@@ -523,14 +515,6 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
 # figures and report
 
 
-def _format_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "n/a"
-    if p < 1e-3:
-        return f"<1e{int(np.floor(np.log10(max(p, 1e-300)))) + 1}"
-    return f"{p:.3f}"
-
-
 def _values(res: QualityResult, method: str, metric: str) -> np.ndarray:
     t = res.table
     v = t.loc[(t.method == method) & (t.metric == metric), "value"].to_numpy(dtype=float)
@@ -564,6 +548,7 @@ def _finish_axis(ax, metric: str) -> None:
 
 def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("delta_e_minus", "e_minus")) -> Path | None:
     """Seed 002 Fig. 5: activity (blue) vs bias (red) maps per layer, gradient in grey; Holm p-values."""
+    from sanitas.evaluate.plots import p_label
     from sanitas.report.figures import new_figure, save_figure
 
     lt = res.layer_table(metrics)
@@ -588,8 +573,7 @@ def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("del
         _finish_axis(ax, metric)
         sub = lt[lt.metric == metric].set_index("layer_index")
         for i in idx:
-            txt = _format_p(sub.loc[i, "p_holm"])
-            ax.annotate(("p" if txt.startswith("<") else "p=") + txt, (i, 1.0), xycoords=("data", "axes fraction"),
+            ax.annotate(p_label(sub.loc[i, "p_holm"]), (i, 1.0), xycoords=("data", "axes fraction"),
                         ha="center", va="bottom", fontsize=7)
         if k == len(metrics):
             ax.set_xlabel("layer (forward order; names in the report)")
