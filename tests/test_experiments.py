@@ -249,8 +249,11 @@ def test_cli_run_and_report(tiny_config, tiny_run):
     r = CliRunner().invoke(main, ["run", str(tiny_config), "--out", str(tiny_run.out), "--quick", "-q"])
     assert r.exit_code == 0, r.output
     assert "t2" in r.output and "does not hold" in r.output and "4 claims" in r.output
+    (tiny_run.out / "claims.json").unlink()
     r = CliRunner().invoke(main, ["report", str(tiny_run.out)])
     assert r.exit_code == 0 and "report:" in r.output
+    # re-judging writes both claims files (it used to rewrite claims.csv only, leaving claims.json stale)
+    assert len(json.loads((tiny_run.out / "claims.json").read_text())) == len(pd.read_csv(tiny_run.out / "claims.csv"))
     r = CliRunner().invoke(main, ["run", "nowhere.yaml", "--out", str(tiny_run.out)])
     assert r.exit_code == 1 and "does not exist" in r.output
     # --only repeated or comma-separated: both names count (repeating used to keep only the last)

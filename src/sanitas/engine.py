@@ -25,7 +25,7 @@ from sanitas.errors import CacheError, ConfigError
 from sanitas.explain import Explainer
 from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
-from sanitas.utils.io import atomic_write_bytes, atomic_write_json, read_json
+from sanitas.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_table, read_json
 from sanitas.utils.progress import log, progress
 
 NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
@@ -186,10 +186,8 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any],
     """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract), plus
     ``calibration.csv`` when the check computed its null bands (claims and reports read them back)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    atomic_write_bytes(out_dir / "results.parquet", buf.getvalue())
-    atomic_write_bytes(out_dir / "results.csv", table.to_csv(index=False).encode())
+    atomic_write_table(out_dir / "results.parquet", table)
+    atomic_write_table(out_dir / "results.csv", table)
     atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))
     if calibration is not None:
-        atomic_write_bytes(out_dir / "calibration.csv", calibration.to_csv(index=False).encode())
+        atomic_write_table(out_dir / "calibration.csv", calibration)

@@ -653,12 +653,12 @@ def write_bias_outputs(res: BiasAnalysis, out: str | Path) -> Path:
     from sanitas.engine import write_outputs
     from sanitas.report.figures import bias_regression_scatter, bias_share_bars
     from sanitas.report.html import biases_report
-    from sanitas.utils.io import atomic_write_bytes
+    from sanitas.utils.io import atomic_write_table
 
     out = Path(out)
     write_outputs(out, res.table, res.meta)
     for fname, df in (("summary.csv", res.models), ("layers.csv", res.layers), ("regression.csv", res.regression)):
-        atomic_write_bytes(out / fname, df.to_csv(index=False).encode())
+        atomic_write_table(out / fname, df)
     res.figures = [bias_share_bars(res.layers, out / "figures" / "bias-share.png"),
                    bias_regression_scatter(res.scatter, out / "figures" / "zero-bias-regression.png")]
     res.report = biases_report(res, out, res.figures)

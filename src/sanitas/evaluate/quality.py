@@ -63,6 +63,7 @@ from sanitas.evaluate.stats import pairwise_wilcoxon
 from sanitas.explain import Explainer, get_explainer
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device, resolve_target
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
+from sanitas.utils.io import atomic_write_table
 from sanitas.utils.progress import progress
 
 __all__ = ["evaluate_methods", "layer_methods", "spatial_layers", "QualityResult", "MethodSpec"]
@@ -500,11 +501,11 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
         timings["total_s"] = time.perf_counter() - t0
         engine.write_outputs(out_dir, table, meta)
         if not wil.empty:
-            wil.to_csv(out_dir / "wilcoxon.csv", index=False)
-        res.summary().to_csv(out_dir / "summary.csv", index=False)
+            atomic_write_table(out_dir / "wilcoxon.csv", wil)
+        atomic_write_table(out_dir / "summary.csv", res.summary())
         lt = res.layer_table()
         if not lt.empty:
-            lt.to_csv(out_dir / "layers.csv", index=False)
+            atomic_write_table(out_dir / "layers.csv", lt)
         res.report = quality_report(res, out_dir)
     else:
         timings["total_s"] = time.perf_counter() - t0

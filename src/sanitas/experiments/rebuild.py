@@ -10,17 +10,6 @@ import pandas as pd
 from sanitas.errors import ConfigError
 
 
-def rejudge(run) -> pd.DataFrame:
-    """Judge a run's claims again from its stored outcomes (configs are stored resolved in study.json)."""
-    from sanitas.experiments.claims import claims_table, evaluate_claim
-
-    verdicts = [evaluate_claim(c, run.paper, run.outcomes.get(c["experiment"]), run.not_run.get(c["experiment"]))
-                for c in run.config.get("claims") or []]
-    run.claims = claims_table(verdicts)
-    run.claims.to_csv(run.out / "claims.csv", index=False)
-    return run.claims
-
-
 def _check_dir(d: Path) -> Path:
     from sanitas.checks.result import CheckResult
     from sanitas.report.figures import check_figures
@@ -41,7 +30,7 @@ def _check_dir(d: Path) -> Path:
 
 def rebuild(directory: str | Path) -> tuple[Path, pd.DataFrame | None]:
     from sanitas.experiments.report import combined_report, paper_report
-    from sanitas.experiments.reproduce import load_run
+    from sanitas.experiments.reproduce import judge, load_run, write_claims
 
     d = Path(directory)
     if (d / "reproduce.json").is_file():
@@ -49,15 +38,15 @@ def rebuild(directory: str | Path) -> tuple[Path, pd.DataFrame | None]:
         runs = []
         for paper in info["papers"]:
             run = load_run(d / paper)
-            rejudge(run)
+            judge(run)
             paper_report(run)
             runs.append(run)
         claims = pd.concat([r.claims for r in runs], ignore_index=True)
-        claims.to_csv(d / "claims.csv", index=False)
+        write_claims(d, claims)
         return combined_report(runs, d, claims, float(info.get("seconds", 0.0))), claims
     if (d / "study.json").is_file():
         run = load_run(d)
-        rejudge(run)
+        judge(run)
         return paper_report(run), run.claims
     if (d / "results.parquet").is_file() and (d / "meta.json").is_file():
         return _check_dir(d), None

@@ -27,7 +27,7 @@ from sanitas.experiments.claims import claims_table, evaluate_claim
 from sanitas.experiments.config import list_papers, load_config, resolve
 from sanitas.experiments.runners import RUNNERS, Outcome
 from sanitas.utils.hashing import config_hash
-from sanitas.utils.io import atomic_write_bytes, atomic_write_json
+from sanitas.utils.io import atomic_write_json, atomic_write_table
 
 DONE = "done.json"
 
@@ -56,15 +56,26 @@ def _experiment_key(spec: dict) -> str:
 
 
 def _save_done(out: Path, spec: dict, oc: Outcome) -> None:
-    import io
-
     if oc.summary is not None:
-        buf = io.BytesIO()
-        oc.summary.to_parquet(buf, index=False)
-        atomic_write_bytes(out / "summary.parquet", buf.getvalue())
+        atomic_write_table(out / "summary.parquet", oc.summary)
     atomic_write_json(out / DONE, {"key": _experiment_key(spec), "spec": spec, "scalars": oc.scalars,
                                    "seconds": oc.seconds, "figures": [str(f.relative_to(out)) for f in oc.figures],
                                    "report": oc.report.name if oc.report else None})
+
+
+def write_claims(directory: Path, claims: pd.DataFrame) -> None:
+    """``claims.csv`` and ``claims.json`` (one record per claim) in ``directory``."""
+    atomic_write_table(directory / "claims.csv", claims)
+    atomic_write_json(directory / "claims.json", json.loads(claims.to_json(orient="records")))
+
+
+def judge(run: PaperRun) -> pd.DataFrame:
+    """Judge a run's claims on its outcomes (fresh or loaded from disk) and write the claims files."""
+    verdicts = [evaluate_claim(c, run.paper, run.outcomes.get(c["experiment"]), run.not_run.get(c["experiment"]))
+                for c in run.config.get("claims") or []]
+    run.claims = claims_table(verdicts)
+    write_claims(run.out, run.claims)
+    return run.claims
 
 
 def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
@@ -127,11 +138,7 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
         run.outcomes[name] = oc
         _log(f"[{cfg['paper']}] {name}: done in {oc.seconds:.0f} s", quiet)
     run.seconds = time.perf_counter() - t0
-    verdicts = [evaluate_claim(c, cfg["paper"], run.outcomes.get(c["experiment"]),
-                               run.not_run.get(c["experiment"])) for c in cfg.get("claims") or []]
-    run.claims = claims_table(verdicts)
-    run.claims.to_csv(out / "claims.csv", index=False)
-    atomic_write_json(out / "claims.json", json.loads(run.claims.to_json(orient="records")))
+    judge(run)
     atomic_write_json(out / "study.json", {"paper": cfg["paper"], "config": cfg, "seconds": run.seconds,
                                            "experiment_order": list(cfg["experiments"]),
                                          "experiment_seconds": {k: o.seconds for k, o in run.outcomes.items()},
@@ -157,8 +164,7 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     t0 = time.perf_counter()
     runs = [run_config(name, out / name, quick=quick, images=images, quiet=quiet) for name in names]
     claims = pd.concat([r.claims for r in runs], ignore_index=True)
-    claims.to_csv(out / "claims.csv", index=False)
-    atomic_write_json(out / "claims.json", json.loads(claims.to_json(orient="records")))
+    write_claims(out, claims)
     total = time.perf_counter() - t0
     atomic_write_json(out / "reproduce.json", {"papers": names, "quick": quick, "images": images,
                                                "seconds": total, "paper_seconds": {r.paper: r.seconds for r in runs}})

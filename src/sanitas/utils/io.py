@@ -64,6 +64,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_write_table(path: str | os.PathLike, table) -> Path:
+    """Write a pandas DataFrame atomically as Parquet or CSV (chosen by the suffix), without its index."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        return atomic_write_bytes(path, buf.getvalue())
+    if path.suffix == ".csv":
+        return atomic_write_text(path, table.to_csv(index=False))
+    raise ValueError(f"atomic_write_table writes .parquet or .csv files, not {path.name!r}")
+
+
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> str:
     """Save ``obj`` with ``torch.save`` atomically; returns the SHA-256 of the bytes written."""
     import torch
