@@ -254,6 +254,13 @@ def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None)
     return Verdict(**base, measured=value, verdict=HOLDS if ok else FAILS, why=why)
 
 
+def claims_count(claims: pd.DataFrame) -> str:
+    """``"41 claims: 33 hold, 8 do not hold, 0 not run"``."""
+    counts = claims["verdict"].value_counts().to_dict() if len(claims) else {}
+    return (f"{len(claims)} claims: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, "
+            f"{counts.get(NOT_RUN, 0)} not run")
+
+
 def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([v.as_dict() for v in verdicts],
                         columns=["id", "paper", "claim", "experiment", "expected", "measured", "verdict", "why"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sanitas.experiments.claims import claims_count
 from sanitas.report.html import embed_png, render, table_html
 
 VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "not run": "verdict-skip"}
@@ -113,9 +114,7 @@ def _timing_text(runs, seconds: float) -> str:
 
 
 def _summary_sections(runs, claims: pd.DataFrame, seconds: float) -> list[dict]:
-    counts = claims["verdict"].value_counts().to_dict() if len(claims) else {}
-    text = (f"{len(claims)} claims: {counts.get('holds', 0)} hold, {counts.get('does not hold', 0)} do not hold, "
-            f"{counts.get('not run', 0)} not run. {_timing_text(runs, seconds)} A claim that does not hold "
+    text = (f"{claims_count(claims)}. {_timing_text(runs, seconds)} A claim that does not hold "
             f"is a finding about these models and data, not a failure of the run.")
     sections = [{"id": "claims", "title": "Claims", "text": text, "figures": [],
                  "tables": [{"caption": "each paper's checkable findings, re-measured here",
