@@ -350,8 +350,9 @@ def reproduce(papers, out, quick, images, show, list_, quiet):
     if list_ or (not papers and not show):
         for name in list_papers():
             cfg = load_config(name)
-            click.echo(f"{name:<14} {cfg.get('title', '')}  ({len(cfg['experiments'])} experiments, "
-                       f"{len(cfg.get('claims') or [])} claims)")
+            n_exp, n_claims = len(cfg["experiments"]), len(cfg.get("claims") or [])
+            click.echo(f"{name:<14} {cfg.get('title', '')}  ({n_exp} experiment{'s' * (n_exp != 1)}, "
+                       f"{n_claims} claim{'s' * (n_claims != 1)})")
         if not list_:
             click.echo("\nrun: sanitas reproduce all --out DIR   (or a paper name; --quick for the small profile)")
         return
