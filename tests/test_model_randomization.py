@@ -124,3 +124,22 @@ def test_histogram_entropy():
     spread = torch.arange(100.0).view(1, 1, 10, 10)
     assert histogram_entropy(flat)[0] == 0
     assert abs(histogram_entropy(spread, bins=100)[0] - torch.log(torch.tensor(100.0))) < 1e-6
+
+
+def test_fast_layout_gives_the_same_scores(small, monkeypatch):
+    """The check explains channels_last copies on CPU; the plain NCHW run must score the same."""
+    import sys
+
+    import sanitas.randomize.variants as rv
+
+    mr = sys.modules["sanitas.checks.model_randomization"]  # the package re-exports the function's name
+
+    m, x, y = small
+    methods, metrics = ["gradient", "guided_backprop", "gradcam"], ["spearman_abs", "ssim"]
+    fast = model_randomization(m, x, y, methods, metrics, calibrate=False).table
+    monkeypatch.setattr(rv, "prefer_fast_layout", lambda model: model)
+    monkeypatch.setattr(mr, "layout_would_change", lambda model: False)
+    plain = model_randomization(m, x, y, methods, metrics, calibrate=False).table
+    assert len(fast) == len(plain) == 5 * 3 * 2 * 6
+    assert (fast["value"] - plain["value"]).abs().max() < 1e-4
+    assert all(p.is_contiguous() for p in m.parameters())

@@ -555,3 +555,31 @@ def test_batchnorm_without_affine_is_not_a_layer():
         discover_layers(model, X)
     model(X)
     assert [l.name for l in discover_layers(model, X)] == ["0", "3"]
+
+
+@pytest.mark.parametrize("init", ["truncated_normal", "uniform", "default", "permute"])
+def test_stage_copies_use_channels_last_on_cpu_with_the_same_weights(init):
+    """Stage models are channels_last copies on CPU (faster); the layout must not change a single
+    weight: the same blocks randomized in place on a plain NCHW copy give identical tensors."""
+    import copy
+
+    model = _model("resnet-small")
+    for stage in cascading(model, X, init=init, seed=4, copy=True):
+        convs = [p for p in stage.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                             for p in convs)
+        plain = copy.deepcopy(model)
+        if stage.randomized_layers:
+            randomize(plain, X, list(stage.randomized_layers), init=init, seed=4, inplace=True)
+        for (k, v), w in zip(plain.state_dict().items(), stage.model.state_dict().values()):
+            assert torch.equal(v, w), k
+    assert all(p.is_contiguous() for p in model.parameters())  # the user's model keeps its layout
+    mlp = next(iter(cascading(_model("mlp"), X))).model  # no 4-d tensors: nothing to convert
+    assert all(p.is_contiguous() for p in mlp.parameters())
+
+
+def test_fingerprint_sees_a_layout_change():
+    model = _model("cnn")
+    before = model_fingerprint(model)
+    model.to(memory_format=torch.channels_last)
+    assert model_fingerprint(model) != before

@@ -19,6 +19,7 @@ from sanitas.checks.result import CheckResult
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
+from sanitas.utils.device import layout_would_change, prefer_fast_layout
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
 
 MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
@@ -183,6 +184,11 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     groups = randomize.group_layers(layers, blocks)
     total = len(groups) + 1
     ref_target, target_for = target_policy(target, model, x, y)
+    # the stages are channels_last copies on CPU (prefer_fast_layout); explain the unchanged model in
+    # the same layout so that all stages run the same kernels. A copy: the user's model is not touched.
+    reference = model
+    if layout_would_change(model):
+        reference = prefer_fast_layout(randomize.variants._deepcopy(model))
     if mode in ("cascading", "smooth"):
         # sMPRT (Hedstrom et al. 2023): every explanation averaged over noisy copies, bottom-up
         kw["order"] = order or ("bottom_up" if mode == "smooth" else "top_down")
@@ -196,7 +202,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
         # eMPRT (Hedstrom et al. 2023): original vs fully randomized; score = relative entropy rise
         full = randomize.randomize(model, x[:1], None, init=init, seed=seed,
                                    **({"bn_stats": bn_stats} if bn_stats else {}))
-        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": model})(),
+        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": reference})(),
                        type("S", (), {"name": "fully_randomized", "index": 1,
                                       "randomized_layers": [l.name for l in layers], "model": full})()]
         total = 2
@@ -213,8 +219,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
         k = num_classes(model, x)
         other = (ref_target.cpu() + torch.randint(1, k, ref_target.shape, generator=g)) % k
         other = other.to(x.device)
-        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": model})(),
-                       type("S", (), {"name": "random_logit", "index": 1, "randomized_layers": [], "model": model})()]
+        stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": reference})(),
+                       type("S", (), {"name": "random_logit", "index": 1, "randomized_layers": [], "model": reference})()]
         total = 2
         sims = {**sims, "ssim_max_sign": _ssim_sign_invariant()}
         base_for = target_for
@@ -238,12 +244,12 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     def variants():
         for st in stages_iter:
             stage_names.append(st.name)
-            # nothing randomized yet: explain the user's model itself, so the engine reuses the reference maps
-            net = model if not st.randomized_layers and mode != "random_logit" else st.model
+            # nothing randomized yet: explain the reference, so the engine reuses its maps
+            net = reference if not st.randomized_layers and mode != "random_logit" else st.model
             yield engine.Variant(st.name, st.index, net, {"mode": mode,
                                                                 "randomized": ",".join(st.randomized_layers)})
 
-    table, shown, timings = engine.run(model, variants(), x, explainers, sims, target_for, store, ref_target,
+    table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
                                        normalize=normalize, show=show, quiet=quiet, total=total,
                                        extra_scores=extra)
     cal = None

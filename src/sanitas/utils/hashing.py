@@ -28,15 +28,15 @@ def tensor_digest(t: torch.Tensor) -> str:
 def model_fingerprint(model: nn.Module) -> str:
     """Hash of everything about a model that sanitas promises not to change.
 
-    Covers every parameter and buffer (values, dtype, shape), every ``requires_grad`` flag
-    and every module's ``training`` flag.
+    Covers every parameter and buffer (values, dtype, shape, memory layout), every
+    ``requires_grad`` flag and every module's ``training`` flag.
     """
     h = hashlib.sha256()
     for name, p in model.named_parameters(remove_duplicate=False):
-        h.update(f"p:{name}:{p.requires_grad}:".encode())
+        h.update(f"p:{name}:{p.requires_grad}:{tuple(p.stride())}:".encode())
         h.update(tensor_digest(p).encode())
     for name, b in model.named_buffers(remove_duplicate=False):
-        h.update(f"b:{name}:".encode())
+        h.update(f"b:{name}:{tuple(b.stride())}:".encode())
         h.update(tensor_digest(b).encode())
     for name, m in model.named_modules(remove_duplicate=False):
         h.update(f"m:{name}:{m.training}".encode())
