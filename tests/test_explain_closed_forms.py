@@ -257,9 +257,14 @@ def test_pass_size_changes_speed_not_maps(method, kw):
     m = build_model("cnn")
     x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4])
     ref = explain(m, x, y, method=method, **kw)
-    for bs in (1, 7, 5 * 6, 10_000):
+    for bs in (1, 3, 7, 5 * 6, 10_000):  # 1 and 3 split the images, the others the points
         other = explain(m, x, y, method=method, batch_size=bs, **kw)
         assert torch.allclose(ref, other, rtol=1e-4, atol=1e-6 * float(ref.abs().max())), bs
+    seen = []
+    handle = m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    explain(m, x, y, method=method, batch_size=3, **kw)
+    handle.remove()
+    assert max(seen) <= 3 and sum(seen) == 5 * next(iter(kw.values()))  # images split, every point once
     with pytest.raises(ConfigError, match="batch_size must be a positive"):
         get_explainer(method, batch_size=0)
 
@@ -270,3 +275,25 @@ def test_inputs_per_pass_defaults():
     assert inputs_per_pass(None, torch.zeros(3, 1, 28, 28)) == 256
     assert inputs_per_pass(None, torch.zeros(3, 3, 224, 224)) == max(1, CPU_ELEMENTS_PER_PASS // (3 * 224 * 224))
     assert inputs_per_pass(40, torch.zeros(3, 1, 28, 28)) == 40
+
+
+def test_cpu_pass_size_from_the_measured_activations():
+    """On CPU the default pass holds CPU_ACTIVATION_BYTES_PER_PASS of module outputs, measured by a
+    probe pass whose hooks are removed again; a model that cannot be probed gets the element budget."""
+    from sanitas.explain._core import CPU_ACTIVATION_BYTES_PER_PASS, activation_bytes, inputs_per_pass
+
+    m = build_model("cnn")
+    x = torch.rand(3, 1, 28, 28)
+    # conv1, relu1 (32x28x28), pool1 (32x14x14), conv2, relu2 (64x14x14), pool2, flatten (64x7x7),
+    # fc1, relu3 (1024), output (10); float32
+    expected = 4 * (2 * 32 * 784 + 32 * 196 + 2 * 64 * 196 + 2 * 64 * 49 + 2 * 1024 + 10)
+    assert activation_bytes(m, x) == expected
+    assert inputs_per_pass(None, x, m) == CPU_ACTIVATION_BYTES_PER_PASS // expected
+    assert all(not mod._forward_hooks for mod in m.modules())
+    assert inputs_per_pass(7, x, m) == 7
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no probe")
+
+    assert inputs_per_pass(None, x, Broken()) == 256

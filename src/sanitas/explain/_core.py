@@ -168,21 +168,70 @@ def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G:
 
 
 # Inputs per forward/backward pass of the path- and noise-based methods when ``batch_size`` is not
-# given. On CPU the working set of a pass must stay in cache: on the paper CNN (28x28 inputs, 2 cores)
-# IG's 2048 path points took 1.16 s in passes of 1024 and 0.85 s in passes of 256 (vgg-small 2.30 vs
-# 1.23 s, resnet-small 1.81 vs 0.57 s; benchmarks/attributions.py). So the CPU default is a budget of
-# input elements (256 images of 28x28); accelerators keep large passes.
+# given. On CPU a pass must stay small enough for the C allocator to reuse its memory: past about
+# 80 MB of module outputs per pass, glibc hands the freed blocks back to the kernel after every
+# pass and the next pass page-faults them in again (IG on 256 images, 2 cores: resnet-small 0.2M
+# minor faults per run at 64 inputs per pass, 210k at 128; vgg-small 0.5k at 64, 302k at 256;
+# system time was a third of the MPRT benchmark's wall time). So the CPU budget is 48 MiB of module
+# outputs, measured once per model and input shape by a probe forward pass on one input (cnn: 140
+# inputs of 28x28, vgg-small 66, resnet-small 62); the fallback, when a probe is impossible, is 256
+# inputs of 28x28 elements. Accelerators keep large passes.
+CPU_ACTIVATION_BYTES_PER_PASS = 48 * 2**20
 CPU_ELEMENTS_PER_PASS = 256 * 28 * 28
 ACCELERATOR_INPUTS_PER_PASS = 1024
 
+_ACTIVATION_BYTES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
-def inputs_per_pass(batch_size: int | None, x: torch.Tensor) -> int:
-    """How many inputs one pass may hold: ``batch_size`` when given, else the device's default."""
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of all leaf modules' outputs in one forward pass on one input like ``x[0]``.
+
+    Measured with temporary forward hooks under ``no_grad`` (removed again), cached per model
+    object and input shape; at least the input's own size.
+    """
+    per_model = _ACTIVATION_BYTES.setdefault(model, {})
+    key = (tuple(x.shape[1:]), x.dtype)
+    if key not in per_model:
+        total = 0
+
+        def hook(module, args, out):
+            nonlocal total
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if next(m.children(), None) is None]
+        try:
+            with torch.no_grad():
+                model(x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        per_model[key] = max(total, x[0].numel() * x.element_size())
+    return per_model[key]
+
+
+def inputs_per_pass(batch_size: int | None, x: torch.Tensor, model: nn.Module | None = None) -> int:
+    """How many inputs one pass may hold: ``batch_size`` when given, else the device's default
+    (on CPU from the model's measured activation size when ``model`` is given)."""
     if batch_size:
         return int(batch_size)
-    if x.device.type == "cpu":
-        return max(1, CPU_ELEMENTS_PER_PASS // max(1, x[0].numel()))
-    return ACCELERATOR_INPUTS_PER_PASS
+    if x.device.type != "cpu":
+        return ACCELERATOR_INPUTS_PER_PASS
+    if model is not None:
+        try:
+            return max(1, CPU_ACTIVATION_BYTES_PER_PASS // activation_bytes(model, x))
+        except Exception:  # noqa: BLE001 - only a sizing probe: the real pass reports real errors
+            pass
+    return max(1, CPU_ELEMENTS_PER_PASS // max(1, x[0].numel()))
+
+
+def pass_shape(budget: int, n_images: int) -> tuple[int, int]:
+    """``(images, points)`` per pass for ``n_images`` images with several points (path steps or
+    noise samples) each, within ``budget`` inputs: all images and ``budget // n`` points when they
+    fit, else ``budget`` images (at least one) and one point at a time."""
+    images = max(1, min(n_images, budget))
+    return images, max(1, budget // images)
 
 
 def chunks(total: int, size: int | None) -> Iterator[slice]:

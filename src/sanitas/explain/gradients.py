@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from sanitas.errors import ConfigError, InputError
-from sanitas.explain._core import chunks, inputs_per_pass, logits_of, vjp
+from sanitas.explain._core import chunks, inputs_per_pass, logits_of, pass_shape, vjp
 from sanitas.explain.base import Explainer, WrapperExplainer
 from sanitas.explain.rules import RuleMode, rule_mode
 from sanitas.utils.image import gaussian_blur
@@ -122,17 +122,17 @@ class IntegratedGradients(Explainer):
     def attribute(self, model, x, G):
         base = make_baseline(self.baseline, x, self.seed)
         alphas, weights = path_points(self.steps, self.rule)
-        n = x.shape[0]
         total = torch.zeros((G.shape[0], *x.shape), dtype=x.dtype, device=x.device)
-        per_pass = max(1, inputs_per_pass(self.batch_size, x) // n)
-        for sl in chunks(len(alphas), per_pass):
-            a = torch.as_tensor(alphas[sl], dtype=x.dtype, device=x.device)
-            w = torch.as_tensor(weights[sl], dtype=x.dtype, device=x.device)
-            shape = (-1,) + (1,) * x.dim()
-            pts = (base.unsqueeze(0) + a.view(shape) * (x - base).unsqueeze(0)).reshape(-1, *x.shape[1:])
-            Gs = G.repeat(1, len(a), 1)
-            g = input_gradients(model, pts, Gs).reshape(G.shape[0], len(a), *x.shape)
-            total += (g * w.view((1, -1) + (1,) * x.dim())).sum(1)
+        images, per_pass = pass_shape(inputs_per_pass(self.batch_size, x, model), x.shape[0])
+        shape = (-1,) + (1,) * x.dim()
+        for im in chunks(x.shape[0], images):
+            xi, bi, Gi = x[im], base[im], G[:, im]
+            for sl in chunks(len(alphas), per_pass):
+                a = torch.as_tensor(alphas[sl], dtype=x.dtype, device=x.device)
+                w = torch.as_tensor(weights[sl], dtype=x.dtype, device=x.device)
+                pts = (bi.unsqueeze(0) + a.view(shape) * (xi - bi).unsqueeze(0)).reshape(-1, *x.shape[1:])
+                g = input_gradients(model, pts, Gi.repeat(1, len(a), 1)).reshape(G.shape[0], len(a), *xi.shape)
+                total[:, im] += (g * w.view((1, -1) + (1,) * x.dim())).sum(1)
         return total * (x - base).unsqueeze(0)
 
     def with_gap(self, model, x, target="predicted"):
@@ -174,16 +174,21 @@ class _NoiseWrapper(WrapperExplainer):
         rng = make_generator(self.seed)
         span = (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view((n,) + (1,) * (x.dim() - 1))
         std = float(self.sigma) * span
-        per_pass = max(1, inputs_per_pass(self.batch_size, x) // n)
+        images, per_pass = pass_shape(inputs_per_pass(self.batch_size, x, model), n)
         for sl in chunks(int(self.samples), per_pass):
             s = sl.stop - sl.start
+            # the noise of a chunk is drawn for all images at once, so the pass shape never changes it
             if self.noise_fn is None:
                 noise = torch.randn((s, *x.shape), generator=rng, dtype=x.dtype).to(x.device)
             else:  # extension point: standard-normal noise of shape (s, N, ...) from elsewhere
                 noise = torch.as_tensor(self.noise_fn(s, x)).to(device=x.device, dtype=x.dtype)
-            xs = (x.unsqueeze(0) + noise * std.unsqueeze(0)).reshape(-1, *x.shape[1:])
-            m = self.inner.attribute(model, xs, G.repeat(1, s, 1))
-            yield m.reshape(G.shape[0], s, *x.shape)
+            noisy = x.unsqueeze(0) + noise * std.unsqueeze(0)
+            parts = []
+            for im in chunks(n, images):
+                xs = noisy[:, im].reshape(-1, *x.shape[1:])
+                m = self.inner.attribute(model, xs, G[:, im].repeat(1, s, 1))
+                parts.append(m.reshape(G.shape[0], s, im.stop - im.start, *x.shape[1:]))
+            yield parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 class SmoothGrad(_NoiseWrapper):
