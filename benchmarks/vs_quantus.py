@@ -123,6 +123,13 @@ def main():
     print(f"Quantus 0.6.0 MPRT + Captum: {t_quantus:8.1f} s (one MPRT call per method and metric: Quantus "
           "scores one similarity per call, so each explanation is recomputed per metric)")
     print(f"sanitas:                     {t_sanitas:8.1f} s   ratio {t_quantus / t_sanitas:.1f}x\n")
+    by_method: dict[str, float] = {}
+    for key, sec in res.meta["timings"].items():
+        kind, _, rest = key.partition("/")
+        if kind in ("explain", "score"):
+            label = "scoring" if kind == "score" else rest.rpartition("/")[0]
+            by_method[label] = by_method.get(label, 0.0) + sec
+    print("sanitas time by part: " + ", ".join(f"{k} {v:.2f} s" for k, v in by_method.items()) + "\n")
     s = res.summary()
     names = {repr(e) if not isinstance(e, str) else e: m for e, m in zip(explainers, METHODS)}
     worst = 0.0

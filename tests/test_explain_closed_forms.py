@@ -152,8 +152,11 @@ def test_all_class_uses_one_forward_pass():
     calls = []
     h = m.register_forward_hook(lambda *a: calls.append(1))
     explain(m, torch.rand(2, 1, 28, 28), "all", method="guided_backprop")
+    # the first call probes the model once: its number of classes and its activation size (cached)
+    assert len(calls) == 3
+    explain(m, torch.rand(2, 1, 28, 28), "all", method="guided_backprop")
     h.remove()
-    assert len(calls) == 2  # one no-grad pass for the logits, one for the batched backward
+    assert len(calls) == 4  # then one forward pass for all classes' backward passes
 
 
 @pytest.mark.parametrize("name", ["gradient", "guided_backprop", "lrp_epsilon", "deeplift", "gradcam", "fullgrad",
@@ -297,3 +300,24 @@ def test_cpu_pass_size_from_the_measured_activations():
             raise RuntimeError("no probe")
 
     assert inputs_per_pass(None, x, Broken()) == 256
+
+
+@pytest.mark.parametrize("method", ["gradient", "input_x_gradient", "guided_backprop", "deconvnet", "gradcam",
+                                    "guided_gradcam", "lrp_epsilon", "lrp_zplus", "fullgrad"])
+def test_per_image_methods_run_in_passes_with_equal_maps(method, monkeypatch):
+    """Single-pass methods split the images into passes of the CPU budget; the maps must not change
+    (one target per image and all classes)."""
+    from sanitas.explain import _core
+
+    torch.manual_seed(0)
+    m = build_model("cnn")
+    x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4])
+    ref, ref_all = explain(m, x, y, method=method), explain(m, x, "all", method=method)
+    monkeypatch.setattr(_core, "CPU_ACTIVATION_BYTES_PER_PASS", 2 * _core.activation_bytes(m, x))
+    seen = []
+    handle = m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    got, got_all = explain(m, x, y, method=method), explain(m, x, "all", method=method)
+    handle.remove()
+    assert max(seen) == 2  # passes of two images
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+    assert torch.allclose(got_all, ref_all, rtol=1e-5, atol=1e-6 * float(ref_all.abs().max()))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError
-from sanitas.explain._core import (TargetLike, check_images, eval_mode, logits_of, model_device, num_classes,
-                                   resolve_target, selection)
+from sanitas.explain._core import (TargetLike, check_images, chunks, eval_mode, inputs_per_pass, logits_of,
+                                   model_device, num_classes, resolve_target, selection)
 
 
 class Explainer:
@@ -31,6 +31,9 @@ class Explainer:
     uses_model: ClassVar[bool] = True
     #: True when sum(map) == logit (or == f(x) - f(baseline)) holds exactly for ReLU networks.
     complete: ClassVar[bool] = False
+    #: True when an image's map depends only on that image (no randomness, no batch statistics):
+    #: such methods run in passes of ``inputs_per_pass`` images (equal maps, less memory churn).
+    per_image: ClassVar[bool] = False
 
     #: option name -> default value; subclasses extend it.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -74,13 +77,21 @@ class Explainer:
                 k = num_classes(model, x)
                 tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
             G = selection(tgt, x.shape[0], k, x.device, x.dtype)
-            maps = self.attribute(model, x, G)
+            maps = self._attribute_in_passes(model, x, G)
         if tgt is None:
             return maps.transpose(0, 1).contiguous()
         return maps[0]
 
     def attribute(self, model: nn.Module, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _attribute_in_passes(self, model: nn.Module, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """:meth:`attribute`, in passes of ``inputs_per_pass`` images for ``per_image`` methods: on
+        CPU a pass past ~80 MB of activations makes the allocator re-fault its memory every call."""
+        size = inputs_per_pass(None, x, model) if self.per_image and self.uses_model else x.shape[0]
+        if size >= x.shape[0]:
+            return self.attribute(model, x, G)
+        return torch.cat([self.attribute(model, x[s], G[:, s]) for s in chunks(x.shape[0], size)], dim=1)
 
 
 class WrapperExplainer(Explainer):

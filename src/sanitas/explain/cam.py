@@ -70,6 +70,7 @@ class GradCAM(Explainer):
     """
 
     name = "gradcam"
+    per_image = True
     defaults = {"layer": None, "relu": True, "interpolation": "bilinear"}
 
     def layer_maps(self, model, x, G):
@@ -95,6 +96,7 @@ class GuidedGradCAM(Explainer):
     """Guided GradCAM: guided backprop times the upsampled GradCAM map."""
 
     name = "guided_gradcam"
+    per_image = True
     defaults = {"layer": None, "interpolation": "bilinear"}
 
     def attribute(self, model, x, G):

@@ -30,6 +30,7 @@ class Gradient(Explainer):
     """Signed gradient of the target logit w.r.t. the input (no abs: use postprocess.absolute)."""
 
     name = "gradient"
+    per_image = True
 
     def attribute(self, model, x, G):
         return input_gradients(model, x, G)
@@ -39,6 +40,7 @@ class InputXGradient(Explainer):
     """Input times gradient (complete for bias-free ReLU networks)."""
 
     name = "input_x_gradient"
+    per_image = True
 
     def attribute(self, model, x, G):
         return x.unsqueeze(0) * input_gradients(model, x, G)

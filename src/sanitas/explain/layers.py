@@ -172,6 +172,7 @@ class FullGrad(Explainer):
     (align_corners=True as the reference code) and a channel sum; BatchNorm's implicit bias included."""
 
     name = "fullgrad"
+    per_image = True
     defaults = {"interpolation": "bilinear"}
 
     def attribute(self, model, x, G):

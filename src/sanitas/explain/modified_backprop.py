@@ -12,6 +12,7 @@ class GuidedBackprop(Explainer):
     gradients through units that were active in the forward pass."""
 
     name = "guided_backprop"
+    per_image = True
 
     def attribute(self, model, x, G):
         return input_gradients(model, x, G, RuleMode(self.name, relu="guided"))
@@ -22,6 +23,7 @@ class Deconvnet(Explainer):
     forward activation pattern."""
 
     name = "deconvnet"
+    per_image = True
 
     def attribute(self, model, x, G):
         return input_gradients(model, x, G, RuleMode(self.name, relu="deconv"))

@@ -41,6 +41,7 @@ class LRPEpsilon(Explainer):
     """LRP-epsilon (Bach et al. 2015): R_j = sum_k a_j w_jk / (z_k + eps sign(z_k)) R_k."""
 
     name = "lrp_epsilon"
+    per_image = True
     defaults = {"epsilon": 1e-6}
 
     def validate(self):
