@@ -126,7 +126,7 @@ def main():
     by_method: dict[str, float] = {}
     for key, sec in res.meta["timings"].items():
         kind, _, rest = key.partition("/")
-        if kind in ("explain", "score"):
+        if kind in ("explain", "score") and not rest.endswith("/reference"):  # counted in 'original'
             label = "scoring" if kind == "score" else rest.rpartition("/")[0]
             by_method[label] = by_method.get(label, 0.0) + sec
     print("sanitas time by part: " + ", ".join(f"{k} {v:.2f} s" for k, v in by_method.items()) + "\n")
