@@ -4,7 +4,7 @@
 
 sanitas picks per device (``sanitas.explain._core``): all-class gradients as one backward per
 class row on the shared graph ("rows") on CPU and ``is_grads_batched`` ("batched") elsewhere;
-IG/SmoothGrad passes of 256 inputs of 28x28 on CPU and 1024 elsewhere. This script times both
+IG/SmoothGrad passes of 48 MiB of activations on CPU and 1024 inputs elsewhere. This script times both
 choices on random-weight reference models (no dataset or training needed, so it runs on a bare
 accelerator machine) and checks that they give the same maps.
 

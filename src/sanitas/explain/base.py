@@ -88,7 +88,7 @@ class Explainer:
     def _attribute_in_passes(self, model: nn.Module, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         """:meth:`attribute`, in passes of ``inputs_per_pass`` images for ``per_image`` methods: on
         CPU a pass past ~80 MB of activations makes the allocator re-fault its memory every call."""
-        size = inputs_per_pass(None, x, model) if self.per_image and self.uses_model else x.shape[0]
+        size = inputs_per_pass(None, x, model) if self.per_image else x.shape[0]
         if size >= x.shape[0]:
             return self.attribute(model, x, G)
         return torch.cat([self.attribute(model, x[s], G[:, s]) for s in chunks(x.shape[0], size)], dim=1)

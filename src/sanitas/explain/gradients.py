@@ -109,7 +109,7 @@ class IntegratedGradients(Explainer):
     ``rule``: ``"gausslegendre"`` (default) or ``"trapezoid"`` (a proper trapezoid rule whose
     weights sum to 1; Captum's ``riemann_trapezoid`` weights sum to (n-1)/n), ``left``/``right``/
     ``middle`` Riemann sums. ``batch_size`` bounds the number of path points per forward pass
-    (default: a cache-sized pass on CPU, 1024 points on an accelerator; see ``inputs_per_pass``).
+    (default: 48 MiB of activations per pass on CPU, 1024 points on an accelerator; see ``inputs_per_pass``).
     :meth:`with_gap` returns the maps and the completeness gap sum(map) - (f(x) - f(baseline)).
     """
 
