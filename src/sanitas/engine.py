@@ -9,6 +9,7 @@ once, scores them against the reference maps with every metric, and appends tidy
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -25,6 +26,7 @@ from sanitas.errors import CacheError, ConfigError
 from sanitas.explain import Explainer
 from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
+from sanitas.utils.memory import hold_freed_memory
 from sanitas.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_table, read_json
 from sanitas.utils.progress import log, progress
 
@@ -140,31 +142,33 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
             timings[f"explain/{method}/reference"] = time.perf_counter() - t
         return ref_maps[method]
 
-    for variant in progress(variants, desc="variants", total=total, quiet=quiet):
-        for method, explainer in explainers.items():
-            cached = store.load(variant.index, method)
-            if cached is not None:
-                rows, maps, _ = cached
+    # the passes of every cell reuse one another's memory (see sanitas.utils.memory)
+    with hold_freed_memory() if x.device.type == "cpu" else contextlib.nullcontext():
+        for variant in progress(variants, desc="variants", total=total, quiet=quiet):
+            for method, explainer in explainers.items():
+                cached = store.load(variant.index, method)
+                if cached is not None:
+                    rows, maps, _ = cached
+                    frames.append(rows)
+                    shown[(variant.index, method)] = maps
+                    continue
+                t = time.perf_counter()
+                target = target_for(variant)
+                if variant.model is reference and _same_target(target, reference_target):
+                    maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
+                else:
+                    maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
+                timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
+                t = time.perf_counter()
+                values = score(metrics, ref(method), maps, x)
+                timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
+                if extra_scores is not None:
+                    values.update(extra_scores(variant, method, ref(method), maps))
+                rows = tidy_rows(method, variant, values, target, x.shape[0])
+                keep = maps[:show].cpu()
+                store.save(variant.index, method, rows, keep)
                 frames.append(rows)
-                shown[(variant.index, method)] = maps
-                continue
-            t = time.perf_counter()
-            target = target_for(variant)
-            if variant.model is reference and _same_target(target, reference_target):
-                maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
-            else:
-                maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
-            timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
-            t = time.perf_counter()
-            values = score(metrics, ref(method), maps, x)
-            timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
-            if extra_scores is not None:
-                values.update(extra_scores(variant, method, ref(method), maps))
-            rows = tidy_rows(method, variant, values, target, x.shape[0])
-            keep = maps[:show].cpu()
-            store.save(variant.index, method, rows, keep)
-            frames.append(rows)
-            shown[(variant.index, method)] = keep
+                shown[(variant.index, method)] = keep
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table, shown, timings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, ClassVar
 
@@ -11,6 +12,8 @@ from torch import nn
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain._core import (TargetLike, check_images, chunks, eval_mode, inputs_per_pass, logits_of,
                                    model_device, num_classes, resolve_target, selection)
+from sanitas.explain.kernels import cpu_kernels
+from sanitas.utils.memory import hold_freed_memory
 
 
 class Explainer:
@@ -34,6 +37,8 @@ class Explainer:
     #: True when an image's map depends only on that image (no randomness, no batch statistics):
     #: such methods run in passes of ``inputs_per_pass`` images (equal maps, less memory churn).
     per_image: ClassVar[bool] = False
+    #: False to run the passes without :mod:`sanitas.explain.kernels` (black-box callables).
+    fast_kernels: ClassVar[bool] = True
 
     #: option name -> default value; subclasses extend it.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -77,7 +82,12 @@ class Explainer:
                 k = num_classes(model, x)
                 tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
             G = selection(tgt, x.shape[0], k, x.device, x.dtype)
-            maps = self._attribute_in_passes(model, x, G)
+            with contextlib.ExitStack() as scope:
+                if x.device.type == "cpu":
+                    scope.enter_context(hold_freed_memory())
+                    if self.fast_kernels:
+                        scope.enter_context(cpu_kernels(x.device))
+                maps = self._attribute_in_passes(model, x, G)
         if tgt is None:
             return maps.transpose(0, 1).contiguous()
         return maps[0]
@@ -115,6 +125,8 @@ class WrapperExplainer(Explainer):
 
 class CallableExplainer(Explainer):
     """Wraps a user's ``f(model, x, target)`` (Quantus' ``explain_func`` contract) or a Captum object."""
+
+    fast_kernels = False  # a black box: it runs exactly as the user wrote it
 
     def __init__(self, fn, name: str | None = None):
         self.fn = fn
