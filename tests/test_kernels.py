@@ -42,13 +42,17 @@ def test_linear_onednn_takes_non_contiguous_inputs_and_weights():
 
 @pytest.mark.parametrize("k,padding,hw", [(5, 2, (28, 28)), (3, 1, (9, 13)), (3, 0, (10, 10)), (4, 1, (11, 8)),
                                           ((3, 5), (0, 2), (12, 9)), (1, 0, (6, 6))])
-def test_one_channel_input_gradient_matches_autograd(k, padding, hw):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_channel_input_gradient_matches_autograd(k, padding, hw, channels_last):
     g = torch.Generator().manual_seed(1)
     kh, kw = (k, k) if isinstance(k, int) else k
     x = torch.randn(3, 1, *hw, generator=g, requires_grad=True)
     w = torch.randn(6, 1, kh, kw, generator=g)
     out = F.conv2d(x, w, padding=padding)
     go = torch.randn(out.shape, generator=g)
+    if channels_last:  # the gradient a channels_last model hands back (a 1x1 conv path instead of matmul)
+        go = go.contiguous(memory_format=torch.channels_last)
+        assert not go.is_contiguous()
     (want,) = torch.autograd.grad(out, x, go)
     pad = (padding, padding) if isinstance(padding, int) else padding
     got = kernels.conv_input_grad_one_channel(go, w, hw, pad)

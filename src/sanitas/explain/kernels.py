@@ -138,8 +138,11 @@ def conv_input_grad_one_channel(grad_out: torch.Tensor, weight: torch.Tensor, in
     c_out, _, kh, kw = weight.shape
     (h, w), (ph, pw) = in_hw, padding
     ho, wo = grad_out.shape[2], grad_out.shape[3]
-    taps = weight.reshape(c_out, kh * kw).t().contiguous().view(kh * kw, c_out, 1, 1)
-    y = F.conv2d(grad_out, taps).contiguous()  # (N, kh*kw, Ho, Wo)
+    taps = weight.reshape(c_out, kh * kw).t().contiguous()
+    if grad_out.is_contiguous():  # NCHW: one batched product, already in the (N, kh*kw, Ho*Wo) layout
+        y = torch.matmul(taps, grad_out.view(n, c_out, ho * wo)).view(n, kh * kw, ho, wo)
+    else:  # channels_last: a 1x1 convolution in oneDNN, then one copy to (N, kh*kw, Ho, Wo)
+        y = F.conv2d(grad_out, taps.view(kh * kw, c_out, 1, 1)).contiguous()
     full = grad_out.new_zeros(n, h + 2 * ph, w + 2 * pw)
     for ky in range(kh):
         rows = full[:, ky:ky + ho]
