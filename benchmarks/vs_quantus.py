@@ -99,27 +99,40 @@ def main():
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--own-seeds", action="store_true",
                     help="randomize with sanitas' own per-layer seeds (different random weights than Quantus)")
+    ap.add_argument("--sanitas-first", action="store_true",
+                    help="run sanitas before Quantus: sanitas leaves glibc's malloc thresholds changed "
+                         "(sanitas.utils.memory), so this shows Quantus with them")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     model = train("cnn", "fashion-mnist").model.eval()
     ds = load_dataset("fashion-mnist", "test").sample(args.images, seed=0)
     x, y = ds.x, ds.y
 
-    t = time.perf_counter()
-    quantus_means = {m: run_quantus(model, x, y, m) for m in ["spearman_abs", "spearman", "ssim"]}
-    t_quantus = time.perf_counter() - t
+    def quantus_part():
+        t = time.perf_counter()
+        means = {m: run_quantus(model, x, y, m) for m in ["spearman_abs", "spearman", "ssim"]}
+        return means, time.perf_counter() - t
 
-    t = time.perf_counter()
-    methods = [m if m not in ("integrated_gradients", "smoothgrad") else m for m in METHODS]
-    from sanitas.explain import get_explainer
+    def sanitas_part():
+        from sanitas.explain import get_explainer
 
-    explainers = [get_explainer("integrated_gradients", steps=50) if m == "integrated_gradients" else
-                  get_explainer("smoothgrad", samples=50, sigma=0.15) if m == "smoothgrad" else m for m in methods]
-    res = model_randomization(model, x, y, explainers, ["spearman_abs", "spearman", "ssim"], init="default" if args.own_seeds else QuantusSeeded(),
-                              calibrate=False, quiet=True)
-    t_sanitas = time.perf_counter() - t
+        t = time.perf_counter()
+        explainers = [get_explainer("integrated_gradients", steps=50) if m == "integrated_gradients" else
+                      get_explainer("smoothgrad", samples=50, sigma=0.15) if m == "smoothgrad" else m
+                      for m in METHODS]
+        res = model_randomization(model, x, y, explainers, ["spearman_abs", "spearman", "ssim"],
+                                  init="default" if args.own_seeds else QuantusSeeded(), calibrate=False, quiet=True)
+        return explainers, res, time.perf_counter() - t
 
-    print(f"{args.images} images, cascading, init default, {len(METHODS)} methods, 3 metrics")
+    if args.sanitas_first:
+        explainers, res, t_sanitas = sanitas_part()
+        quantus_means, t_quantus = quantus_part()
+    else:
+        quantus_means, t_quantus = quantus_part()
+        explainers, res, t_sanitas = sanitas_part()
+
+    print(f"{args.images} images, cascading, init default, {len(METHODS)} methods, 3 metrics, "
+          f"{'sanitas' if args.sanitas_first else 'Quantus'} first")
     print(f"Quantus 0.6.0 MPRT + Captum: {t_quantus:8.1f} s (one MPRT call per method and metric: Quantus "
           "scores one similarity per call, so each explanation is recomputed per metric)")
     print(f"sanitas:                     {t_sanitas:8.1f} s   ratio {t_quantus / t_sanitas:.1f}x\n")

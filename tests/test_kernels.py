@@ -61,8 +61,8 @@ def test_one_channel_input_gradient_matches_autograd(k, padding, hw, channels_la
 
 def _tiny_gray_net():
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding="same"),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 5))
+    return nn.Sequential(nn.Conv2d(1, 12, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(12, 6, 3, padding="same"),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 5))
 
 
 def test_mode_keeps_values_and_every_gradient(monkeypatch):
@@ -171,6 +171,16 @@ def test_linear_backend_is_timed_once_per_shape_and_small_products_skip_timing(m
                                              None) is False
 
 
+def test_the_mode_is_entered_only_for_models_with_a_layer_it_speeds_up():
+    assert kernels.applies_to(build_model("cnn")) and kernels.applies_to(build_model("mlp"))
+    assert kernels.applies_to(_tiny_gray_net())
+    assert not kernels.applies_to(build_model("resnet-small"))  # 1->16 3x3 stem, 64->10 head
+    small = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    assert not kernels.applies_to(small)
+    assert isinstance(kernels.cpu_kernels("cpu", build_model("cnn")), kernels.CPUKernels)
+    assert not isinstance(kernels.cpu_kernels("cpu", small), kernels.CPUKernels)
+
+
 def test_kernels_switch():
     assert kernels._env_enabled(None) and kernels._env_enabled("1")
     assert not any(kernels._env_enabled(v) for v in ("0", "false", "OFF", " no "))
@@ -186,12 +196,8 @@ class _FakeGlibc:
         self.calls.append(("mallopt", param, value))
         return 1
 
-    def malloc_trim(self, pad):
-        self.calls.append(("malloc_trim", pad))
-        return 1
 
-
-def test_freed_memory_is_held_for_the_outermost_scope_and_handed_back(monkeypatch):
+def test_freed_memory_is_held_for_the_outermost_scope_then_glibc_trims_as_usual(monkeypatch):
     from sanitas.utils import memory
 
     fake = _FakeGlibc()
@@ -203,10 +209,10 @@ def test_freed_memory_is_held_for_the_outermost_scope_and_handed_back(monkeypatc
         with memory.hold_freed_memory():  # nested scopes change nothing
             pass
         assert len(fake.calls) == 2
-    assert fake.calls[2:] == [("mallopt", memory.M_TRIM_THRESHOLD, 64 * 2**20), ("malloc_trim", 0)]
-    with pytest.raises(ValueError), memory.hold_freed_memory():  # handed back on errors too
+    assert fake.calls[2:] == [("mallopt", memory.M_TRIM_THRESHOLD, 64 * 2**20)]
+    with pytest.raises(ValueError), memory.hold_freed_memory():  # restored on errors too
         raise ValueError
-    assert fake.calls[-1] == ("malloc_trim", 0) and memory._depth == 0
+    assert fake.calls[-1] == ("mallopt", memory.M_TRIM_THRESHOLD, 64 * 2**20) and memory._depth == 0
 
 
 def test_explanations_and_the_engine_hold_memory_once(monkeypatch):
@@ -218,15 +224,23 @@ def test_explanations_and_the_engine_hold_memory_once(monkeypatch):
     net = _tiny_gray_net().eval()
     x = torch.rand(2, 1, 14, 14)
     get_explainer("gradient")(net, x, 1)
-    assert [c[0] for c in fake.calls] == ["mallopt", "mallopt", "mallopt", "malloc_trim"]
+    assert [c[2] for c in fake.calls] == [32 * 2**20, memory.HOLD_BYTES, 64 * 2**20]
     fake.calls.clear()
     model_randomization(net, x, torch.tensor([1, 2]), ["gradient", "gradcam"], ["spearman"], calibrate=False,
                         quiet=True)
-    assert [c[0] for c in fake.calls].count("malloc_trim") == 1  # one scope around all cells
+    assert [c[2] for c in fake.calls] == [32 * 2**20, memory.HOLD_BYTES, 64 * 2**20]  # one scope around all cells
     monkeypatch.setattr(memory, "ENABLED", False)
     fake.calls.clear()
     get_explainer("gradient")(net, x, 1)
     assert fake.calls == []
+
+
+def test_malloc_settings_of_the_user_are_left_alone():
+    from sanitas.utils.memory import _user_tunes_malloc
+
+    assert not _user_tunes_malloc({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.pthread.rseq=0"})
+    assert _user_tunes_malloc({"MALLOC_TRIM_THRESHOLD_": "1"})
+    assert _user_tunes_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"})
 
 
 def test_real_glibc_lookup_is_safe():

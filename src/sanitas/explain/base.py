@@ -86,7 +86,7 @@ class Explainer:
                 if x.device.type == "cpu":
                     scope.enter_context(hold_freed_memory())
                     if self.fast_kernels:
-                        scope.enter_context(cpu_kernels(x.device))
+                        scope.enter_context(cpu_kernels(x.device, model))
                 maps = self._attribute_in_passes(model, x, G)
         if tgt is None:
             return maps.transpose(0, 1).contiguous()
