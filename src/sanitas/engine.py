@@ -9,7 +9,6 @@ once, scores them against the reference maps with every metric, and appends tidy
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import time
@@ -143,7 +142,7 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         return ref_maps[method]
 
     # the passes of every cell reuse one another's memory (see sanitas.utils.memory)
-    with hold_freed_memory() if x.device.type == "cpu" else contextlib.nullcontext():
+    with hold_freed_memory(x.device):
         for variant in progress(variants, desc="variants", total=total, quiet=quiet):
             for method, explainer in explainers.items():
                 cached = store.load(variant.index, method)

@@ -82,11 +82,8 @@ class Explainer:
                 k = num_classes(model, x)
                 tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
             G = selection(tgt, x.shape[0], k, x.device, x.dtype)
-            with contextlib.ExitStack() as scope:
-                if x.device.type == "cpu":
-                    scope.enter_context(hold_freed_memory())
-                    if self.fast_kernels:
-                        scope.enter_context(cpu_kernels(x.device, model))
+            with hold_freed_memory(x.device), \
+                    cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
                 maps = self._attribute_in_passes(model, x, G)
         if tgt is None:
             return maps.transpose(0, 1).contiguous()

@@ -28,20 +28,15 @@ environment, or ``sanitas.explain.kernels.ENABLED = False``, turns both off.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from sanitas.utils.env import env_switch
 
-
-def _env_enabled(value: str | None) -> bool:
-    return (value or "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-ENABLED = _env_enabled(os.environ.get("SANITAS_CPU_KERNELS"))
+ENABLED = env_switch("SANITAS_CPU_KERNELS")
 #: ``"auto"`` (time both once per shape), ``"onednn"`` or ``"blas"`` (always that one)
 LINEAR_BACKEND = "auto"
 
@@ -96,11 +91,13 @@ def _time_pass(fn, a, weight, bias, go) -> float:
     return best
 
 
-def linear_prefers_onednn(m: int, k: int, n: int, x: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor | None) -> bool:
-    """Whether the oneDNN product is faster for this shape (timed once per process and shape)."""
+def linear_prefers_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the oneDNN product is faster for ``F.linear(x, weight, bias)``'s shape (timed once per
+    process and shape ``(M, K, N)``, M the rows of ``x``)."""
     if LINEAR_BACKEND != "auto":
         return LINEAR_BACKEND == "onednn"
+    k, n = weight.shape[1], weight.shape[0]
+    m = x.numel() // max(1, k)
     if m * k * n < MIN_LINEAR_MACS or torch.is_inference_mode_enabled():
         return False
     key = (m, k, n, bias is not None)
@@ -195,8 +192,7 @@ class _OneChannelConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = (_engine_needs(ctx, i) for i in range(3))
         gx = gw = gb = None
-        fallback = _is_batched(grad_out) or grad_out.device.type != "cpu"
-        if need_x and not fallback:
+        if need_x and not _is_batched(grad_out):
             gx = conv_input_grad_one_channel(grad_out, weight, tuple(x.shape[2:]), ctx.padding)
             need_x = False
         if need_x or need_w or (need_b and ctx.bias_shape is not None):
@@ -272,8 +268,7 @@ class CPUKernels(TorchFunctionMode):
             if (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor) and x.dim() >= 2 and w.dim() == 2
                     and x.shape[-1] == w.shape[1] and (bias is None or (bias.dim() == 1 and bias.shape[0] == w.shape[0]))
                     and _plain(x, w, bias)):
-                m = x.numel() // max(1, x.shape[-1])
-                if linear_prefers_onednn(m, x.shape[-1], w.shape[0], x, w, bias):
+                if linear_prefers_onednn(x, w, bias):
                     return linear_onednn(x, w, bias)
         elif func is F.conv2d:
             b = _bind(_CONV_ARGS, args, kwargs)

@@ -25,9 +25,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Iterator
+
+import torch
+
+from sanitas.utils.env import env_switch
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -36,43 +41,37 @@ HOLD_BYTES = 1 << 30
 TRIM_AFTER = 2 * MMAP_THRESHOLD_MAX
 
 
-
 def _user_tunes_malloc(env) -> bool:
     """The user set glibc's malloc thresholds already (environment or tunables): leave them alone."""
     return any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or \
         "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
 
 
-ENABLED = ((os.environ.get("SANITAS_HOLD_MEMORY") or "1").strip().lower() not in ("0", "false", "no", "off")
-           and not _user_tunes_malloc(os.environ))
+ENABLED = env_switch("SANITAS_HOLD_MEMORY") and not _user_tunes_malloc(os.environ)
 
 _lock = threading.Lock()
 _depth = 0
-_libc = None
-_looked_up = False
 
 
+@functools.cache
 def glibc():
-    """The C library when it is glibc (with ``mallopt``), else None."""
-    global _libc, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            lib.gnu_get_libc_version  # noqa: B018 - only glibc has it
-            lib.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-            lib.mallopt.restype = ctypes.c_int
-            _libc = lib
-        except (OSError, AttributeError):
-            _libc = None
-    return _libc
+    """The C library when it is glibc (with ``mallopt``), else None (looked up once)."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        lib.gnu_get_libc_version  # noqa: B018 - only glibc has it
+    except (OSError, AttributeError):
+        return None
+    lib.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    lib.mallopt.restype = ctypes.c_int
+    return lib
 
 
 @contextlib.contextmanager
-def hold_freed_memory() -> Iterator[None]:
-    """Keep memory freed between passes mapped until the outermost scope ends (glibc only)."""
+def hold_freed_memory(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Keep memory freed between passes mapped until the outermost scope ends (glibc, and
+    passes on ``device`` ``"cpu"``, only: accelerator memory has its own caching allocator)."""
     global _depth
-    lib = glibc() if ENABLED else None
+    lib = glibc() if ENABLED and torch.device(device).type == "cpu" else None
     if lib is None:
         yield
         return
