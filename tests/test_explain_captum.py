@@ -43,7 +43,7 @@ def test_modified_backprop(net_and_data):
 
 def test_gradcam_and_guided_gradcam(net_and_data):
     m, x, y = net_and_data
-    layer = m.features.conv2
+    layer = m.features.relu2  # the default: the last conv's rectified feature maps (adebayo2018, A.4)
     cam = captum_attr.LayerGradCam(m, layer).attribute(x, target=y, relu_attributions=True)
     up = captum_attr.LayerAttribution.interpolate(cam, (28, 28), interpolate_mode="bilinear")
     assert _close(explain(m, x, y, method="gradcam"), up)

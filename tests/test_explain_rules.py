@@ -52,11 +52,41 @@ def test_rules_do_not_depend_on_how_relu_is_written(method, how):
 
 
 @pytest.mark.parametrize("act", [nn.Sigmoid(), nn.GELU(), nn.Tanh(), nn.Softplus()])
-@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "lrp_epsilon"])
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
 def test_unsupported_nonlinearity_names_the_layer(act, method):
     m = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), act, nn.Linear(16, 10))
-    with pytest.raises(UnsupportedLayerError, match=r"'2 \(" + type(act).__name__):
+    with pytest.raises(UnsupportedLayerError, match=r"'2 \(" + type(act).__name__ + r".*integrated_gradients"):
         explain(m, torch.rand(2, 1, 28, 28), 0, method=method)
+
+
+class Square(nn.Module):
+    def forward(self, h):
+        return h * h.abs().sqrt()
+
+
+class ManualNorm(nn.Module):
+    def forward(self, h):
+        return (h - h.mean(-1, keepdim=True)) / (h.var(-1, keepdim=True) + 1e-5).sqrt()
+
+
+@pytest.mark.parametrize("layer", [Square(), ManualNorm()])
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "lrp_epsilon", "lrp_zplus", "deeplift"])
+def test_operations_without_a_rule_raise_and_name_the_layer(layer, method):
+    """Never a silently different method: an op no rule covers is an error naming op and module."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), layer, nn.Linear(16, 10))
+    with pytest.raises(UnsupportedLayerError, match=r"has no rule for .*'2 \(" + type(layer).__name__):
+        explain(m, torch.rand(2, 1, 28, 28), 0, method=method)
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid(), nn.GELU(), nn.Tanh(), nn.Softplus(), nn.SiLU()])
+def test_lrp_identity_rule_conserves_relevance_through_elementwise_activations(act):
+    """AttnLRP's identity rule: relevance passes an activation unchanged (sum(R) = logit, no biases)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 16, bias=False), act, nn.Linear(16, 10, bias=False))
+    x = torch.rand(3, 1, 28, 28)
+    r = explain(m, x, "all", method="lrp_epsilon", epsilon=1e-9)
+    with torch.no_grad():
+        assert torch.allclose(r.flatten(2).sum(-1), m(x), rtol=1e-4, atol=1e-5)
 
 
 def test_deeplift_supports_sigmoid_and_tanh_with_summation_to_delta():

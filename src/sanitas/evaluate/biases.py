@@ -44,7 +44,7 @@ from torch import nn
 
 from sanitas.errors import ConfigError, InputError, ModelError
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
-from sanitas.explain.cam import capture
+from sanitas.explain.capture import capture
 from sanitas.explain.layers import PARAM_KINDS, layer_bias, layer_decomposition
 from sanitas.utils.progress import log, progress
 

@@ -97,7 +97,7 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
 
     Runs one forward pass on ``x[:1]``.
     """
-    from sanitas.explain.cam import capture
+    from sanitas.explain.capture import capture
     from sanitas.explain.layers import layer_bias
 
     check_images(x)

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from sanitas.errors import InputError, ModelError
+from sanitas.errors import InputError
+from sanitas.explain.forward import call_model, current_spec, image_rows, select_logits
 
 TargetLike = int | Sequence[int] | torch.Tensor | str | None
 
@@ -36,6 +37,16 @@ def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{name} contains {bad} NaN or infinite values; clean the inputs before explaining them")
     return x
+
+
+def check_not_inference(model: nn.Module) -> None:
+    """Autograd cannot differentiate through parameters or buffers created under torch.inference_mode()."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_inference():
+            raise InputError(f"the model's {name!r} was created under torch.inference_mode(), and autograd cannot "
+                             "differentiate through such tensors. Build or load the model outside inference_mode "
+                             "(torch.no_grad() is fine), or copy its state: model.load_state_dict({k: v.clone() "
+                             "for k, v in state.items()}) outside it")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -59,19 +70,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run the model and check that it returns logits of shape (N, K)."""
+    """Run the model (through :func:`sanitas.explain.forward.call_model`) and return its ``(N, K)`` logits."""
     try:
-        out = model(x)
+        out = call_model(model, x)
     except RuntimeError as exc:
-        raise InputError(f"the model failed on inputs of shape {tuple(x.shape)}: {exc}. Check that the images "
+        raise InputError(f"the model failed on inputs of shape {tuple(x.shape)}: {exc}. Check that the inputs "
                          "have the shape, channels and size the model was built for") from exc
-    if isinstance(out, (tuple, list)) or hasattr(out, "logits"):
-        out = out.logits if hasattr(out, "logits") else out[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"the model must return logits of shape (N, K) for N inputs; it returned {shape}. "
-                         "Wrap it so that forward returns one (N, K) tensor")
-    return out
+    return select_logits(out, x.shape[0], current_spec().output)
 
 
 def resolve_target(target: TargetLike, logits: torch.Tensor | None, n: int | None = None, k: int | None = None,
@@ -115,7 +120,7 @@ def num_classes(model: nn.Module, x: torch.Tensor) -> int:
     """The model's number of outputs, from one forward pass on one image (cached per model object)."""
     k = _NUM_CLASSES.get(model)
     if k is None:
-        with torch.no_grad():
+        with torch.no_grad(), image_rows(torch.arange(1)):
             k = int(logits_of(model, x[:1]).shape[1])
         _NUM_CLASSES[model] = k
     return k
@@ -202,8 +207,8 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
         handles = [m.register_forward_hook(hook) for m in model.modules() if next(m.children(), None) is None]
         try:
-            with torch.no_grad():
-                model(x[:1])
+            with torch.no_grad(), image_rows(torch.arange(1)):
+                call_model(model, x[:1])
         finally:
             for h in handles:
                 h.remove()

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError
-from sanitas.explain._core import (TargetLike, check_images, chunks, eval_mode, inputs_per_pass, logits_of,
-                                   model_device, num_classes, resolve_target, selection)
+from sanitas.explain._core import (TargetLike, check_images, check_not_inference, chunks, eval_mode,
+                                   inputs_per_pass, logits_of, model_device, num_classes, resolve_target, selection)
+from sanitas.explain.forward import OutputSelector, image_rows, model_call, pack_inputs
 from sanitas.explain.kernels import cpu_kernels
 from sanitas.utils.memory import hold_freed_memory
 
@@ -39,6 +40,8 @@ class Explainer:
     per_image: ClassVar[bool] = False
     #: False to run the passes without :mod:`sanitas.explain.kernels` (black-box callables).
     fast_kernels: ClassVar[bool] = True
+    #: False for methods that need one input tensor with a spatial layout (GradCAM, layer maps, controls).
+    tuple_inputs: ClassVar[bool] = True
 
     #: option name -> default value; subclasses extend it.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -66,28 +69,42 @@ class Explainer:
         return repr(self)
 
     # -- the public call -----------------------------------------------------------------------
-    def __call__(self, model: nn.Module, x: torch.Tensor, target: TargetLike = "predicted") -> torch.Tensor:
-        check_images(x)
+    def __call__(self, model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], target: TargetLike = "predicted",
+                 *, output: OutputSelector = None, additional_forward_args: Any = None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        as_tuple = isinstance(x, (tuple, list))
+        x, packing = pack_inputs(x)
+        if packing is not None and not self.tuple_inputs:
+            raise InputError(f"{self!r} explains one input tensor with a spatial layout; tuple inputs work with "
+                             "the gradient-based and rule-based methods (gradient, input_x_gradient, "
+                             "integrated_gradients, smoothgrad, vargrad, guided_backprop, lrp_*, deeplift)")
+        check_images(x)
+        check_not_inference(model)
         dev = model_device(model)
-        x = x.detach().to(dev)
-        with eval_mode(model):
-            if target is None or (isinstance(target, str) and target == "predicted"):
-                with torch.no_grad():
-                    logits = logits_of(model, x)
-                tgt = resolve_target(target, logits)
-                k = logits.shape[1]
-            else:  # no extra forward pass for explicit targets or "all"
-                k = num_classes(model, x)
-                tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
-            G = selection(tgt, x.shape[0], k, x.device, x.dtype)
-            with hold_freed_memory(x.device), \
-                    cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
-                maps = self._attribute_in_passes(model, x, G)
-        if tgt is None:
-            return maps.transpose(0, 1).contiguous()
-        return maps[0]
+        # Explanations need autograd whatever the caller's mode: torch.no_grad() and
+        # torch.inference_mode() around a call are lifted inside it, and restored on return.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().to(dev)
+            if x.is_inference():
+                x = x.clone()
+            with model_call(output, additional_forward_args, n=x.shape[0], packing=packing), eval_mode(model):
+                if target is None or (isinstance(target, str) and target == "predicted"):
+                    with torch.no_grad():
+                        logits = logits_of(model, x)
+                    tgt = resolve_target(target, logits)
+                    k = logits.shape[1]
+                else:  # no extra forward pass for explicit targets or "all"
+                    k = num_classes(model, x)
+                    tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
+                G = selection(tgt, x.shape[0], k, x.device, x.dtype)
+                with hold_freed_memory(x.device), \
+                        cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
+                    maps = self._attribute_in_passes(model, x, G)
+        maps = maps.transpose(0, 1).contiguous() if tgt is None else maps[0]
+        if packing is not None:
+            return packing.unpack(maps)
+        return (maps,) if as_tuple else maps
 
     def attribute(self, model: nn.Module, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -98,7 +115,11 @@ class Explainer:
         size = inputs_per_pass(None, x, model) if self.per_image else x.shape[0]
         if size >= x.shape[0]:
             return self.attribute(model, x, G)
-        return torch.cat([self.attribute(model, x[s], G[:, s]) for s in chunks(x.shape[0], size)], dim=1)
+        parts = []
+        for s in chunks(x.shape[0], size):
+            with image_rows(torch.arange(s.start, s.stop)):
+                parts.append(self.attribute(model, x[s], G[:, s]))
+        return torch.cat(parts, dim=1)
 
 
 class WrapperExplainer(Explainer):
@@ -124,6 +145,7 @@ class CallableExplainer(Explainer):
     """Wraps a user's ``f(model, x, target)`` (Quantus' ``explain_func`` contract) or a Captum object."""
 
     fast_kernels = False  # a black box: it runs exactly as the user wrote it
+    tuple_inputs = False
 
     def __init__(self, fn, name: str | None = None):
         self.fn = fn

@@ -1,104 +1,105 @@
-"""GradCAM and guided GradCAM."""
+"""GradCAM and guided GradCAM, on CNN feature maps and on vision-transformer token maps."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from sanitas.errors import ConfigError, UnknownNameError
-from sanitas.explain._core import logits_of, vjp
+from sanitas.errors import ConfigError
+from sanitas.explain._core import vjp
 from sanitas.explain.base import Explainer
+from sanitas.explain.capture import FeatureLayer, as_spatial, capture, feature_layer
+from sanitas.explain.forward import call_cache
 from sanitas.explain.modified_backprop import GuidedBackprop
 
-
-def find_module(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(modules), n=3)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        valid = ", ".join(n for n in modules if n)
-        raise UnknownNameError(f"the model has no layer {name!r}.{hint} Layers: {valid}")
-    return modules[name]
-
-
-def capture(model: nn.Module, x: torch.Tensor, layers: list[str] | None, kinds: tuple = (nn.Conv2d,)):
-    """Forward ``x`` and keep the outputs of the named layers (or of every module of ``kinds``).
-
-    Returns ``(logits, [(name, module, output), ...])`` in forward order (a module called twice
-    counts at its first call); outputs stay in the graph.
-    """
-    named = dict(model.named_modules())
-    wanted = {n: find_module(model, n) for n in layers} if layers else {n: m for n, m in named.items() if isinstance(m, kinds)}
-    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
-    handles = []
-    for n, m in wanted.items():
-        def hook(mod, inputs, output, _n=n):
-            if isinstance(output, torch.Tensor) and all(s != _n for s, _, _ in seen):
-                seen.append((_n, mod, output))
-        handles.append(m.register_forward_hook(hook))
-    try:
-        out = logits_of(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in (layers or []) if n not in {s for s, _, _ in seen}]
-    if missing:
-        raise ConfigError(f"layer(s) {missing} were not run by the model's forward pass")
-    return out, seen
+_MODES = {"bilinear": ("linear", "bilinear", "trilinear"), "nearest": ("nearest",) * 3,
+          "bicubic": (None, "bicubic", None)}
 
 
 def upsample(maps: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``(..., h, w)`` maps to ``size``; ``mode`` 'bilinear' (align_corners=False) or 'nearest'."""
-    if mode not in ("bilinear", "nearest", "bicubic"):
+    """Resize ``(..., *spatial)`` maps (1-3 spatial axes, as many as ``size`` has) to ``size``.
+
+    ``mode``: 'bilinear' (linear / bilinear / trilinear by the number of axes, align_corners=False),
+    'nearest' or 'bicubic' (2-D only).
+    """
+    if mode not in _MODES:
         raise ConfigError(f"unknown upsampling {mode!r}: use 'bilinear' or 'nearest'")
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
-    kw = {"align_corners": False} if mode != "nearest" else {}
-    out = F.interpolate(flat, size=tuple(size), mode=mode, **kw)
-    return out.reshape(*lead, *out.shape[-2:])
+    size = tuple(int(s) for s in size)
+    d = len(size)
+    how = _MODES[mode][d - 1] if 1 <= d <= 3 else None
+    if how is None:
+        raise ConfigError(f"cannot upsample {d}-d maps with {mode!r}")
+    lead = maps.shape[:-d]
+    flat = maps.reshape(-1, 1, *maps.shape[-d:])
+    kw = {"align_corners": False} if how != "nearest" else {}
+    out = F.interpolate(flat, size=size, mode=how, **kw)
+    return out.reshape(*lead, *out.shape[2:])
 
 
 class GradCAM(Explainer):
     """GradCAM (Selvaraju et al. 2017): ReLU(sum_c alpha_c A_c), alpha_c = spatial mean of dy/dA_c.
 
-    ``layer``: module name (default: the last ``nn.Conv2d`` the forward pass runs; its output,
-    before any following ReLU). The h x w map is upsampled bilinearly to the input size and
-    repeated over the input's channels. ``relu=False`` keeps the signed map.
+    ``layer``: module name; by default the rule of :mod:`sanitas.explain.capture`: the rectified
+    feature map of the last convolution (``layer4`` of a ResNet, the ReLU after the last conv of a
+    VGG), or for a vision transformer the input normalization of its last block, read on the patch
+    grid without the class token. :meth:`describe` says which layer a model gets. The ``h x w``
+    map is upsampled bilinearly (linearly for 1-D inputs) to the input size and repeated over the
+    input's channels. ``relu=False`` keeps the signed map.
     """
 
     name = "gradcam"
     per_image = True
+    tuple_inputs = False
     defaults = {"layer": None, "relu": True, "interpolation": "bilinear"}
 
+    def feature_layer(self, model, x) -> FeatureLayer:
+        """The layer this explainer reads on ``model`` (resolved once per call)."""
+        cache = call_cache()
+        key = ("feature_layer", self.layer, tuple(x.shape[1:]))
+        if cache is not None and key in cache:
+            return cache[key]
+        layer = feature_layer(model, x, self.layer)
+        if cache is not None:
+            cache[key] = layer
+        return layer
+
+    def describe(self, model, x) -> dict:
+        return {"layer": self.feature_layer(model, x).describe()}
+
     def layer_maps(self, model, x, G):
+        """``(B, N, *spatial)`` maps at the layer's resolution."""
+        if x.dim() < 3:
+            raise ConfigError(f"{self.name} needs inputs with a spatial layout, (N, C, H, W) or (N, C, L); got shape "
+                              f"{tuple(x.shape)}")
+        layer = self.feature_layer(model, x)
         xg = x.detach().clone().requires_grad_(True)
-        out, seen = capture(model, xg, [self.layer] if self.layer else None)
-        if not seen:
-            raise ConfigError("gradcam needs a convolutional layer: the model ran no nn.Conv2d; pass layer=NAME")
-        name, _, act = seen[-1]
-        if act.dim() != 4:
-            raise ConfigError(f"gradcam layer {name!r} has output of shape {tuple(act.shape)}; "
-                              "choose a layer with (N, C, h, w) outputs")
+        out, seen = capture(model, xg, [layer.name], rectify=layer.rectified)
+        act = seen[0][2]
         (g,) = vjp(out, act, G)
-        weights = g.mean(dim=(-1, -2), keepdim=True)
-        cam = (weights * act.detach().unsqueeze(0)).sum(2)
+        a, g = as_spatial(act.detach(), layer), as_spatial(g, layer)
+        weights = g.mean(dim=tuple(range(3, g.dim())), keepdim=True)
+        cam = (weights * a.unsqueeze(0)).sum(2)
         return cam.clamp_min(0) if self.relu else cam
 
     def attribute(self, model, x, G):
-        cam = upsample(self.layer_maps(model, x, G), x.shape[-2:], self.interpolation)
-        return cam.unsqueeze(2).expand(-1, -1, x.shape[1], -1, -1).contiguous()
+        cam = upsample(self.layer_maps(model, x, G), x.shape[2:], self.interpolation)
+        return cam.unsqueeze(2).expand(-1, -1, x.shape[1], *x.shape[2:]).contiguous()
 
 
 class GuidedGradCAM(Explainer):
-    """Guided GradCAM: guided backprop times the upsampled GradCAM map."""
+    """Guided GradCAM: guided backprop times the upsampled GradCAM map (same layer rule as ``gradcam``)."""
 
     name = "guided_gradcam"
     per_image = True
+    tuple_inputs = False
     defaults = {"layer": None, "interpolation": "bilinear"}
 
+    def _cam(self) -> GradCAM:
+        return GradCAM(layer=self.layer, interpolation=self.interpolation)
+
+    def describe(self, model, x) -> dict:
+        return self._cam().describe(model, x)
+
     def attribute(self, model, x, G):
-        cam = GradCAM(layer=self.layer, interpolation=self.interpolation).attribute(model, x, G)
+        cam = self._cam().attribute(model, x, G)
         return GuidedBackprop().attribute(model, x, G) * cam

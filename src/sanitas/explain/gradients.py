@@ -8,6 +8,7 @@ import torch
 
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain._core import chunks, inputs_per_pass, logits_of, pass_shape, vjp
+from sanitas.explain.forward import current_spec, image_rows, per_image
 from sanitas.explain.base import Explainer, WrapperExplainer
 from sanitas.explain.rules import RuleMode, rule_mode
 from sanitas.utils.image import gaussian_blur
@@ -21,7 +22,7 @@ def input_gradients(model, x: torch.Tensor, G: torch.Tensor, mode: RuleMode | No
         out = logits_of(model, xg)
     else:
         with rule_mode(model, mode):
-            out = logits_of(model, xg)
+            out = logits_of(model, mode.mark(xg))
     (g,) = vjp(out, xg, G)
     return g
 
@@ -64,12 +65,30 @@ def make_baseline(baseline, x: torch.Tensor, seed: int = 0, blur_sigma: float | 
         if baseline == "blur":
             return gaussian_blur(x, blur_sigma if blur_sigma is not None else max(x.shape[-1] / 8.0, 1.0))
         raise ConfigError(f"unknown baseline {baseline!r}: use 'zeros', a number, a tensor, 'blur' or 'uniform'")
-    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    packing = current_spec().packing
+    if isinstance(baseline, (tuple, list)) and packing is not None:
+        baseline = _pack_baselines(baseline, packing, x)
+    b = per_image(torch.as_tensor(baseline, dtype=x.dtype, device=x.device))
     try:
         return b.expand_as(x).clone()
     except RuntimeError as exc:
         raise InputError(f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs "
                          f"{tuple(x.shape)}") from exc
+
+
+def _pack_baselines(baselines, packing, x: torch.Tensor) -> torch.Tensor:
+    """One baseline per input of a tuple (each a number, one input's shape, or per image) -> ``(n, D)``."""
+    if len(baselines) != len(packing.shapes):
+        raise InputError(f"{len(baselines)} baselines for {len(packing.shapes)} inputs: give one per input")
+    parts = []
+    for b, shape in zip(baselines, packing.shapes):
+        t = torch.as_tensor(b, dtype=x.dtype, device=x.device)
+        try:
+            parts.append(t.expand(*shape).unsqueeze(0) if t.dim() <= len(shape) else t.expand(t.shape[0], *shape))
+        except RuntimeError as exc:
+            raise InputError(f"a baseline of shape {tuple(t.shape)} does not broadcast to its input's shape "
+                             f"(N, {', '.join(map(str, shape))})") from exc
+    return packing.pack(parts)
 
 
 def path_points(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +152,8 @@ class IntegratedGradients(Explainer):
                 a = torch.as_tensor(alphas[sl], dtype=x.dtype, device=x.device)
                 w = torch.as_tensor(weights[sl], dtype=x.dtype, device=x.device)
                 pts = (bi.unsqueeze(0) + a.view(shape) * (xi - bi).unsqueeze(0)).reshape(-1, *x.shape[1:])
-                g = input_gradients(model, pts, Gi.repeat(1, len(a), 1)).reshape(G.shape[0], len(a), *xi.shape)
+                with image_rows(torch.arange(im.start, im.stop, device=x.device).repeat(len(a))):
+                    g = input_gradients(model, pts, Gi.repeat(1, len(a), 1)).reshape(G.shape[0], len(a), *xi.shape)
                 total[:, im] += (g * w.view((1, -1) + (1,) * x.dim())).sum(1)
         return total * (x - base).unsqueeze(0)
 
@@ -158,6 +178,17 @@ class IntegratedGradients(Explainer):
 # noise wrappers
 # ----------------------------------------------------------------------------------------------
 
+def _input_span(x: torch.Tensor) -> torch.Tensor:
+    """Each image's value range (max - min), shaped to broadcast against ``x``; for packed tuple
+    inputs, each input's own range."""
+    packing = current_spec().packing
+    if packing is None:
+        flat = x.flatten(1)
+        return (flat.max(1).values - flat.min(1).values).view((x.shape[0],) + (1,) * (x.dim() - 1))
+    return torch.cat([(x[:, seg].max(1, keepdim=True).values - x[:, seg].min(1, keepdim=True).values)
+                      .expand(-1, seg.stop - seg.start) for seg in packing.segments()], dim=1)
+
+
 class _NoiseWrapper(WrapperExplainer):
     defaults = {"base": "gradient", "samples": 50, "sigma": 0.15, "seed": 0, "batch_size": None,
                 "base_options": None, "noise_fn": None}
@@ -174,7 +205,7 @@ class _NoiseWrapper(WrapperExplainer):
         """Yield ``(B, S_chunk, N, ...)`` maps of noisy copies; noise std = sigma * (max - min) per image."""
         n = x.shape[0]
         rng = make_generator(self.seed)
-        span = (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view((n,) + (1,) * (x.dim() - 1))
+        span = _input_span(x)
         std = float(self.sigma) * span
         images, per_pass = pass_shape(inputs_per_pass(self.batch_size, x, model), n)
         for sl in chunks(int(self.samples), per_pass):
@@ -188,7 +219,8 @@ class _NoiseWrapper(WrapperExplainer):
             parts = []
             for im in chunks(n, images):
                 xs = noisy[:, im].reshape(-1, *x.shape[1:])
-                m = self.inner.attribute(model, xs, G[:, im].repeat(1, s, 1))
+                with image_rows(torch.arange(im.start, im.stop, device=x.device).repeat(s)):
+                    m = self.inner.attribute(model, xs, G[:, im].repeat(1, s, 1))
                 parts.append(m.reshape(G.shape[0], s, im.stop - im.start, *x.shape[1:]))
             yield parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 

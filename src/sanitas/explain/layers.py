@@ -1,4 +1,4 @@
-"""Hidden-layer attributions of seed 002 (activity a^{h,l}, bias a^{b,l}) and FullGrad.
+"""Hidden-layer attributions of grabska2020 (activity a^{h,l}, bias a^{b,l}) and FullGrad.
 
 For a layer l with output h^l (the output of a Conv2d / Linear / BatchNorm module) and the
 selected logit f_c:
@@ -27,7 +27,8 @@ from torch import nn
 from sanitas.errors import ConfigError
 from sanitas.explain._core import logits_of, vjp
 from sanitas.explain.base import Explainer
-from sanitas.explain.cam import capture, upsample
+from sanitas.explain.cam import upsample
+from sanitas.explain.capture import capture
 from sanitas.explain.postprocess import normalize_minmax as rescale
 
 PARAM_KINDS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -105,8 +106,15 @@ def layer_decomposition(model: nn.Module, x: torch.Tensor, target="predicted", l
 
 
 def psi(a: torch.Tensor, size, interpolation: str = "bilinear") -> torch.Tensor:
-    """Psi(a) = upsample(rescale(abs(a))) for (..., h, w) maps (seed 002, Eq. 9 applied per layer)."""
-    return upsample(rescale(a.abs(), 2), size, interpolation)
+    """Psi(a) = upsample(rescale(abs(a))) for (..., *spatial) maps (grabska2020, Eq. 9 applied per layer)."""
+    return upsample(rescale(a.abs(), len(size)), size, interpolation)
+
+
+def _spatial_size(method: str, x: torch.Tensor) -> tuple[int, ...]:
+    if x.dim() not in (3, 4):
+        raise ConfigError(f"{method} builds maps from convolutional feature maps and needs inputs (N, C, H, W) or "
+                          f"(N, C, L); got shape {tuple(x.shape)}")
+    return tuple(x.shape[2:])
 
 
 def _select_top(spatial: list[LayerAttribution], aggregate) -> list[LayerAttribution]:
@@ -124,66 +132,74 @@ class _LayerMap(Explainer):
     defaults = {"layer": None, "aggregate": "all", "include_input": False, "interpolation": "bilinear",
                 "layers": None}
     kind = "activity"
+    tuple_inputs = False
 
     def attribute(self, model, x, G):
-        size = x.shape[-2:]
+        size = _spatial_size(self.name, x)
+        spatial_dim = 2 + len(size)  # (B, N, *spatial)
         if self.layer is not None:
             _, las = layer_attributions(model, x, G, [self.layer])
             m = getattr(las[0], self.kind)
             if m is None:
                 raise ConfigError(f"layer {self.layer!r} has no bias")
-            if m.dim() != 4:
+            if m.dim() != spatial_dim:
                 raise ConfigError(f"layer {self.layer!r} has no spatial output (shape {tuple(m.shape)}); choose a "
                                   "convolutional layer")
             out = upsample(m, size, self.interpolation)
         else:
             gx, las = layer_attributions(model, x, G, self.layers, kinds=self.map_kinds, with_input=True)
-            spatial = [la for la in las if getattr(la, self.kind) is not None and getattr(la, self.kind).dim() == 4]
+            spatial = [la for la in las if getattr(la, self.kind) is not None
+                       and getattr(la, self.kind).dim() == spatial_dim]
             if not spatial:
                 raise ConfigError(f"{self.name}: the model has no convolutional layer with a {self.kind} map")
             chosen = _select_top(spatial, self.aggregate)
             out = sum(psi(getattr(la, self.kind), size, self.interpolation) for la in chosen)
             if self.include_input:
                 out = out + psi((x.unsqueeze(0) * gx).sum(2), size, self.interpolation)
-        return out.unsqueeze(2).expand(-1, -1, x.shape[1], -1, -1).contiguous()
+        return out.unsqueeze(2).expand(-1, -1, x.shape[1], *size).contiguous()
 
 
 class Activity(_LayerMap):
-    """Hidden-activity attributions a^{h,l} (seed 002, Eq. 11); one layer (raw, signed, upsampled)
+    """Hidden-activity attributions a^{h,l} (grabska2020, Eq. 11); one layer (raw, signed, upsampled)
     or a top-down aggregate of Psi(a^{h,l}) over conv layers (Eq. 16: aggregate 'all' or 'top-K')."""
 
-    map_kinds = (nn.Conv2d,)
+    map_kinds = (nn.Conv1d, nn.Conv2d)
 
     name = "activity"
     kind = "activity"
 
 
 class Bias(_LayerMap):
-    """Bias attributions a^{b,l} (seed 002, Eq. 12), per layer or aggregated like ``activity``."""
+    """Bias attributions a^{b,l} (grabska2020, Eq. 12), per layer or aggregated like ``activity``."""
 
     name = "bias"
     kind = "bias"
-    map_kinds = (nn.Conv2d, nn.BatchNorm2d)
+    map_kinds = (nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class FullGrad(Explainer):
     """FullGrad (Srinivas & Fleuret 2019): Psi(|x * grad|) + sum over conv/BatchNorm layers of
-    Psi(|b * df/dh|), with Psi = per-image min-max rescale over (C, h, w), bilinear upsampling
-    (align_corners=True as the reference code) and a channel sum; BatchNorm's implicit bias included."""
+    Psi(|b * df/dh|), with Psi = per-image min-max rescale over (C, *spatial), bilinear upsampling
+    (align_corners=True as the reference code; linear for 1-D inputs) and a channel sum;
+    BatchNorm's implicit bias included."""
 
     name = "fullgrad"
     per_image = True
+    tuple_inputs = False
     defaults = {"interpolation": "bilinear"}
 
     def attribute(self, model, x, G):
-        size = tuple(x.shape[-2:])
-        gx, las = layer_attributions(model, x, G, kinds=(nn.Conv2d, nn.BatchNorm2d), with_input=True)
-        total = rescale((x.unsqueeze(0) * gx).abs(), 3).sum(2)
-        align = {"align_corners": True} if self.interpolation != "nearest" else {}
+        size = _spatial_size(self.name, x)
+        nd = len(size)
+        gx, las = layer_attributions(model, x, G, kinds=(nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d),
+                                     with_input=True)
+        total = rescale((x.unsqueeze(0) * gx).abs(), 1 + nd).sum(2)
+        mode = self.interpolation if self.interpolation == "nearest" or nd == 2 else "linear"
+        align = {"align_corners": True} if mode != "nearest" else {}
         for la in las:
-            if la.bias_units is None or la.bias_units.dim() != 5:
+            if la.bias_units is None or la.bias_units.dim() != 3 + nd:
                 continue
-            r = rescale(la.bias_units.abs(), 3)
-            up = F.interpolate(r.reshape(-1, *r.shape[2:]), size=size, mode=self.interpolation, **align)
+            r = rescale(la.bias_units.abs(), 1 + nd)
+            up = F.interpolate(r.reshape(-1, *r.shape[2:]), size=size, mode=mode, **align)
             total = total + up.reshape(*r.shape[:3], *size).sum(2)
-        return total.unsqueeze(2).expand(-1, -1, x.shape[1], -1, -1).contiguous()
+        return total.unsqueeze(2).expand(-1, -1, x.shape[1], *size).contiguous()

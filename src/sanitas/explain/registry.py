@@ -141,13 +141,18 @@ def get_explainer(method: Any, **options: Any) -> Explainer:
                       f"({', '.join(EXPLAINERS.names())}), an Explainer, or a function f(model, x, target)")
 
 
-def explain(model: nn.Module, x: torch.Tensor, target="predicted", method: Any = "gradient",
-            **options: Any) -> torch.Tensor:
-    """Attribution maps shaped like ``x`` (``(N, K, C, H, W)`` for ``target="all"``).
+def explain(model: nn.Module, x, target="predicted", method: Any = "gradient", *, output=None,
+            additional_forward_args=None, **options: Any):
+    """Attribution maps shaped like ``x`` (``(N, K, ...)`` for ``target="all"``; a tuple of maps
+    for a tuple of inputs).
+
+    ``output`` picks the logits from what the model returns when that is ambiguous (a key, an
+    index or a function); ``additional_forward_args`` are passed to the model after the inputs.
 
     >>> maps = explain(model, x, y, method="integrated_gradients", steps=64)
     """
-    return get_explainer(method, **options)(model, x, target)
+    return get_explainer(method, **options)(model, x, target, output=output,
+                                            additional_forward_args=additional_forward_args)
 
 
 def list_methods() -> list[tuple[str, str]]:

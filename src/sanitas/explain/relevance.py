@@ -109,8 +109,8 @@ class DeepLift(Explainer):
     def attribute(self, model, x, G):
         base = make_baseline(self.baseline, x, self.seed)
         record = ReferenceRecord(eps=float(self.eps))
-        with torch.no_grad(), rule_mode(model, RuleMode(self.name, record=record)):
-            logits_of(model, base)
+        with torch.no_grad(), rule_mode(model, RuleMode(self.name, record=record)) as recording:
+            logits_of(model, recording.mark(base))
         record.rewind()
         grads = input_gradients(model, x, G, RuleMode(self.name, relu="rescale", reference=record))
         return (x - base).unsqueeze(0) * grads
