@@ -137,7 +137,7 @@ def test_fast_layout_gives_the_same_scores(small, monkeypatch):
     m, x, y = small
     methods, metrics = ["gradient", "guided_backprop", "gradcam"], ["spearman_abs", "ssim"]
     fast = model_randomization(m, x, y, methods, metrics, calibrate=False).table
-    monkeypatch.setattr(rv, "prefer_fast_layout", lambda model: model)
+    monkeypatch.setattr(rv, "prefer_fast_layout", lambda model, example=None: model)
     monkeypatch.setattr(mr, "layout_would_change", lambda model: False)
     plain = model_randomization(m, x, y, methods, metrics, calibrate=False).table
     assert len(fast) == len(plain) == 5 * 3 * 2 * 6

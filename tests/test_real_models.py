@@ -297,3 +297,80 @@ def test_the_user_model_is_not_changed_by_inplace_handling(twins):
     explain(inplace, x, 0, method="fullgrad")
     assert all(torch.equal(before[k], v) for k, v in inplace.state_dict().items())
     assert all(not m._forward_hooks for m in inplace.modules())
+
+
+# -- 3. randomization on models that view their activations, and on ViTs ---------------------------
+
+def test_randomization_runs_on_a_model_that_views_its_activations():
+    """channels_last copies make `x.view(N, -1)` fail: the check falls back to the model's own layout."""
+    from zoo import built
+
+    from sanitas.checks import model_randomization
+    from sanitas.utils.device import prefer_fast_layout
+
+    m, x = built("tv-vgg")
+    res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), ["gradient", "guided_backprop"],
+                              ["spearman_abs"], calibrate=False)
+    assert len(res.stages) == 7 and res.table["value"].notna().any()
+    copy_ = prefer_fast_layout(copy.deepcopy(m), x[:1])
+    assert all(p.is_contiguous() for p in copy_.parameters())  # stayed in its own layout
+    fast = prefer_fast_layout(build_model("cnn"), x[:1])
+    assert fast.features.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_method_that_cannot_explain_the_model_is_refused_not_fatal():
+    from zoo import built
+
+    from sanitas.checks import model_randomization
+
+    m, x = built("hf-vit")
+    with pytest.warns(UserWarning, match="guided_backprop cannot explain"):
+        res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), ["gradient", "guided_backprop", "gradcam"],
+                                  ["spearman_abs"], calibrate=False, blocks="auto")
+    assert set(res.table["method"]) == {"gradient", "gradcam"}
+    assert "layer_norm" in res.meta["refused"]["guided_backprop"]
+    assert "layernorm_before" in res.meta["resolved"]["gradcam"]["layer"]
+    assert res.stages == ["original", "classifier", "vit.layernorm", "vit.layers.1", "vit.layers.0", "vit.embeddings",
+                          "vit.embeddings.patch_embeddings.projection"]
+
+
+@pytest.mark.parametrize("name, metrics", [("conv1d", ["spearman_abs", "pearson"]), ("tabular", ["spearman"])])
+def test_randomization_on_signals_and_tabular_inputs(name, metrics):
+    from zoo import built
+
+    from sanitas.checks import model_randomization
+    from sanitas.errors import ConfigError
+
+    m, x = built(name)
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    res = model_randomization(m, x, y, ["gradient", "integrated_gradients"], metrics)
+    assert res.table["value"].notna().all() and set(res.table["metric"]) == set(metrics)
+    with pytest.raises(ConfigError, match="compare images"):
+        model_randomization(m, x, y, ["gradient"], ["ssim"])
+
+
+def test_constant_maps_are_counted_in_the_table():
+    """An all-zero GradCAM scores NaN; the table says so instead of silently shortening the mean."""
+    from sanitas.checks import model_randomization
+
+    class DeadFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+            self.head, self.skip = nn.Linear(2 * 36, 3), nn.Linear(36, 3)
+
+        def forward(self, x):
+            return self.head(self.relu(self.conv(x)).flatten(1)) + self.skip(x.flatten(1))
+
+    torch.manual_seed(0)
+    m = DeadFeatures()
+    with torch.no_grad():
+        m.conv.bias.fill_(-10.0)  # every feature map is zero after the ReLU: the CAM is zero everywhere
+    x = torch.rand(3, 1, 6, 6)
+    res = model_randomization(m, x, torch.zeros(3, dtype=torch.long), ["gradcam", "gradient"], ["spearman_abs"],
+                              calibrate=False)
+    cam = res.table[res.table["method"] == "gradcam"]
+    first = cam[cam["variant"].isin(["original", "skip", "head"])]  # the conv untouched: no feature survives
+    assert first["constant_map"].all() and first["value"].isna().all()
+    assert cam[cam["constant_map"]]["value"].isna().all()
+    assert not res.table[res.table["method"] == "gradient"]["constant_map"].any()

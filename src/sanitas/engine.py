@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sanitas.errors import CacheError, ConfigError
+from sanitas.errors import CacheError, ConfigError, NotApplicableError
 from sanitas.explain import Explainer
 from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
@@ -102,17 +103,38 @@ class CellStore:
         atomic_write_bytes(self._path(variant_index, method), buf.getvalue())
 
 
-def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int) -> pd.DataFrame:
-    """One row per image and metric for one (variant, method) cell, with the variant's info columns."""
+def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int,
+              constant: torch.Tensor | None = None) -> pd.DataFrame:
+    """One row per image and metric for one (variant, method) cell, with the variant's info columns.
+
+    ``constant``: per image, whether the map is constant (all zero, typically: a GradCAM whose
+    ReLU removed everything); such maps have no ranks and score NaN, and the column lets every
+    summary count them instead of dropping them silently.
+    """
     tgt = (target if isinstance(target, torch.Tensor) else torch.full((n,), -1)).cpu().numpy()
     info = {k: [v] * n for k, v in variant.info.items()}
+    const = (constant if constant is not None else torch.zeros(n, dtype=torch.bool)).cpu().numpy()
     return pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
                                     "metric": metric, "image": range(n),
-                                    "value": torch.as_tensor(v).double().cpu().numpy(), "target": tgt, **info})
+                                    "value": torch.as_tensor(v).double().cpu().numpy(), "target": tgt,
+                                    "constant_map": const, **info})
                       for metric, v in values.items()], ignore_index=True)
 
 
+def constant_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Per image: True when the map holds one value everywhere (no ranking of its elements exists)."""
+    flat = maps.detach().flatten(1)
+    return flat.amax(1) == flat.amin(1)
+
+
+def as_image_batch(t: torch.Tensor) -> torch.Tensor:
+    """Maps (or inputs) of signals and tabular rows as ``(N, 1, 1, D)``: the rank and correlation
+    metrics score them flattened (image metrics are refused before, see ``check_metrics_for_inputs``)."""
+    return t if t.dim() == 4 else t.reshape(t.shape[0], 1, 1, -1)
+
+
 def score(metrics: dict[str, Any], ref: torch.Tensor, maps: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    ref, maps, x = as_image_batch(ref), as_image_batch(maps), as_image_batch(x)
     return {name: m(ref, maps, x=x).detach().cpu().double() for name, m in metrics.items()}
 
 
@@ -127,9 +149,16 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         target_for: Callable[[Variant], torch.Tensor | str],
         store: CellStore, reference_target: torch.Tensor | str, normalize: str | None = None,
         show: int = 8, quiet: bool | None = None, total: int | None = None,
-        extra_scores: Callable[[Variant, str, torch.Tensor, torch.Tensor], dict] | None = None):
-    """Run the engine. Returns ``(rows DataFrame, shown maps {(variant_index, method): maps}, timings)``."""
+        extra_scores: Callable[[Variant, str, torch.Tensor, torch.Tensor], dict] | None = None,
+        refused: dict[str, str] | None = None):
+    """Run the engine. Returns ``(rows DataFrame, shown maps {(variant_index, method): maps}, timings)``.
+
+    A method that cannot be applied to the model (:class:`~sanitas.errors.NotApplicableError`: a
+    layer its rules do not cover, no convolutional layer, ...) is skipped and its reason stored in
+    ``refused`` (method -> message); the other methods run.
+    """
     timings: dict[str, float] = {}
+    refused = {} if refused is None else refused
     shown: dict[tuple[int, str], torch.Tensor] = {}
     frames: list[pd.DataFrame] = []
     ref_maps: dict[str, torch.Tensor] = {}
@@ -145,6 +174,8 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
     with hold_freed_memory(x.device):
         for variant in progress(variants, desc="variants", total=total, quiet=quiet):
             for method, explainer in explainers.items():
+                if method in refused:
+                    continue
                 cached = store.load(variant.index, method)
                 if cached is not None:
                     rows, maps, _ = cached
@@ -153,17 +184,23 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
                     continue
                 t = time.perf_counter()
                 target = target_for(variant)
-                if variant.model is reference and _same_target(target, reference_target):
-                    maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
-                else:
-                    maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
+                try:
+                    if variant.model is reference and _same_target(target, reference_target):
+                        maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, once
+                    else:
+                        maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
+                        ref(method)
+                except NotApplicableError as exc:
+                    refused[method] = str(exc)
+                    warnings.warn(f"{method} cannot explain this model and is left out: {exc}", stacklevel=2)
+                    continue
                 timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
                 t = time.perf_counter()
                 values = score(metrics, ref(method), maps, x)
                 timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
                 if extra_scores is not None:
                     values.update(extra_scores(variant, method, ref(method), maps))
-                rows = tidy_rows(method, variant, values, target, x.shape[0])
+                rows = tidy_rows(method, variant, values, target, x.shape[0], constant_maps(maps))
                 keep = maps[:show].cpu()
                 store.save(variant.index, method, rows, keep)
                 frames.append(rows)

@@ -40,7 +40,13 @@ class ModelError(SanitasError):
     """A model sanitas cannot use as given (no parameters, wrong output shape, ...)."""
 
 
-class UnsupportedLayerError(ModelError):
+class NotApplicableError(ModelError):
+    """A method that cannot be applied to this model or these inputs (a layer its rules do not cover,
+    no convolutional layer, inputs that are not images). A check records the method as refused,
+    with this message, and runs the others."""
+
+
+class UnsupportedLayerError(NotApplicableError):
     """A layer type a method cannot handle; the message names the layer."""
 
 

@@ -19,6 +19,7 @@ from sanitas.checks.result import CheckResult
 from sanitas.errors import ConfigError, InputError
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
+from sanitas.explain.forward import model_call
 from sanitas.utils.device import layout_would_change, prefer_fast_layout
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
 
@@ -59,10 +60,31 @@ def resolve_metrics(metrics) -> dict[str, Any]:
     return out
 
 
+def check_metrics_for_inputs(sims: dict[str, Any], x: torch.Tensor) -> None:
+    """Image metrics (SSIM, HOG) need image inputs; say so before anything is computed."""
+    if x.dim() == 4:
+        return
+    bad = [name for name, m in sims.items() if getattr(m, "needs_images", False)]
+    if bad:
+        raise ConfigError(f"metric(s) {bad} compare images (N, C, H, W), and the inputs are shaped "
+                          f"{tuple(x.shape)}; for signals and tabular inputs use spearman_abs, spearman, pearson or "
+                          "topk_intersection")
+
+
+def describe_methods(explainers: dict[str, Any], model: nn.Module, x: torch.Tensor, refused=()) -> dict[str, dict]:
+    """What each method resolved on this model (GradCAM's layer, ...), for the results and the report."""
+    out = {}
+    for name, e in explainers.items():
+        describe = getattr(e, "describe", None)
+        if describe is None or name in refused:
+            continue
+        with eval_mode(model), model_call(n=1):
+            out[name] = describe(model, x[:1])
+    return out
+
+
 def check_batch(model: nn.Module, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
     check_images(x)
-    if x.dim() != 4:
-        raise InputError(f"images must be (N, C, H, W); got shape {tuple(x.shape)}")
     if not any(True for _ in model.parameters()):
         from sanitas.errors import ModelError
 
@@ -148,7 +170,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                         target: str = "label", order: str | None = None, blocks=None, normalize: str | None = None,
                         out: str | Path | None = None, resume: bool = True, calibrate: bool = True,
                         show: int = 8, quiet: bool | None = None, bn_stats: str | None = None,
-                        smooth_samples: int = 50, smooth_sigma: float = 0.1, map_stats=()) -> CheckResult:
+                        smooth_samples: int = 50, smooth_sigma: float = 0.1, map_stats=(),
+                        output=None) -> CheckResult:
     """Run the model parameter randomization test and return a :class:`CheckResult`.
 
     ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
@@ -163,7 +186,19 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     ``out`` finished stages are stored and a re-run with the same config resumes.
     ``map_stats``: names from :data:`MAP_STATS` (``nonzero_fraction``, ``nonzero_fraction_nz`` = among
     input elements that are not zero, ``map_sum``) recorded per stage as extra rows of the table.
+    ``output``: which part of the model's output holds the logits when that is ambiguous (see
+    :func:`sanitas.explain.forward.select_logits`). Inputs need not be images: signals ``(N, C, L)``
+    and tabular rows ``(N, F)`` work with the rank and correlation metrics. A method that cannot
+    explain the model is left out, with its reason in ``result.meta["refused"]``.
     """
+    with model_call(output=output):
+        return _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks,
+                                    normalize, out, resume, calibrate, show, quiet, bn_stats, smooth_samples,
+                                    smooth_sigma, map_stats)
+
+
+def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks, normalize, out,
+                         resume, calibrate, show, quiet, bn_stats, smooth_samples, smooth_sigma, map_stats):
     from sanitas import randomize
 
     if mode not in MODES:
@@ -171,6 +206,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     x, y = check_batch(model, x, y)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
+    check_metrics_for_inputs(sims, x)
     map_stats = [map_stats] if isinstance(map_stats, str) else list(map_stats)
     unknown = [m for m in map_stats if m not in MAP_STATS]
     if unknown:
@@ -181,14 +217,16 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
         kw["bn_stats"] = bn_stats
     extra = None
     layers = randomize.discover_layers(model, x[:1])
-    groups = randomize.group_layers(layers, blocks)
+    groups = randomize.group_layers(layers, blocks, model)
     total = len(groups) + 1
     ref_target, target_for = target_policy(target, model, x, y)
     # the stages are channels_last copies on CPU (prefer_fast_layout); explain the unchanged model in
     # the same layout so that all stages run the same kernels. A copy: the user's model is not touched.
     reference = model
     if layout_would_change(model):
-        reference = prefer_fast_layout(randomize.variants._deepcopy(model))
+        reference = prefer_fast_layout(randomize.variants._deepcopy(model), x[:1])
+        if layout_would_change(reference):  # the fast layout would change what the model computes
+            reference = model
     if mode in ("cascading", "smooth"):
         # sMPRT (Hedstrom et al. 2023): every explanation averaged over noisy copies, bottom-up
         kw["order"] = order or ("bottom_up" if mode == "smooth" else "top_down")
@@ -249,19 +287,21 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
             yield engine.Variant(st.name, st.index, net, {"mode": mode,
                                                                 "randomized": ",".join(st.randomized_layers)})
 
+    refused: dict[str, str] = {}
     table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
                                        normalize=normalize, show=show, quiet=quiet, total=total,
-                                       extra_scores=extra)
+                                       extra_scores=extra, refused=refused)
     cal = None
     if calibrate:
         from sanitas.similarity.calibration import calibrate as run_cal
 
         t = time.perf_counter()
-        cal = run_cal(list(sims), x=x, seed=seed)
+        cal = run_cal(list(sims), x=engine.as_image_batch(x), seed=seed)
         timings["calibration"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-            "stages": stage_names, "layers": [l.name for l in layers]}
+            "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
+            "resolved": describe_methods(explainers, reference, x, refused)}
     res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
                       Path(out) if out else None)
     if out:

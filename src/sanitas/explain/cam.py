@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sanitas.errors import ConfigError
+from sanitas.errors import ConfigError, NotApplicableError
 from sanitas.explain._core import vjp
 from sanitas.explain.base import Explainer
 from sanitas.explain.capture import FeatureLayer, as_spatial, capture, feature_layer
@@ -69,7 +69,7 @@ class GradCAM(Explainer):
     def layer_maps(self, model, x, G):
         """``(B, N, *spatial)`` maps at the layer's resolution."""
         if x.dim() < 3:
-            raise ConfigError(f"{self.name} needs inputs with a spatial layout, (N, C, H, W) or (N, C, L); got shape "
+            raise NotApplicableError(f"{self.name} needs inputs with a spatial layout, (N, C, H, W) or (N, C, L); got shape "
                               f"{tuple(x.shape)}")
         layer = self.feature_layer(model, x)
         xg = x.detach().clone().requires_grad_(True)

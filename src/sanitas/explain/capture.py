@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from sanitas.errors import ConfigError, UnknownNameError
+from sanitas.errors import ConfigError, NotApplicableError, UnknownNameError
 from sanitas.explain._core import logits_of
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -219,7 +219,7 @@ def default_feature_layer(model: nn.Module, x: torch.Tensor) -> FeatureLayer:
     out, records = _probe(model, x[:1])
     convs = [i for i, (_, m, _) in enumerate(records) if isinstance(m, CONVS)]
     if not convs:
-        raise ConfigError("gradcam needs a convolutional layer (or a vision transformer's patch embedding) to find "
+        raise NotApplicableError("gradcam needs a convolutional layer (or a vision transformer's patch embedding) to find "
                           "its default feature map, and the model ran none; pass layer=NAME with a layer whose output "
                           "is (N, C, h, w) or a token sequence (N, T, D)")
     after = records[convs[-1]:]
@@ -233,7 +233,7 @@ def default_feature_layer(model: nn.Module, x: torch.Tensor) -> FeatureLayer:
                 prefix, grid = token_grid(o.shape[1], spatial)
                 if g is not None and bool(g[:, prefix:].abs().amax() > 0):
                     return FeatureLayer(n, type(m).__name__, tokens=True, prefix=prefix, grid=grid)
-            raise ConfigError("gradcam found token maps after the patch embedding, but the target logit depends on "
+            raise NotApplicableError("gradcam found token maps after the patch embedding, but the target logit depends on "
                               "the patch tokens at none of them; pass layer=NAME")
     name, module = [(n, m) for n, m, o in after if o.dim() == 2 + len(spatial) and tuple(o.shape[2:]) == spatial
                     and not isinstance(m, POOLS)][-1]

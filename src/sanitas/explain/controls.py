@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sanitas.errors import ConfigError
+from sanitas.errors import ConfigError, NotApplicableError
 from sanitas.explain.base import Explainer
 from sanitas.utils.seed import make_generator
 
@@ -24,7 +24,7 @@ class Sobel(Explainer):
 
     def attribute(self, model, x, G):
         if x.dim() != 4:
-            raise ConfigError(f"sobel needs images of shape (N, C, H, W); got shape {tuple(x.shape)}")
+            raise NotApplicableError(f"sobel needs images of shape (N, C, H, W); got shape {tuple(x.shape)}")
         grey = x.mean(1, keepdim=True)
         kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
         k = torch.stack([kx, kx.T]).unsqueeze(1) / 4
@@ -44,7 +44,7 @@ class Canny(Explainer):
         from skimage.feature import canny
 
         if x.dim() != 4:
-            raise ConfigError(f"canny needs images of shape (N, C, H, W); got shape {tuple(x.shape)}")
+            raise NotApplicableError(f"canny needs images of shape (N, C, H, W); got shape {tuple(x.shape)}")
 
         grey = x.mean(1).detach().cpu().numpy()
         edges = np.stack([canny(img, sigma=float(self.sigma)) for img in grey]).astype(np.float32)

@@ -87,14 +87,21 @@ def current_spec() -> CallSpec:
 @contextlib.contextmanager
 def model_call(output: OutputSelector = None, additional_forward_args: Any = None, n: int | None = None,
                packing: Packing | None = None, forward_kwargs: Mapping[str, Any] | None = None) -> Iterator[CallSpec]:
-    """Forward passes in this block use ``output`` to find the logits and pass the extra arguments."""
+    """Forward passes in this block use ``output`` to find the logits and pass the extra arguments.
+
+    ``output``, ``additional_forward_args`` and ``forward_kwargs`` left at None keep those of an
+    enclosing block (a check sets ``output`` once for all the explanations it computes).
+    """
     check_output_selector(output)
+    outer = _SPEC.get()
     args = additional_forward_args
     if args is None:
-        args = ()
+        args = outer.args
     elif not isinstance(args, tuple):
         args = (args,)
-    spec = CallSpec(output=output, args=args, kwargs=dict(forward_kwargs or {}), n=n, packing=packing, cache={})
+    spec = CallSpec(output=outer.output if output is None else output, args=args,
+                    kwargs=dict(outer.kwargs if forward_kwargs is None else forward_kwargs), n=n, packing=packing,
+                    cache={})
     token = _SPEC.set(spec)
     rows_token = _ROWS.set(None)
     try:

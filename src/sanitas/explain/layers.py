@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanitas.errors import ConfigError
+from sanitas.errors import ConfigError, NotApplicableError
 from sanitas.explain._core import logits_of, vjp
 from sanitas.explain.base import Explainer
 from sanitas.explain.cam import upsample
@@ -63,7 +63,7 @@ def layer_attributions(model: nn.Module, x: torch.Tensor, G: torch.Tensor, layer
     out, seen = capture(model, xg, layers, kinds)
     if not seen:
         kinds_txt = "/".join(k.__name__ for k in kinds)
-        raise ConfigError("no layer to attribute: the model ran no " + kinds_txt + " module; this method needs "
+        raise NotApplicableError("no layer to attribute: the model ran no " + kinds_txt + " module; this method needs "
                           "convolutional layers, or pass layers=[names]")
     inputs = [xg] + [o for _, _, o in seen]
     grads = vjp(out, inputs, G)
@@ -112,7 +112,7 @@ def psi(a: torch.Tensor, size, interpolation: str = "bilinear") -> torch.Tensor:
 
 def _spatial_size(method: str, x: torch.Tensor) -> tuple[int, ...]:
     if x.dim() not in (3, 4):
-        raise ConfigError(f"{method} builds maps from convolutional feature maps and needs inputs (N, C, H, W) or "
+        raise NotApplicableError(f"{method} builds maps from convolutional feature maps and needs inputs (N, C, H, W) or "
                           f"(N, C, L); got shape {tuple(x.shape)}")
     return tuple(x.shape[2:])
 
@@ -151,7 +151,7 @@ class _LayerMap(Explainer):
             spatial = [la for la in las if getattr(la, self.kind) is not None
                        and getattr(la, self.kind).dim() == spatial_dim]
             if not spatial:
-                raise ConfigError(f"{self.name}: the model has no convolutional layer with a {self.kind} map")
+                raise NotApplicableError(f"{self.name}: the model has no convolutional layer with a {self.kind} map")
             chosen = _select_top(spatial, self.aggregate)
             out = sum(psi(getattr(la, self.kind), size, self.interpolation) for la in chosen)
             if self.include_input:

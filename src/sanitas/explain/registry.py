@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from sanitas.errors import ConfigError

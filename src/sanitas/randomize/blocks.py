@@ -5,6 +5,11 @@ one per ``Mixed_*`` block and the stem layers). ``blocks`` says how to group:
 
 ``None``
     every layer is its own block (the default).
+``"auto"``
+    the model's repeated blocks: each child of a ``ModuleList``/``Sequential`` whose children repeat
+    one class (a transformer layer ``vit.layers.3``, a residual block ``layer2.1``) is one block,
+    the shallowest such child a layer lies in; layers outside them (stem, embeddings, head) stay
+    blocks of their own. Needs the model (``group_layers(..., model=model)``).
 ``"prefix:N"``
     layers whose dotted names agree in the first ``N`` components form a block: on
     ``resnet-small``, ``"prefix:2"`` makes ``stages.stage1``, ``stages.stage2``, ... blocks and
@@ -121,9 +126,32 @@ def _named_groups(blocks) -> list[tuple[str, list[str]]]:
     return out
 
 
-def group_layers(layers: Sequence[LayerInfo], blocks=None) -> list[Block]:
+def repeated_blocks(model) -> list[str]:
+    """Module names of the model's repeated blocks (see ``"auto"`` in the module docs), outermost first."""
+    from torch import nn
+
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = [(n, c) for n, c in module.named_children() if any(True for _ in c.parameters())]
+        kinds = [type(c) for _, c in children]
+        repeated = {k for k in kinds if kinds.count(k) > 1}
+        for n, c in children:
+            full = f"{name}.{n}" if name else n
+            if type(c) in repeated and not any(full.startswith(f + ".") for f in found):
+                found.append(full)
+    return found
+
+
+def group_layers(layers: Sequence[LayerInfo], blocks=None, model=None) -> list[Block]:
     """Group ``layers`` (from :func:`discover_layers`) into blocks; see the module docs for ``blocks``."""
     layers = list(layers)
+    if isinstance(blocks, str) and blocks.strip() == "auto":
+        if model is None:
+            raise ConfigError("blocks='auto' groups by the model's repeated modules: pass model= to group_layers")
+        names = {l.name for l in layers}
+        blocks = [b for b in repeated_blocks(model) if any(n == b or n.startswith(b + ".") for n in names)] or None
     if blocks is None:
         groups = [(display_name(l.name), [l]) for l in layers]
     elif isinstance(blocks, str) and blocks.strip().startswith("prefix:"):

@@ -243,7 +243,7 @@ def format_layers(model: nn.Module, example_input: Any, blocks: Any = None) -> s
     from sanitas.randomize.blocks import group_layers
 
     layers = discover_layers(model, example_input)
-    groups = group_layers(layers, blocks)
+    groups = group_layers(layers, blocks, model)
     block_of = {n: b.name for b in groups for n in b.layer_names}
     header = ("#", "name", "type", "params", "output shape", "block")
     rows = [(str(l.index), l.name or "(model)", l.type, f"{l.n_params:,}", _fmt_shape(l.output_shape),

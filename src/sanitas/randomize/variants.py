@@ -11,8 +11,8 @@
 Both return a :class:`StageSequence`: iterate it for :class:`Stage` objects, one at a time
 (``len()`` gives the number of stages, so ``tqdm(seq)`` shows a total). Each stage's model is a
 randomized deep copy of the user's model, in eval mode; the user's model is never touched. On
-CPU the copies of convolutional models are in channels_last layout (same values, faster; see
-:func:`sanitas.utils.device.prefer_fast_layout`).
+CPU the copies of convolutional models are in channels_last layout when the model runs the same
+in it (same values, faster; see :func:`sanitas.utils.device.prefer_fast_layout`).
 
 **Lifetime of a stage's model.** To avoid one deep copy per stage, the sequence keeps one
 working copy and changes it in place: a yielded ``stage.model`` is valid only until the next
@@ -106,10 +106,11 @@ class StageSequence:
         self.seed = int(seed)
         self.copy = bool(copy)
         self._model = model
+        self._example = example_input
         self.layers: list[LayerInfo] = discover_layers(model, example_input)
         for l in self.layers:  # fail now, not halfway through a long run
             self.init.check(model.get_submodule(l.name), l.name)
-        forward_blocks = group_layers(self.layers, blocks)
+        forward_blocks = group_layers(self.layers, blocks, model)
         self.blocks: list[Block] = forward_blocks[::-1] if self.order == "top_down" else forward_blocks
         self._by_name = {l.name: l for l in self.layers}
         self._forward_index = {l.name: l.index for l in self.layers}
@@ -157,7 +158,7 @@ class StageSequence:
 
     @torch.no_grad()
     def _fresh(self) -> nn.Module:
-        return prefer_fast_layout(_deepcopy(self._model).eval())
+        return prefer_fast_layout(_deepcopy(self._model).eval(), self._example)
 
     def iterate(self, start: int = 0) -> Iterator[Stage]:
         """Yield the stages from index ``start`` on (earlier cascading stages are applied, not yielded)."""
@@ -232,7 +233,7 @@ def independent(model: nn.Module, x_example: Any, *, order: str = "top_down",
 
 def count_stages(model: nn.Module, x_example: Any, blocks: Any = None) -> int:
     """Number of stages (the original included) of cascading or independent randomization."""
-    return len(group_layers(discover_layers(model, x_example), blocks)) + 1
+    return len(group_layers(discover_layers(model, x_example), blocks, model)) + 1
 
 
 def randomize(model: nn.Module, x_example: Any, layers: Sequence[str] | None = None, *,
@@ -257,7 +258,7 @@ def randomize(model: nn.Module, x_example: Any, layers: Sequence[str] | None = N
     by_name = {l.name: l for l in found}
     for name in chosen:
         scheme.check(model.get_submodule(name), name)
-    target = model if inplace else prefer_fast_layout(_deepcopy(model))
+    target = model if inplace else prefer_fast_layout(_deepcopy(model), x_example)
     with torch.no_grad():
         for name in chosen:
             randomize_module(target.get_submodule(name), name, init=scheme, seed=seed, bn_stats=bn_stats,

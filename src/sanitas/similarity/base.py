@@ -93,6 +93,9 @@ class Similarity:
     symmetric: ClassVar[bool] = True
     #: True when the metric needs the input images ``x``.
     needs_input: ClassVar[bool] = False
+    #: True when the metric compares images (spatial structure: SSIM, HOG); rank and correlation
+    #: metrics also score maps of non-image inputs (signals, tabular rows), flattened.
+    needs_images: ClassVar[bool] = False
     #: The score's possible range, for axes and sanity checks.
     value_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)
 

@@ -127,6 +127,7 @@ class HOG(Similarity):
     """Pearson correlation of the HOG features of the two maps (cells scaled to the image size)."""
 
     name = "hog"
+    needs_images = True
     description = "Pearson correlation of the maps' HOG features (cells scaled to the image size)"
 
     def __init__(self, *, orientations: int = 9, pixels_per_cell: int | tuple[int, int] | None = None,

@@ -89,6 +89,7 @@ class SSIM(Similarity):
     """Structural similarity of the maps as images (window 5 as seed 000; signed channel sum, min-max to [0, 1])."""
 
     name = "ssim"
+    needs_images = True
     description = "Mean structural similarity (SSIM) of the two maps as 2-D images"
 
     def __init__(self, *, window: int | None = 5, gaussian: bool = False, sigma: float = 1.5,

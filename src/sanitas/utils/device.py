@@ -20,7 +20,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def prefer_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+def prefer_fast_layout(model: torch.nn.Module, example_input=None) -> torch.nn.Module:
     """Put a model that sanitas owns (a copy, never the user's) in the faster memory layout, in place.
 
     On CPU, a network with 2-d convolutions runs forward and backward faster in channels_last
@@ -29,9 +29,38 @@ def prefer_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     1.1-1.4x faster; the MPRT protocol of ``benchmarks/vs_quantus.py`` 12.3-14.2 s -> 8.8-9.2 s.
     Values are unchanged: only the strides of 4-d parameters and buffers change (maps agree to
     float rounding; a max-pool tie may break the other way, as it may between any two kernels).
-    Models without 4-d parameters, and models on other devices, are returned as they are.
+
+    A speed trick must never change whether a model runs: a model that calls ``x.view(...)`` on its
+    activations (torchvision's VGG) fails in channels_last layout. So the model is run on
+    ``example_input`` in both layouts and stays in its own layout unless the fast one runs and gives
+    the same outputs. Without an example input nothing is changed. Models without 4-d parameters,
+    and models on other devices, are returned as they are.
     """
-    return model.to(memory_format=torch.channels_last) if layout_would_change(model) else model
+    if example_input is None or not layout_would_change(model):
+        return model
+    from torch.utils._pytree import tree_leaves
+
+    from sanitas.randomize.layers import run_model
+
+    def outputs():
+        with torch.no_grad():
+            return [t for t in tree_leaves(run_model(model, example_input)) if isinstance(t, torch.Tensor)]
+
+    try:
+        before = outputs()
+    except Exception:  # noqa: BLE001 - the check itself will report a model that does not run
+        return model
+    model.to(memory_format=torch.channels_last)
+    try:
+        after = outputs()
+        same = len(after) == len(before) and all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (float(b.abs().max()) + 1e-12))
+            for a, b in zip(after, before) if a.is_floating_point())
+    except Exception:  # noqa: BLE001 - e.g. "view size is not compatible": keep the model's own layout
+        same = False
+    if not same:
+        model.to(memory_format=torch.contiguous_format)
+    return model
 
 
 def layout_would_change(model: torch.nn.Module) -> bool:
