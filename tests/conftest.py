@@ -56,6 +56,16 @@ def trained_cnn():
     return train("cnn", "fashion-mnist", epochs=1, train_size=12000, seed=0).model
 
 
+@pytest.fixture(scope="session")
+def trained_vit():
+    """Hugging Face's ViT (the ``hf-vit`` reference model) trained for one epoch on 3,000 Fashion-MNIST
+    images (~50% test accuracy, about 20 s on 2 cores): its maps depend on learned weights."""
+    _need_fashion_mnist()
+    from sanitas.models import train
+
+    return train("hf-vit", "fashion-mnist", epochs=1, train_size=3000, seed=0, quiet=True).model
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """One intra-op thread: on a busy 2-core machine two threads make small ops 4-100x slower."""

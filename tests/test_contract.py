@@ -6,6 +6,7 @@ table is generated from the same outcomes (``scripts/support_table.py``) and che
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -238,3 +239,30 @@ def test_readme_support_table_is_generated_from_the_zoo():
     m = re.search(r"<!-- support-table -->\n(.*?)<!-- /support-table -->", readme, re.S)
     assert m, "README.md has no <!-- support-table --> section"
     assert m.group(1).strip() == table.strip(), "regenerate it: .venv/bin/python scripts/support_table.py"
+
+
+# ----------------------------------------------------------------------------------------------
+# the cascading randomization test runs on every zoo model
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_cascading_randomization_runs_on_every_zoo_model(name):
+    from sanitas.checks import model_randomization
+    from sanitas.randomize import discover_layers, group_layers
+
+    m, x = built(name)
+    before = fingerprint(m)
+    metrics = ["spearman_abs", "ssim"] if x.dim() == 4 else ["spearman_abs", "spearman"]
+    methods = ["gradient", "integrated_gradients(steps=4)", "guided_backprop"]
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    with pytest.warns() if isinstance(outcomes(name)["guided_backprop"], SanitasError) else contextlib.nullcontext():
+        res = model_randomization(m, x, y, methods, metrics, blocks="auto", output=ZOO[name].output,
+                                  calibrate=False)
+    blocks = group_layers(discover_layers(m, x[:1]), "auto", m)
+    assert len(res.stages) == len(blocks) + 1
+    ran = set(res.table["method"])
+    assert ran | set(res.meta["refused"]) == set(methods)
+    assert {"gradient", "integrated_gradients(steps=4)"} <= ran
+    last = res.table[(res.table["stage"] == len(blocks)) & (res.table["method"] == "gradient")]
+    assert len(last) == len(metrics) * x.shape[0]
+    assert fingerprint(m) == before

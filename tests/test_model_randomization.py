@@ -143,3 +143,16 @@ def test_fast_layout_gives_the_same_scores(small, monkeypatch):
     assert len(fast) == len(plain) == 5 * 3 * 2 * 6
     assert (fast["value"] - plain["value"]).abs().max() < 1e-4
     assert all(p.is_contiguous() for p in m.parameters())
+
+
+def test_vit_gradient_loses_similarity_once_its_top_block_is_randomized(trained_vit, fmnist_test):
+    """adebayo2018's finding on a vision transformer (Hugging Face ViTForImageClassification, trained
+    here): randomizing the head and then the transformer layers top-down changes the gradient."""
+    ds = fmnist_test.sample(12, seed=0)
+    res = model_randomization(trained_vit, ds.x, ds.y, ["gradient", "gradcam"], ["spearman_abs"], blocks="auto",
+                              calibrate=False)
+    assert res.stages[:4] == ["original", "classifier", "vit.layernorm", "vit.layers.3"]
+    p = res.pivot("spearman_abs")
+    assert p.loc["gradient", "classifier"] < 0.85
+    assert p.loc["gradient", res.stages[-1]] < 0.4
+    assert "layernorm_before" in res.meta["resolved"]["gradcam"]["layer"]

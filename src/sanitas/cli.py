@@ -151,12 +151,37 @@ def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str
 
 
 @main.command()
-def methods():
-    """List the attribution methods (use them by name; wrap with smoothgrad(...), competitive(...))."""
-    from sanitas.explain import list_methods
+@click.option("--model", "-m", default=None, help="check which methods work on this model (a name or a .pt file)")
+@click.option("--dataset", "-d", default="fashion-mnist", show_default=True,
+              help="with --model: the data whose input shape the model takes")
+@click.option("--output", default=None, help="with --model: the key or index of the model's output that holds the "
+              "logits, when the model returns several")
+def methods(model, dataset, output):
+    """List the attribution methods (use them by name; wrap with smoothgrad(...), competitive(...)).
 
-    for name, doc in list_methods():
-        click.echo(f"{name:<22} {doc}")
+    With --model, run each method on two inputs of the model and say which work and, for the others, why.
+    """
+    if model is None:
+        from sanitas.explain import list_methods
+
+        for name, doc in list_methods():
+            click.echo(f"{name:<22} {doc}")
+        return
+    from sanitas.data import load_dataset
+    from sanitas.explain.support import check_support, format_support
+    from sanitas.models import MODELS, build_model, load_model
+
+    ds = load_dataset(dataset, "test", limit=2)
+    # which layers a method can pass does not depend on training: reference models are checked untrained
+    net = build_model(model, ds.input_shape, ds.num_classes) if model in MODELS else load_model(model, dataset)
+    click.echo(format_support(check_support(net, ds.x, output=_output(output))))
+
+
+def _output(value: str | None):
+    """--output: an integer index into a returned tuple, else a key/attribute name."""
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 @main.command()
@@ -179,7 +204,7 @@ def layers(model, dataset, blocks):
 def _blocks(blocks):
     if blocks is None:
         return None
-    return blocks if blocks.startswith("prefix:") else _csv(blocks)
+    return blocks if blocks.startswith("prefix:") or blocks == "auto" else _csv(blocks)
 
 
 @main.command()
@@ -199,14 +224,17 @@ def _blocks(blocks):
               show_default=True, help="class explained at every stage")
 @click.option("--images", "-n", default=64, show_default=True, type=int, help="number of test images (seeded sample)")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--blocks", default=None, help="group layers: 'prefix:N' or comma-separated prefixes")
+@click.option("--blocks", default=None, help="group layers: 'auto' (transformer layers, residual blocks), "
+              "'prefix:N' or comma-separated prefixes")
 @click.option("--normalize", type=click.Choice(["none", "maxabs", "rms"]), default="none", show_default=True)
+@click.option("--output", default=None, help="key or index of the model's output holding the logits (when it "
+              "returns a tuple or dict with several candidates)")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @click.option("--no-resume", is_flag=True, help="recompute finished stages instead of reusing them")
 @click.option("--quiet", "-q", is_flag=True)
-def randomize(model, dataset, methods, metrics, mode, order, init, target, images, seed, blocks, normalize, out,
-              top_classes, no_resume, quiet):
+def randomize(model, dataset, methods, metrics, mode, order, init, target, images, seed, blocks, normalize, output,
+              out, top_classes, no_resume, quiet):
     """Model parameter randomization test: do MODEL's explanations change when its weights are destroyed?"""
     from sanitas.checks import model_randomization
     from sanitas.report.figures import check_figures
@@ -215,7 +243,9 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
     net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
     res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode, init=init,
                               seed=seed, target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
-                              resume=not no_resume, quiet=quiet)
+                              resume=not no_resume, quiet=quiet, output=_output(output))
+    for method, why in res.meta.get("refused", {}).items():
+        click.echo(f"note: {method} was left out: {why}", err=True)
     figs = check_figures(res, out)
     report = check_report(res, out, figs)
     for metric in _csv(metrics)[:2]:

@@ -23,6 +23,7 @@ from torch import nn
 import sanitas
 from sanitas.data import Dataset, load_dataset
 from sanitas.errors import ConfigError
+from sanitas.explain.forward import select_logits
 from sanitas.models.zoo import MODELS, build_model
 from sanitas.utils.device import resolve_device
 from sanitas.utils.hashing import config_hash, tensor_digest
@@ -108,7 +109,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        pred = model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+        xb = x[i:i + batch_size].to(device)
+        pred = select_logits(model(xb), len(xb)).argmax(1).cpu()
         correct += int((pred == y[i:i + batch_size]).sum())
     model.train(was)
     return correct / max(len(x), 1)
@@ -194,7 +196,7 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
             for step in bar:
                 idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
                 xb, yb = x[idx].to(dev), y[idx].to(dev)
-                out = net(xb)
+                out = select_logits(net(xb), len(xb))
                 loss = F.cross_entropy(out, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from sanitas.models import architectures as A
+from sanitas.models.hf import HFViT
 from sanitas.registry import Registry
 
 
@@ -37,6 +38,8 @@ _add(ModelSpec("vgg-small", A.VGGSmall, "VGG-style conv blocks with max-pooling,
 _add(ModelSpec("resnet-small", A.ResNetSmall, "ResNet-style: BatchNorm, skip connections, strided down-sampling",
                epochs=5))
 _add(ModelSpec("linear", A.LinearModel, "linear classifier W x + b", epochs=5))
+_add(ModelSpec("hf-vit", HFViT, "Hugging Face ViTForImageClassification: 4 blocks, width 64, 7x7 patches (needs "
+               "transformers)", epochs=6, lr=1e-3))
 _add(ModelSpec("sumpool-conv", A.SumPoolConv, "one 3x3 conv, ReLU, sum-pool (the paper's analytic model)",
                epochs=3, lr=1e-2))
 
