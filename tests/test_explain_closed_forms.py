@@ -294,6 +294,13 @@ def test_cpu_pass_size_from_the_measured_activations():
     assert inputs_per_pass(None, x, m) == CPU_ACTIVATION_BYTES_PER_PASS // expected
     assert all(not mod._forward_hooks for mod in m.modules())
     assert inputs_per_pass(7, x, m) == 7
+    # large inputs: at least CPU_MIN_INPUTS_PER_PASS while they fit in CPU_MAX_BYTES_PER_PASS
+    from sanitas.explain import _core
+
+    big = torch.rand(2, 1, 224, 224)
+    per = activation_bytes(m_big := build_model("cnn", input_shape=(1, 224, 224)), big)
+    assert per > CPU_ACTIVATION_BYTES_PER_PASS // 4
+    assert inputs_per_pass(None, big, m_big) == min(_core.CPU_MIN_INPUTS_PER_PASS, _core.CPU_MAX_BYTES_PER_PASS // per)
 
     class Broken(nn.Module):
         def forward(self, x):
@@ -314,6 +321,7 @@ def test_per_image_methods_run_in_passes_with_equal_maps(method, monkeypatch):
     x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4])
     ref, ref_all = explain(m, x, y, method=method), explain(m, x, "all", method=method)
     monkeypatch.setattr(_core, "CPU_ACTIVATION_BYTES_PER_PASS", 2 * _core.activation_bytes(m, x))
+    monkeypatch.setattr(_core, "CPU_MIN_INPUTS_PER_PASS", 1)
     seen = []
     handle = m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
     got, got_all = explain(m, x, y, method=method), explain(m, x, "all", method=method)

@@ -55,11 +55,38 @@ class TVBasicBlock(nn.Module):
         return self.relu(out)
 
 
-class TVResNet(nn.Module):
-    """torchvision's ResNet-18 layout ([2, 2, 2, 2] basic blocks), width and input channels scaled."""
+class TVBottleneck(nn.Module):
+    expansion = 4
 
-    def __init__(self, layers=(2, 2, 2, 2), width=8, in_ch=1, num_classes=10):
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TVResNet(nn.Module):
+    """torchvision's ResNet layout: ResNet-18 ([2, 2, 2, 2] basic blocks) by default, ResNet-50 with
+    ``layers=(3, 4, 6, 3), block=TVBottleneck``; width and input channels scaled."""
+
+    def __init__(self, layers=(2, 2, 2, 2), width=8, in_ch=1, num_classes=10, block=TVBasicBlock):
+        super().__init__()
+        self.block = block
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_ch, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -70,15 +97,16 @@ class TVResNet(nn.Module):
         self.layer3 = self._make(width * 4, layers[2], 2)
         self.layer4 = self._make(width * 8, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(width * 8, num_classes)
+        self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
 
     def _make(self, planes, blocks, stride=1):
         down = None
-        if stride != 1 or self.inplanes != planes:
-            down = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers = [TVBasicBlock(self.inplanes, planes, stride, down)]
-        self.inplanes = planes
-        layers += [TVBasicBlock(planes, planes) for _ in range(1, blocks)]
+        out = planes * self.block.expansion
+        if stride != 1 or self.inplanes != out:
+            down = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        layers = [self.block(self.inplanes, planes, stride, down)]
+        self.inplanes = out
+        layers += [self.block(out, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x):

@@ -172,16 +172,20 @@ def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G:
                  for g, i in zip(grads, ins))
 
 
-# Inputs per forward/backward pass of the path- and noise-based methods when ``batch_size`` is not
-# given. On CPU a pass must stay small enough for the C allocator to reuse its memory: past about
-# 80 MB of module outputs per pass, glibc hands the freed blocks back to the kernel after every
-# pass and the next pass page-faults them in again (IG on 256 images, 2 cores: resnet-small 0.2M
-# minor faults per run at 64 inputs per pass, 210k at 128; vgg-small 0.5k at 64, 302k at 256;
-# system time was a third of the MPRT benchmark's wall time). So the CPU budget is 48 MiB of module
-# outputs, measured once per model and input shape by a probe forward pass on one input (cnn: 140
-# inputs of 28x28, vgg-small 66, resnet-small 62); the fallback, when a probe is impossible, is 256
+# Inputs per forward/backward pass of the path- and noise-based methods (and of single-pass methods
+# on large batches) when ``batch_size`` is not given. On CPU, small inputs run in passes of about
+# 48 MiB of module outputs: past about 80 MB glibc handed the freed blocks back to the kernel after
+# every pass and the next pass page-faulted them in again (IG on 256 images of 28x28, 2 cores:
+# cnn 140 inputs per pass, vgg-small 66, resnet-small 62). Large inputs are different: one 224x224
+# image of a ResNet-18 already holds 28.5 MiB of activations, and one-image passes ran IG 1.8x and
+# the gradient 2x slower than passes of 32 (8 images x 16 steps: 1 per pass ~47 s, 16 ~35 s, 32 ~28 s,
+# 64 ~28 s, 128 ~32 s under load), where page faults are a small part of the work. So a pass holds
+# at least 32 inputs while they fit in 2 GiB of activations. The size is measured once per model and
+# input shape by a probe forward pass on one input; the fallback, when a probe is impossible, is 256
 # inputs of 28x28 elements. Accelerators keep large passes.
 CPU_ACTIVATION_BYTES_PER_PASS = 48 * 2**20
+CPU_MIN_INPUTS_PER_PASS = 32
+CPU_MAX_BYTES_PER_PASS = 2 * 2**30
 CPU_ELEMENTS_PER_PASS = 256 * 28 * 28
 ACCELERATOR_INPUTS_PER_PASS = 1024
 
@@ -225,9 +229,14 @@ def inputs_per_pass(batch_size: int | None, x: torch.Tensor, model: nn.Module | 
         return ACCELERATOR_INPUTS_PER_PASS
     if model is not None:
         try:
-            return max(1, CPU_ACTIVATION_BYTES_PER_PASS // activation_bytes(model, x))
+            per_input = activation_bytes(model, x)
         except Exception:  # noqa: BLE001 - only a sizing probe: the real pass reports real errors
-            pass
+            per_input = None
+        if per_input is not None:
+            n = CPU_ACTIVATION_BYTES_PER_PASS // per_input
+            if n < CPU_MIN_INPUTS_PER_PASS:
+                n = min(CPU_MIN_INPUTS_PER_PASS, CPU_MAX_BYTES_PER_PASS // per_input)
+            return max(1, n)
     return max(1, CPU_ELEMENTS_PER_PASS // max(1, x[0].numel()))
 
 
