@@ -5,11 +5,11 @@ and the decision-flip evaluation of explanation quality, for any PyTorch classif
 """
 
 from sanitas.errors import (CacheError, ChecksumError, ConfigError, DataFormatError, DatasetNotFoundError,
-                            DownloadError, InputError, ModelError, SanitasError, UnknownNameError,
-                            UnsupportedLayerError)
+                            DownloadError, InputError, ModelError, NonFiniteError, ResultsBusyError, SanitasError,
+                            StorageError, UnknownNameError, UnsupportedLayerError)
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "SanitasError", "UnknownNameError", "DatasetNotFoundError", "DataFormatError",
            "ChecksumError", "DownloadError", "InputError", "ModelError", "UnsupportedLayerError", "ConfigError",
-           "CacheError"]
+           "CacheError", "StorageError", "ResultsBusyError", "NonFiniteError"]

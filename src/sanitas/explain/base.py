@@ -14,6 +14,7 @@ from sanitas.explain._core import (TargetLike, check_images, chunks, eval_mode, 
                                    model_device, num_classes, resolve_target, selection)
 from sanitas.explain.kernels import cpu_kernels
 from sanitas.utils.memory import hold_freed_memory
+from sanitas.utils.validation import check_finite_maps
 
 
 class Explainer:
@@ -85,6 +86,7 @@ class Explainer:
             with hold_freed_memory(x.device), \
                     cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
                 maps = self._attribute_in_passes(model, x, G)
+        check_finite_maps(maps, self, model, x)  # never a silent NaN: the error names the cause
         if tgt is None:
             return maps.transpose(0, 1).contiguous()
         return maps[0]

@@ -125,6 +125,11 @@ class _LayerMap(Explainer):
                 "layers": None}
     kind = "activity"
 
+    def validate(self):
+        if self.layers is not None and (isinstance(self.layers, (str, bytes)) or not list(self.layers)):
+            raise ConfigError(f"{self.name}: layers must be a non-empty list of layer names, got {self.layers!r}; "
+                              "leave it out (None) to use every layer")
+
     def attribute(self, model, x, G):
         size = x.shape[-2:]
         if self.layer is not None:
