@@ -18,7 +18,6 @@ combined ``DIR/report.html`` and ``DIR/claims.csv`` on top.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from sanitas.experiments.runners import RUNNERS, Outcome
 from sanitas.utils.hashing import config_hash
 from sanitas.utils.io import (atomic_write_json, atomic_write_table, directory_lock, ensure_dir, read_json, read_table,
                               sha256_file)
-from sanitas.utils.progress import warn
+from sanitas.utils.progress import log, warn
 
 DONE = "done.json"
 #: Bump when what done.json records changes: older finished experiments then run again.
@@ -154,11 +153,6 @@ def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
     return Outcome(table, info.get("scalars", {}), cal, figs, report, float(info.get("seconds", 0.0)), summary)
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
                only: list[str] | None = None, quiet: bool = False, report: bool = True) -> PaperRun:
     """Run every experiment of a config into ``out`` (resuming), then judge its claims.
@@ -190,10 +184,11 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             warn(f"[{cfg['paper']}] {name}: stored results cannot be used ({why}); recomputing them")
         oc = load_outcome(exp_out, spec_for_key)
         if oc is not None:
-            _log(f"[{cfg['paper']}] {name}: finished earlier ({oc.seconds:.0f} s), loaded", quiet)
+            log(f"[{cfg['paper']}] {name}: finished earlier ({oc.seconds:.0f} s), loaded", quiet=quiet)
             run.outcomes[name] = oc
             continue
-        _log(f"[{cfg['paper']}] {name}: running {spec['check']} on {spec['model']} ({spec['images']} images)", quiet)
+        log(f"[{cfg['paper']}] {name}: running {spec['check']} on {spec['model']} ({spec['images']} images)",
+            quiet=quiet)
         try:
             ensure_dir(exp_out)
             (exp_out / DONE).unlink(missing_ok=True)  # unfinished until this run says otherwise
@@ -209,7 +204,7 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             warn(f"[{cfg['paper']}] experiment {name!r} failed: {type(exc).__name__}: {exc} (a bug: please report it)")
             continue
         run.outcomes[name] = oc
-        _log(f"[{cfg['paper']}] {name}: done in {oc.seconds:.0f} s", quiet)
+        log(f"[{cfg['paper']}] {name}: done in {oc.seconds:.0f} s", quiet=quiet)
     run.seconds = time.perf_counter() - t0
     judge(run)
     atomic_write_json(out / "study.json", {"paper": cfg["paper"], "config": cfg, "seconds": run.seconds,
@@ -272,5 +267,10 @@ def load_run(out: str | Path) -> PaperRun:
             run.not_run[name] = f"stored results cannot be used ({why}); re-run to recompute them"
         else:
             run.not_run.setdefault(name, "no finished results in this directory")
-    run.claims = read_table(out / "claims.csv") if (out / "claims.csv").is_file() else None
+    run.claims = None
+    if (out / "claims.csv").is_file():
+        try:
+            run.claims = read_table(out / "claims.csv")
+        except StorageError as exc:  # derived from the outcomes: judge() writes it again
+            warn(f"{exc}; the claims will be judged again")
     return run
