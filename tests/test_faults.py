@@ -24,9 +24,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import _fault_run
 from sanitas.cli import main
 from sanitas.errors import StorageError
+
+import _fault_run
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +86,10 @@ def test_kill_9_at_random_moments_then_resume_equals_a_clean_run(reference, tmp_
     total = len(list((ref_dir / "cells").glob("*.pt")))
     out = tmp_path / "killed"
     rnd = random.Random(21)
-    cells = lambda: len(list((out / "cells").glob("*.pt")))  # noqa: E731
+
+    def cells() -> int:
+        return len(list((out / "cells").glob("*.pt")))
+
     finished = []  # cells on disk after each kill
     # random moments: once a random number of cells is on disk, a random fraction of a cell's time later
     for target in sorted(rnd.sample(range(1, total), 3)):
@@ -96,7 +100,7 @@ def test_kill_9_at_random_moments_then_resume_equals_a_clean_run(reference, tmp_
             time.sleep(0.005)
         time.sleep(rnd.uniform(0, seconds / total))
         child.send_signal(signal.SIGKILL)
-        stdout, stderr = child.communicate(timeout=60)
+        _, stderr = child.communicate(timeout=60)
         assert "error" not in stderr, stderr
         finished.append(cells())
     assert any(0 < n < total for n in finished), finished  # the kills landed mid-run
@@ -271,7 +275,7 @@ def test_two_concurrent_writers_never_mix(reference, tmp_path):
     out = tmp_path / "shared"
     a, b = _child(out, 6), _child(out, 4)
     results = [p.communicate(timeout=120) + (p.returncode,) for p in (a, b)]
-    for stdout, stderr, code in results:
+    for _, stderr, code in results:
         assert code in (0, 1), stderr
         if code == 1:
             assert "is being written by another sanitas run" in stderr, stderr
@@ -294,7 +298,8 @@ def tmpfs():
     def mount(path: Path, size: str, ro: bool = False) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         opts = f"size={size}" + (",ro" if ro else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True,
+                           check=False)
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
         mounted.append(path)
@@ -302,7 +307,7 @@ def tmpfs():
 
     yield mount
     for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def _remount(path: Path, opts: str) -> None:

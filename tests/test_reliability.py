@@ -19,10 +19,10 @@ from sanitas.checks import data_randomization, input_invariance, model_randomiza
 from sanitas.cli import main
 from sanitas.errors import (ConfigError, InputError, ModelError, NonFiniteError, ResultsBusyError, SanitasError,
                             StorageError)
-from sanitas.explain import explain, get_explainer
 from sanitas.experiments import evaluate_claim, load_config, run_config
 from sanitas.experiments.claims import FAILS, HOLDS, NOT_RUN
 from sanitas.experiments.runners import Outcome
+from sanitas.explain import explain, get_explainer
 from sanitas.models import build_model, load_model, train
 from sanitas.utils.hashing import model_fingerprint
 
@@ -63,7 +63,7 @@ def cnn():
 # -- 1. the user's model and the process are left as they were ----------------------------------------
 
 def _run_check(kind, m, other, x, y):
-    q = dict(calibrate=False, quiet=True)
+    q = {"calibrate": False, "quiet": True}
     if kind == "data_randomization":
         return data_randomization(m, other, x, y, ["gradient"], ["spearman_abs"], **q)
     if kind == "input_invariance":
@@ -209,7 +209,7 @@ class _NaNHead(nn.Module):
 
 
 def test_nan_logits_are_reported_not_mapped(batch):
-    x, y = batch
+    x, _ = batch
     with pytest.raises(NonFiniteError, match=r"logits are NaN or infinite for 1 of 4 images \(e.g. \[1\]\)"):
         explain(_NaNHead(), x, torch.zeros(4, dtype=torch.long), method="gradient")
 
@@ -362,8 +362,8 @@ experiments:
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ("    mode: independent", "    mdoe: independent", r"p\.yaml:7: experiment 'casc': unknown key 'mdoe' "
-                                                         r"\(did you mean 'mode'\?\)"),
+    ("    mode: independent", "    mdoe: independent",
+     r"p\.yaml:7: experiment 'casc': unknown key 'mdoe' \(did you mean 'mode'\?\)"),
     ("    images: 8", "    images: 8.7", r"p\.yaml:8: .*images must be a whole number"),
     ("    images: 8", "    images: abc", r"p\.yaml:8: .*images must be a whole number"),
     ("    images: 8", "    images: 0", r"p\.yaml:8: .*images must be positive"),

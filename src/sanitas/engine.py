@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import torch
@@ -27,9 +27,9 @@ from sanitas.errors import ConfigError, StorageError
 from sanitas.explain import Explainer
 from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
-from sanitas.utils.memory import hold_freed_memory
 from sanitas.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_table, directory_lock, ensure_dir,
                               read_json, sha256_bytes)
+from sanitas.utils.memory import hold_freed_memory
 from sanitas.utils.progress import progress, warn
 
 NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
@@ -113,7 +113,7 @@ class CellStore:
         if self._lock is not None:
             self._finalizer()
 
-    def __enter__(self) -> CellStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

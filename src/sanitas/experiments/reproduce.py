@@ -166,8 +166,8 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
     else:
         cfg = load_config(config)
     cfg = resolve(cfg, quick=quick, images=images, only=only)
-    with directory_lock(out) as out:
-        return _run_locked(cfg, out, quiet, report)
+    with directory_lock(out) as directory:
+        return _run_locked(cfg, directory, quiet, report)
 
 
 def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
@@ -198,7 +198,7 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             run.not_run[name] = run.failed[name] = f"failed: {exc}"
             warn(f"[{cfg['paper']}] experiment {name!r} failed: {exc}")
             continue
-        except Exception as exc:  # a bug must not take the other papers' results down with it
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the other papers' results down with it
             run.not_run[name] = run.failed[name] = f"failed: {type(exc).__name__}: {exc}"
             traceback.print_exc()
             warn(f"[{cfg['paper']}] experiment {name!r} failed: {type(exc).__name__}: {exc} (a bug: please report it)")
@@ -229,15 +229,15 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     if unknown:
         raise ConfigError(f"unknown paper(s) {unknown}: choose from {list_papers()} or 'all'")
     t0 = time.perf_counter()
-    with directory_lock(out) as out:
-        runs = [run_config(name, out / name, quick=quick, images=images, quiet=quiet) for name in names]
+    with directory_lock(out) as directory:
+        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet) for name in names]
         claims = pd.concat([r.claims for r in runs], ignore_index=True)
-        write_claims(out, claims)
+        write_claims(directory, claims)
         total = time.perf_counter() - t0
-        atomic_write_json(out / "reproduce.json", {"papers": names, "quick": quick, "images": images,
-                                                   "seconds": total,
-                                                   "paper_seconds": {r.paper: r.seconds for r in runs}})
-        report = combined_report(runs, out, claims, seconds=total)
+        atomic_write_json(directory / "reproduce.json", {"papers": names, "quick": quick, "images": images,
+                                                         "seconds": total,
+                                                         "paper_seconds": {r.paper: r.seconds for r in runs}})
+        report = combined_report(runs, directory, claims, seconds=total)
     return runs, claims, report
 
 

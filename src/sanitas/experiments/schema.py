@@ -217,7 +217,7 @@ def check_config(cfg: Any, source: str = "config", lines: dict[tuple[str, ...], 
         raise ConfigError(f"{source}: the top level must be a mapping with 'paper' and 'experiments'")
     unknown = set(cfg) - set(TOP)
     if unknown:
-        first = sorted(unknown, key=str)[0]
+        first = min(unknown, key=str)
         raise ConfigError(f"{where(first)}: unknown top-level key(s) {sorted(map(str, unknown))}; allowed: "
                           f"{sorted(TOP)}")
     for key in ("paper", "experiments"):
