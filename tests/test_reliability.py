@@ -103,6 +103,21 @@ def test_checks_leave_a_training_model_and_the_rng_untouched(kind, batch):
     assert (model_fingerprint(m), model_fingerprint(other)) == fingerprints
 
 
+def test_accuracy_restores_mixed_training_flags(batch):
+    """Item 1's audit: models.accuracy put the whole model back with model.train(was), so a model whose
+    modules were in mixed modes came back uniform."""
+    from sanitas.models import accuracy
+
+    x, y = batch
+    m = _net().train()
+    m.output.eval()
+    flags = [mod.training for mod in m.modules()]
+    rng = torch.get_rng_state()
+    accuracy(m, x, y % 5)
+    assert [mod.training for mod in m.modules()] == flags
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
 # -- one table of bad inputs: each a SanitasError whose message names the problem --------------------------
 
 def _one_class_model():

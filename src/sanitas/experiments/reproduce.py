@@ -195,11 +195,13 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             oc = RUNNERS[spec["check"]](spec, exp_out, quiet)
             _save_done(exp_out, spec_for_key, oc)
         except SanitasError as exc:
-            run.not_run[name] = run.failed[name] = f"failed: {exc}"
+            run.failed[name] = str(exc)
+            run.not_run[name] = f"failed: {exc}"
             warn(f"[{cfg['paper']}] experiment {name!r} failed: {exc}")
             continue
         except Exception as exc:  # noqa: BLE001 - a bug must not take the other papers' results down with it
-            run.not_run[name] = run.failed[name] = f"failed: {type(exc).__name__}: {exc}"
+            run.failed[name] = f"{type(exc).__name__}: {exc}"
+            run.not_run[name] = f"failed: {run.failed[name]}"
             traceback.print_exc()
             warn(f"[{cfg['paper']}] experiment {name!r} failed: {type(exc).__name__}: {exc} (a bug: please report it)")
             continue
