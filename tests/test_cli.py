@@ -19,7 +19,7 @@ def test_models_lists_everything():
 
 def test_train_prints_accuracy_then_hits_cache():
     args = ["train", "linear", "--dataset", "digits", "--epochs", "2", "--quiet"]
-    first = CliRunner().invoke(main, args)
+    first = CliRunner().invoke(main, args + ["--force"])  # trains even with a warm SANITAS_TEST_CACHE
     assert first.exit_code == 0, first.output
     assert "test accuracy" in first.output and "trained in" in first.output
     second = CliRunner().invoke(main, args)

@@ -9,9 +9,16 @@ from sanitas.models import MODELS, build_model
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 32, 32)])
 def test_forward_shape(name, shape):
+    from sanitas.errors import ModelError
+    from sanitas.explain.forward import select_logits
+
     k = 1 if name == "sumpool-conv" else 10
+    if name == "hf-vit" and shape[1] % 7:
+        with pytest.raises(ModelError, match="multiple of patch_size"):
+            build_model(name, shape, num_classes=k)
+        return
     net = build_model(name, shape, num_classes=k).eval()
-    out = net(torch.rand(5, *shape))
+    out = select_logits(net(torch.rand(5, *shape)), 5)  # hf-vit returns a ModelOutput
     assert out.shape == (5, k)
     assert torch.isfinite(out).all()
     assert net.input_shape == shape and net.num_classes == k

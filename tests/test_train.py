@@ -10,7 +10,7 @@ from sanitas.utils.paths import models_dir
 
 
 def test_short_training_learns():
-    r = train("mlp", "digits", epochs=3, seed=0)
+    r = train("mlp", "digits", epochs=3, seed=0, force=True)  # trains even with a warm SANITAS_TEST_CACHE
     assert r.test_accuracy > 0.8  # chance is 0.1
     assert not r.from_cache
     meta = json.loads(r.path.with_suffix(".json").read_text())
@@ -64,7 +64,7 @@ def test_truncated_checkpoint_is_detected():
 
 def test_cache_key_covers_the_config():
     a = train("linear", "digits", epochs=1, seed=4)
-    b = train("linear", "digits", epochs=1, seed=4, weight_decay=1e-3)
+    b = train("linear", "digits", epochs=1, seed=4, weight_decay=1e-3, force=True)  # even with a warm test cache
     assert a.path != b.path and not b.from_cache
     assert a.path.parent == models_dir()
 

@@ -5,11 +5,11 @@ and the decision-flip evaluation of explanation quality, for any PyTorch classif
 """
 
 from sanitas.errors import (CacheError, ChecksumError, ConfigError, DataFormatError, DatasetNotFoundError,
-                            DownloadError, InputError, ModelError, NotApplicableError, SanitasError,
-                            UnknownNameError, UnsupportedLayerError)
+                            DownloadError, InputError, ModelError, NonFiniteError, NotApplicableError,
+                            ResultsBusyError, SanitasError, StorageError, UnknownNameError, UnsupportedLayerError)
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "SanitasError", "UnknownNameError", "DatasetNotFoundError", "DataFormatError",
-           "ChecksumError", "DownloadError", "InputError", "ModelError", "NotApplicableError", "UnsupportedLayerError", "ConfigError",
-           "CacheError"]
+           "ChecksumError", "DownloadError", "InputError", "ModelError", "NotApplicableError", "UnsupportedLayerError",
+           "ConfigError", "CacheError", "StorageError", "ResultsBusyError", "NonFiniteError"]

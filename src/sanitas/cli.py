@@ -9,10 +9,35 @@ import click
 
 import sanitas
 from sanitas.errors import SanitasError
+from sanitas.utils import validation
+
+
+class _Validated(click.ParamType):
+    """An integer option checked by :mod:`sanitas.utils.validation`, so the command line refuses what the
+    Python API refuses, with the same message (a :class:`SanitasError`: one line, exit status 1)."""
+
+    name = "integer"
+
+    def __init__(self, check):
+        self.check = check
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number", param, ctx)
+        return self.check(value, f"--{param.name.replace('_', '-')}" if param else "value")
+
+
+#: a number of images, epochs, ...: 0 is refused (``--images 0`` used to mean the whole test set)
+COUNT = _Validated(validation.count)
+SEED = _Validated(validation.seed)
 
 
 class _Group(click.Group):
-    """Turns a :class:`SanitasError` into one clear line and exit status 1, not a traceback."""
+    """Turns a :class:`SanitasError` (and an OS error: a full disk, a read-only directory) into one clear
+    line and exit status 1, not a traceback."""
 
     def invoke(self, ctx):
         # --quiet silences every progress bar below the command too (training, DASP, ...)
@@ -25,6 +50,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except SanitasError as exc:
             click.echo(f"sanitas: error: {exc}", err=True)
+            ctx.exit(1)
+        except OSError as exc:  # e.g. a figure written to a full disk: the environment, not a bug
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"sanitas: error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
         finally:
             if quiet:
@@ -69,12 +98,12 @@ def models():
               help="dataset name, or a path to an .npz file / image folder")
 @click.option("--labels", type=click.Choice(["true", "permuted"]), default="true", show_default=True,
               help="train on the true labels or on a fixed random permutation of them")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--epochs", type=int, default=None, help="maximum epochs [default: the model's own]")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--epochs", type=COUNT, default=None, help="maximum epochs [default: the model's own]")
 @click.option("--lr", type=float, default=None, help="Adam learning rate [default: the model's own]")
-@click.option("--batch-size", type=int, default=None)
+@click.option("--batch-size", type=COUNT, default=None)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--train-size", type=int, default=None, help="train on a seeded random subset of this size")
+@click.option("--train-size", type=COUNT, default=None, help="train on a seeded random subset of this size")
 @click.option("--target-accuracy", type=float, default=None,
               help="stop once training accuracy (on the labels trained on) reaches this, e.g. 0.95")
 @click.option("--device", default="auto", show_default=True)
@@ -96,7 +125,8 @@ def train(model, dataset, labels, seed, epochs, lr, batch_size, weight_decay, tr
     if m.get("memorized") is not None:
         click.echo(f"  reached target training accuracy {result.config['target_accuracy']}: "
                    f"{'yes' if m['memorized'] else 'NO'} after {m['epochs_run']} epochs")
-    click.echo(f"  checkpoint: {result.path}")
+    click.echo(f"  checkpoint: {result.path}" if result.saved else f"  checkpoint: NOT saved to {result.path} "
+               "(see the warning above; the model was trained for this command only)")
 
 
 def _csv(value: str) -> list[str]:
@@ -222,8 +252,8 @@ def _blocks(blocks):
               help="truncated_normal (paper), uniform, default (reset_parameters), permute")
 @click.option("--target", type=click.Choice(["label", "original", "predicted"]), default="label",
               show_default=True, help="class explained at every stage")
-@click.option("--images", "-n", default=64, show_default=True, type=int, help="number of test images (seeded sample)")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--images", "-n", default=64, show_default=True, type=COUNT, help="number of test images (seeded sample)")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--blocks", default=None, help="group layers: 'auto' (transformer layers, residual blocks), "
               "'prefix:N' or comma-separated prefixes")
 @click.option("--normalize", type=click.Choice(["none", "maxabs", "rms"]), default="none", show_default=True)
@@ -260,13 +290,13 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
 @click.option("--methods", default="gradient,smoothgrad,input_x_gradient,integrated_gradients,guided_backprop,"
               "gradcam,competitive(input_x_gradient)", show_default=True)
 @click.option("--metrics", default="spearman_abs,spearman,ssim,hog", show_default=True)
-@click.option("--images", "-n", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train-size", default=2000, show_default=True, type=int,
+@click.option("--images", "-n", default=64, show_default=True, type=COUNT)
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--train-size", default=2000, show_default=True, type=COUNT,
               help="training subset for the permuted-label model (cnn memorizes 2000 in ~6 min on 2 cores)")
 @click.option("--target-accuracy", default=0.95, show_default=True, type=float,
               help="stop permuted-label training at this training accuracy")
-@click.option("--epochs", default=100, show_default=True, type=int, help="epoch budget of permuted-label training")
+@click.option("--epochs", default=100, show_default=True, type=COUNT, help="epoch budget of permuted-label training")
 @click.option("--lr", default=3e-4, show_default=True, type=float,
               help="learning rate of permuted-label training (1e-3 never leaves chance level for cnn)")
 @click.option("--no-ceiling", is_flag=True, help="skip the second true-label model (model-seed ceiling)")
@@ -313,8 +343,8 @@ def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train
 @click.option("--metrics", default="spearman,spearman_abs,ssim", show_default=True)
 @click.option("--shift", default=-1.0, show_default=True, type=float, help="constant added to every input")
 @click.option("--shift-baselines", is_flag=True, help="move IG/DeepLIFT baselines with the inputs")
-@click.option("--images", "-n", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--images", "-n", default=64, show_default=True, type=COUNT)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--quiet", "-q", is_flag=True)
 def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baselines, images, seed, out, quiet):
@@ -350,7 +380,7 @@ def _print_claims(claims) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--quick", is_flag=True, help="apply the config's `quick:` profile (fewer images and experiments)")
-@click.option("--images", "-n", type=int, default=None, help="override every experiment's number of images")
+@click.option("--images", "-n", type=COUNT, default=None, help="override every experiment's number of images")
 @click.option("--only", multiple=True, help="experiment names to run, comma-separated or repeated (the others: not run)")
 @click.option("--quiet", "-q", is_flag=True)
 def run_cmd(config, out, quick, images, only, quiet):
@@ -361,13 +391,23 @@ def run_cmd(config, out, quick, images, only, quiet):
     click.echo(f"{res.config.get('title', res.paper)}:")
     _print_claims(res.claims)
     click.echo(f"\nclaims: {out}/claims.csv\nreport: {res.report}")
+    _exit_if_failed([res])
+
+
+def _exit_if_failed(runs) -> None:
+    """Exit 1, naming each failed experiment and why, when any experiment of ``runs`` failed."""
+    failed = [(r.paper, name, why) for r in runs for name, why in r.failed.items()]
+    if failed:
+        lines = "\n".join(f"  [{paper}] {name}: {why}" for paper, name, why in failed)
+        click.echo(f"sanitas: error: {len(failed)} experiment(s) failed:\n{lines}", err=True)
+        click.get_current_context().exit(1)
 
 
 @main.command()
 @click.argument("papers", nargs=-1)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None, help="results directory")
 @click.option("--quick", is_flag=True, help="the small profile (what `make demo` runs: 6.5 min on 2 cores, model training included)")
-@click.option("--images", "-n", type=int, default=None, help="override every experiment's number of images")
+@click.option("--images", "-n", type=COUNT, default=None, help="override every experiment's number of images")
 @click.option("--show", is_flag=True, help="print the config of PAPER (YAML) instead of running it")
 @click.option("--list", "list_", is_flag=True, help="list the papers and their claims")
 @click.option("--quiet", "-q", is_flag=True)
@@ -396,6 +436,7 @@ def reproduce(papers, out, quick, images, show, list_, quiet):
     runs, claims, report = run_all(list(papers), out, quick=quick, images=images, quiet=quiet)
     _print_claims(claims)
     click.echo(f"\nclaims: {out}/claims.csv\nreport: {report}")
+    _exit_if_failed(runs)
 
 
 @main.command()
@@ -413,13 +454,13 @@ def report(directory):
 @main.command()
 @click.argument("models", nargs=-1, required=True)
 @click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
-@click.option("--images", "-n", default=512, show_default=True, type=int,
+@click.option("--images", "-n", default=512, show_default=True, type=COUNT,
               help="test images for the per-layer decomposition and the regression (seeded sample)")
-@click.option("--accuracy-images", default=None, type=int, help="test images for the accuracies [default: all]")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--accuracy-images", default=None, type=COUNT, help="test images for the accuracies [default: all]")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--distill", is_flag=True, help="also make zero-bias models by bias decay + distillation (T=100)")
 @click.option("--distill-models", default=None, help="comma-separated subset of MODELS to distill (implies --distill)")
-@click.option("--distill-steps", default=None, type=int,
+@click.option("--distill-steps", default=None, type=COUNT,
               help="fine-tuning steps of --distill [default: distill_zero_bias's]")
 @click.option("--temperature", "-T", default=100.0, show_default=True, type=float, help="distillation temperature")
 @click.option("--label-weight", default=None, type=float,
@@ -455,16 +496,16 @@ def biases(models, dataset, images, accuracy_images, seed, distill, distill_mode
 @click.option("--layers", default=None,
               help="'all' (or comma-separated layer names): per-layer activity and bias maps and top-down "
                    "activity aggregates, ranked layer by layer")
-@click.option("--images", "-n", default=64, show_default=True, type=int, help="number of test images (seeded sample)")
+@click.option("--images", "-n", default=64, show_default=True, type=COUNT, help="number of test images (seeded sample)")
 @click.option("--order", default="-s,+s", show_default=True, help="removal orders: -s (least salient first), +s")
 @click.option("--removal", type=click.Choice(["zero", "mean", "blur"]), default="zero", show_default=True,
               help="what a removed pixel becomes")
-@click.option("--shuffles", default=10, show_default=True, type=int,
+@click.option("--shuffles", default=10, show_default=True, type=click.IntRange(min=0),
               help="noise maps per image (same method, other images)")
 @click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True)
 @click.option("--interpolation", type=click.Choice(["bilinear", "nearest"]), default="bilinear", show_default=True,
               help="upsampling of layer maps")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--no-resume", is_flag=True, help="recompute finished methods instead of reusing them")
 @click.option("--quiet", "-q", is_flag=True)

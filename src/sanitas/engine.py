@@ -4,7 +4,8 @@ A *variant* is a model derived from the reference one (a randomized stage, a mod
 permuted labels, another seed...). For each variant the engine computes each method's maps
 once, scores them against the reference maps with every metric, and appends tidy rows
 (one per image x method x variant x metric). Finished (variant, method) cells are written to
-``out_dir/cells/`` atomically as they complete; a re-run with the same config skips them.
+``out_dir/cells/`` atomically as they complete, each with its config's key and a checksum; a
+re-run with the same config skips them, and one process at a time writes a directory.
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ import io
 import json
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import torch
 from torch import nn
 
-from sanitas.errors import CacheError, ConfigError, NotApplicableError
+from sanitas.errors import ConfigError, NotApplicableError, StorageError
 from sanitas.explain import Explainer
 from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
+from sanitas.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_table, directory_lock, ensure_dir,
+                              read_json, sha256_bytes)
 from sanitas.utils.memory import hold_freed_memory
-from sanitas.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_table, read_json
-from sanitas.utils.progress import log, progress
+from sanitas.utils.progress import progress, warn
 
 NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "none": None,
@@ -56,51 +59,114 @@ def normalize_maps(maps: torch.Tensor, how: str | None) -> torch.Tensor:
 
 
 class CellStore:
-    """Finished cells of a run on disk: ``cells/<variant-index>-<method>.pt`` (rows + shown maps)."""
+    """Finished cells of a run on disk: ``cells/<variant-index>-<method>-<hash>.pt`` (rows + shown maps).
+
+    A results directory belongs to one config at a time. The store holds an OS lock on it while it
+    is open (a second process writing there gets :class:`~sanitas.errors.ResultsBusyError`), and
+    every cell carries the config's key, its own (variant, method) and a SHA-256 of its content. A
+    cell that fails any of these (damaged, truncated, copied from another stage or another run) is
+    recomputed, with a warning that says why. Use it as a context manager (``with CellStore(...)
+    as store``) so the lock is released when the run ends, also when it raises.
+    """
+
+    MAGIC = b"sanitas-cell 2\n"
 
     def __init__(self, out_dir: str | Path | None, config: dict[str, Any], resume: bool = True):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.key = config_hash(config)
         self.config = config
+        self._lock = None
         if self.out_dir is None:
             return
-        self.cells = self.out_dir / "cells"
-        self.cells.mkdir(parents=True, exist_ok=True)
+        self._lock = directory_lock(self.out_dir)
+        self._lock.__enter__()
+        # released when the store is closed, or at the latest when it is garbage collected
+        self._finalizer = weakref.finalize(self, self._lock.__exit__, None, None, None)
+        try:
+            self.cells = ensure_dir(self.out_dir / "cells")
+            self._start(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, resume: bool) -> None:
         marker = self.out_dir / "run.json"
+        stale = None
         if marker.exists():
             try:
                 old = read_json(marker)
-            except (OSError, ValueError) as exc:
-                raise CacheError(f"{marker} is unreadable ({exc}); delete {self.out_dir} or choose another --out") from exc
-            if old.get("key") != self.key or not resume:
-                log(f"{self.out_dir}: config changed (or --no-resume), starting the run afresh")
-                for f in self.cells.glob("*.pt"):
-                    f.unlink()
-        atomic_write_json(marker, {"key": self.key, "config": config})
+            except StorageError as exc:
+                old, stale = {}, f"{exc}"
+            if old.get("key") != self.key:
+                stale = stale or "the config changed"
+            elif not resume:
+                stale = "--no-resume"
+        if stale is not None:
+            old_cells = list(self.cells.glob("*.pt"))
+            if old_cells:
+                warn(f"{self.out_dir}: {stale}; deleting its {len(old_cells)} finished cell(s) and starting afresh")
+            for f in old_cells:
+                f.unlink(missing_ok=True)
+        atomic_write_json(marker, {"key": self.key, "config": self.config})
+
+    def close(self) -> None:
+        """Release the directory's lock (idempotent)."""
+        if self._lock is not None:
+            self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _path(self, variant_index: int, method: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in method)
-        return self.cells / f"{variant_index:03d}-{safe}.pt"
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in method)[:60]
+        return self.cells / f"{variant_index:03d}-{safe}-{sha256_bytes(method.encode())[:8]}.pt"
 
     def load(self, variant_index: int, method: str):
+        """``(rows, maps, extra)`` of a finished cell, or ``None`` (not finished, or not trustworthy)."""
         if self.out_dir is None:
             return None
         p = self._path(variant_index, method)
         if not p.exists():
             return None
         try:
-            blob = torch.load(p, map_location="cpu", weights_only=False)
-            return pd.read_json(io.StringIO(blob["rows"]), orient="split"), blob["maps"], blob.get("extra", {})
-        except Exception:  # a truncated cell is recomputed, never trusted
+            payload = self._verified(p.read_bytes(), variant_index, method)
+            blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+            return pd.read_parquet(io.BytesIO(blob["rows"])), blob["maps"], blob.get("extra", {})
+        except Exception as exc:  # noqa: BLE001 - a cell that cannot be trusted is recomputed, never used
+            warn(f"{p}: {exc}; recomputing this cell")
             p.unlink(missing_ok=True)
             return None
+
+    def _verified(self, data: bytes, variant_index: int, method: str) -> bytes:
+        if not data.startswith(self.MAGIC):
+            raise ValueError("not a cell of this sanitas version (no header)")
+        head, sep, payload = data[len(self.MAGIC):].partition(b"\n")
+        if not sep:
+            raise ValueError("truncated header")
+        info = json.loads(head)
+        if info.get("key") != self.key:
+            raise ValueError("written by a run with another config")
+        if info.get("variant") != variant_index or info.get("method") != method:
+            raise ValueError(f"holds the cell of stage {info.get('variant')}, method {info.get('method')!r} "
+                             "(copied or renamed)")
+        if len(payload) != info.get("bytes") or sha256_bytes(payload) != info.get("sha256"):
+            raise ValueError("checksum mismatch (truncated or damaged)")
+        return payload
 
     def save(self, variant_index: int, method: str, rows: pd.DataFrame, maps: torch.Tensor, extra=None):
         if self.out_dir is None:
             return
+        table = io.BytesIO()
+        rows.to_parquet(table, index=False)  # exact: JSON kept 10 digits, so a resumed table differed from a fresh one
         buf = io.BytesIO()
-        torch.save({"rows": rows.to_json(orient="split"), "maps": maps.cpu(), "extra": extra or {}}, buf)
-        atomic_write_bytes(self._path(variant_index, method), buf.getvalue())
+        torch.save({"rows": table.getvalue(), "maps": maps.cpu(), "extra": extra or {}}, buf)
+        payload = buf.getvalue()
+        head = json.dumps({"key": self.key, "variant": variant_index, "method": method, "bytes": len(payload),
+                           "sha256": sha256_bytes(payload)}, sort_keys=True).encode()
+        atomic_write_bytes(self._path(variant_index, method), self.MAGIC + head + b"\n" + payload)
 
 
 def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int,
@@ -225,7 +291,7 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any],
                   calibration: pd.DataFrame | None = None) -> None:
     """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract), plus
     ``calibration.csv`` when the check computed its null bands (claims and reports read them back)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     atomic_write_table(out_dir / "results.parquet", table)
     atomic_write_table(out_dir / "results.csv", table)
     atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))

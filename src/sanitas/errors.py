@@ -56,3 +56,15 @@ class ConfigError(SanitasError, ValueError):
 
 class CacheError(SanitasError):
     """A problem with the on-disk cache that sanitas cannot repair by itself."""
+
+
+class StorageError(SanitasError, OSError):
+    """A file or directory sanitas cannot write or read back (read-only, full, damaged, in use)."""
+
+
+class ResultsBusyError(StorageError):
+    """A results directory that another sanitas run is writing (an OS file lock holds it)."""
+
+
+class NonFiniteError(SanitasError, ValueError):
+    """NaN or infinite numbers where finite ones are needed: an option, the logits or the maps."""

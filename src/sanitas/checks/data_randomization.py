@@ -24,40 +24,57 @@ from torch import nn
 from sanitas import engine
 from sanitas.checks.model_randomization import check_batch, resolve_methods, resolve_metrics
 from sanitas.checks.result import CheckResult, summarize_table
-from sanitas.errors import ModelError
-from sanitas.explain._core import eval_mode, logits_of
+from sanitas.errors import InputError, ModelError
+from sanitas.explain._core import model_device
+from sanitas.utils import validation
+from sanitas.utils.forward import inference_logits, untouched
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
+
+
+def _same_classes(models: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
+    """Models compared on the same images must have the same classes (a 5-class head is not a 10-class one)."""
+    counts = {name: inference_logits(m, x[:1].to(model_device(m))).shape[1] for name, m in models}
+    if len(set(counts.values())) > 1:
+        raise ModelError(f"the compared models have different numbers of classes {counts}; compare models of "
+                         "the same task (same classes, same label order)")
 
 
 def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, inputs=None, out=None,
              resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None, adapt=None):
+    seed = validation.seed(seed)
+    show = validation.count(show, "show", minimum=0)
+    for name, m in models:
+        if not isinstance(m, nn.Module):
+            raise InputError(f"the {name} model must be a torch.nn.Module, got {type(m).__name__}")
     x, y = check_batch(models[0][1], x, y)
+    _same_classes(models, x)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
     t0 = time.perf_counter()
     config = {"check": kind, "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "images": tensor_digest(x),
               "models": [(n, model_fingerprint(m)) for n, m in models], **(extra_config or {})}
-    store = engine.CellStore(out, config, resume=resume)
+    cal = None
+    if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
+        from sanitas.similarity.calibration import calibrate as run_cal
+
+        cal = run_cal(list(sims.values()), x=x, seed=seed)
     variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
     inputs = inputs or {}
     table_parts, shown, timings, refs = [], {}, {}, {}
-    for v in variants:  # the reference maps are computed once per method and reused for every variant
-        t, sh = _run_with_reference(models[0][1], v, x, inputs.get(v.index, x), explainers, sims, y, store, show,
-                                    refs, adapt)
-        table_parts.append(t)
-        shown.update(sh)
-    table = pd.concat(table_parts, ignore_index=True)
-    cal = None
-    if calibrate:
-        from sanitas.similarity.calibration import calibrate as run_cal
-
-        cal = run_cal(list(sims), x=x, seed=seed)
-    timings["total"] = time.perf_counter() - t0
-    meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-            "stages": [n for n, _ in models]}
-    res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models], Path(out) if out else None)
-    if out:
-        engine.write_outputs(Path(out), table, meta, cal)
+    with engine.CellStore(out, config, resume=resume) as store:
+        for v in variants:  # the reference maps are computed once per method and reused for every variant
+            t, sh = _run_with_reference(models[0][1], v, x, inputs.get(v.index, x), explainers, sims, y, store, show,
+                                        refs, adapt)
+            table_parts.append(t)
+            shown.update(sh)
+        table = pd.concat(table_parts, ignore_index=True)
+        timings["total"] = time.perf_counter() - t0
+        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                "stages": [n for n, _ in models]}
+        res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models],
+                          Path(out) if out else None)
+        if out:
+            engine.write_outputs(Path(out), table, meta, cal)
     return res
 
 
@@ -139,7 +156,7 @@ def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
     seen = []
     handle = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
     try:
-        with eval_mode(twin), torch.no_grad():  # the first layer's own input for a zero and a shifted image
+        with untouched(twin):  # the first layer's own input for a zero and a shifted image
             zero = torch.zeros_like(x[:1])
             twin(zero)
             twin(zero + shift)
@@ -158,10 +175,10 @@ def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "
     ``shift_baselines=True`` moves the baseline of baseline methods (IG, DeepLIFT) by the same shift
     on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline.
     """
+    shift = validation.real(shift, "shift")
     x, y = check_batch(model, x, y)
     twin = shifted_model(model, x, shift)
-    with eval_mode(model), eval_mode(twin), torch.no_grad():
-        gap = float((logits_of(model, x) - logits_of(twin, x + shift)).abs().max())
+    gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
     res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
                    metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
                    quiet=quiet, extra_config={"shift": shift, "shift_baselines": shift_baselines},

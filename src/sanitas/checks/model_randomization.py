@@ -16,11 +16,13 @@ from torch import nn
 
 from sanitas import engine
 from sanitas.checks.result import CheckResult
-from sanitas.errors import ConfigError, InputError
+from sanitas.errors import ConfigError, InputError, ModelError
 from sanitas.explain import get_explainer
-from sanitas.explain._core import check_images, eval_mode, logits_of, model_device
+from sanitas.explain._core import check_images, eval_mode, model_device
 from sanitas.explain.forward import model_call
+from sanitas.utils import validation
 from sanitas.utils.device import layout_would_change, prefer_fast_layout
+from sanitas.utils.forward import inference_logits
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
 
 MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
@@ -84,19 +86,17 @@ def describe_methods(explainers: dict[str, Any], model: nn.Module, x: torch.Tens
 
 
 def check_batch(model: nn.Module, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, C, H, W)`` on the model's device and their true labels, validated like ``explain``'s
+    targets (integers, one per image, in range); the model's forward pass changes nothing."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(x)
     if not any(True for _ in model.parameters()):
-        from sanitas.errors import ModelError
-
         raise ModelError("the model has no parameters: there is nothing to randomize")
     x = x.detach().to(model_device(model))
-    with eval_mode(model), torch.no_grad():
-        logits = logits_of(model, x)
-    y = torch.as_tensor(y, device=x.device).long().reshape(-1)
-    if y.numel() != x.shape[0]:
-        raise InputError(f"{y.numel()} labels for {x.shape[0]} images")
-    if (y < 0).any() or (y >= logits.shape[1]).any():
-        raise InputError(f"labels out of range: the model has {logits.shape[1]} classes")
+    k = inference_logits(model, x).shape[1]
+    y = validation.class_labels(y, x.shape[0], k, name="labels y", device=x.device, broadcast=False,
+                                hint="; y holds the true labels (the class explained is chosen by target=)")
     return x, y
 
 
@@ -106,14 +106,12 @@ def target_policy(target: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                           "model's prediction, fixed) or 'predicted' (each randomized model's own prediction)")
     if target == "label":
         return y, (lambda v: y)
-    with eval_mode(model), torch.no_grad():
-        orig = logits_of(model, x).argmax(1)
+    orig = inference_logits(model, x).argmax(1)
     if target == "original":
         return orig, (lambda v: orig)
 
     def predicted(variant):
-        with eval_mode(variant.model), torch.no_grad():
-            return logits_of(variant.model, x).argmax(1)
+        return inference_logits(variant.model, x).argmax(1)
 
     return orig, predicted
 
@@ -203,6 +201,11 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: use one of {MODES}")
+    seed = validation.seed(seed)
+    show = validation.count(show, "show", minimum=0)
+    if mode == "smooth":
+        smooth_samples = validation.count(smooth_samples, "smooth_samples")
+        smooth_sigma = validation.real(smooth_sigma, "smooth_sigma", minimum=0)
     x, y = check_batch(model, x, y)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
@@ -255,6 +258,9 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         from sanitas.explain._core import num_classes
 
         k = num_classes(model, x)
+        if k < 2:
+            raise ModelError(f"random_logit compares the explained class with another class; the model has {k} "
+                             "output, so there is none. Use another mode")
         other = (ref_target.cpu() + torch.randint(1, k, ref_target.shape, generator=g)) % k
         other = other.to(x.device)
         stages_iter = [type("S", (), {"name": "original", "index": 0, "randomized_layers": [], "model": reference})(),
@@ -276,7 +282,6 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
               "map_stats": map_stats,
               "n_images": int(x.shape[0]),
               "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
-    store = engine.CellStore(out, config, resume=resume)
     stage_names: list[str] = []
 
     def variants():
@@ -287,23 +292,26 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
             yield engine.Variant(st.name, st.index, net, {"mode": mode,
                                                                 "randomized": ",".join(st.randomized_layers)})
 
-    refused: dict[str, str] = {}
-    table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
-                                       normalize=normalize, show=show, quiet=quiet, total=total,
-                                       extra_scores=extra, refused=refused)
-    cal = None
-    if calibrate:
+    cal, cal_seconds = None, 0.0
+    if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
         from sanitas.similarity.calibration import calibrate as run_cal
 
         t = time.perf_counter()
-        cal = run_cal(list(sims), x=engine.as_image_batch(x), seed=seed)
-        timings["calibration"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-            "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
-            "resolved": describe_methods(explainers, reference, x, refused)}
-    res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
-                      Path(out) if out else None)
-    if out:
-        engine.write_outputs(Path(out), table, meta, cal)
+        cal = run_cal(list(sims.values()), x=engine.as_image_batch(x), seed=seed)
+        cal_seconds = time.perf_counter() - t
+    refused: dict[str, str] = {}
+    with engine.CellStore(out, config, resume=resume) as store:
+        table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
+                                           normalize=normalize, show=show, quiet=quiet, total=total,
+                                           extra_scores=extra, refused=refused)
+        if calibrate:
+            timings["calibration"] = cal_seconds
+        timings["total"] = time.perf_counter() - t0
+        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
+                "resolved": describe_methods(explainers, reference, x, refused)}
+        res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
+                          Path(out) if out else None)
+        if out:
+            engine.write_outputs(Path(out), table, meta, cal)
     return res

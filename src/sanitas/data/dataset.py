@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from sanitas.errors import ConfigError, DataFormatError
+from sanitas.errors import DataFormatError
+from sanitas.utils import validation
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,22 @@ class Dataset:
 
     def take(self, n: int | None) -> Dataset:
         """The first ``n`` examples (all when ``n`` is None)."""
-        if n is None or n >= len(self):
+        if n is None:
             return self
-        if n <= 0:
-            raise ConfigError(f"number of images must be positive, got {n}")
+        n = validation.count(n, "number of images")
+        if n >= len(self):
+            return self
         return replace(self, x=self.x[:n], y=self.y[:n])
 
     def sample(self, n: int | None, seed: int = 0) -> Dataset:
         """A seeded random subset of ``n`` examples, in a fixed order (all when ``n`` is None)."""
-        if n is None or n >= len(self):
+        if n is None:
             return self
-        if n <= 0:
-            raise ConfigError(f"number of images must be positive, got {n}")
-        g = torch.Generator().manual_seed(int(seed))
+        n = validation.count(n, "number of images")
+        seed = validation.seed(seed)
+        if n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return replace(self, x=self.x[idx], y=self.y[idx], info={**self.info, "indices": idx.tolist()})
 

@@ -397,7 +397,7 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
     test_ds = load_dataset(dataset, "test")
     pt, meta_path, key = _distill_paths(cfg)
     if cache and not force:
-        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes, quiet)
+        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes)
         if hit is not None:
             return hit
 

@@ -440,75 +440,75 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
               "search": search, "levels_per_round": levels_per_round,
               "target": target if isinstance(target, str) else "explicit", "targets_digest": tensor_digest(tgt),
               "n_images": int(len(x)), "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
-    store = engine.CellStore(out, config, resume=resume)
-    frames, shown, timings, cells = [], {}, {}, {}
-    for s in progress(specs, desc="methods", quiet=quiet):
-        cached = store.load(0, s.label)
-        if cached is not None and cached[2].get("spec") == s.spec() and cached[2].get("label") == s.label:
-            rows, maps, extra = cached
-            if "values" in extra:  # exact floats (the JSON copy of the rows rounds them)
-                rows["value"] = np.asarray(extra.pop("values"), dtype=float)
-            frames.append(rows)
-            shown[s.label] = maps
-            cells[s.label] = {**extra, "resumed": True}
-            continue
-        t = time.perf_counter()
-        maps = _maps(explainers[s.label], model, x, tgt, batch_size)
-        sal = reduce_map(maps, channel_reduce).detach()
-        t_explain = time.perf_counter() - t
-        t = time.perf_counter()
-        df = perturbation_scores(model, x, sal, n_shuffles=n_shuffles, seed=seed, orders=orders, removal=removal,
-                                 batch_size=batch_size, levels_per_round=levels_per_round, search=search,
-                                 channel_reduce="sum", quiet=quiet)
-        t_score = time.perf_counter() - t
-        info = df.attrs["sanitas"]
-        n = len(df)
-        rows = pd.DataFrame({"method": [s.label] * n, "variant": "original", "stage": 0,
-                             "metric": df["metric"].to_numpy(), "image": df["image"].to_numpy(),
-                             "value": df["value"].to_numpy(dtype=float),
-                             "target": tgt.cpu().numpy()[df["image"].to_numpy()],
-                             "family": s.family, "layer": s.layer, "layer_index": s.layer_index})
-        extra = {"spec": s.spec(), "label": s.label, "explain_s": t_explain, "score_s": t_score,
-                 "n_evaluated": info["n_evaluated"], "nonmonotone_fraction": info["nonmonotone_fraction"]}
-        keep = sal[:show].cpu()
-        store.save(0, s.label, rows, keep, {**extra, "values": rows["value"].to_numpy()})
-        frames.append(rows)
-        shown[s.label] = keep
-        cells[s.label] = {**extra, "resumed": False}
-    table = pd.concat(frames, ignore_index=True)
-    timings["methods"] = {k: {kk: v[kk] for kk in ("explain_s", "score_s") if kk in v} for k, v in cells.items()}
-    t = time.perf_counter()
-    stats_m = [m for m in stats_metrics if m in set(table.metric)]
-    if len(specs) >= 2 and stats_m:
-        wil = pairwise_wilcoxon(table[["method", "image", "metric", "value"]], metric=stats_m,
-                                methods=[s.label for s in specs], test_method=test_method)
-    else:
-        wil = pd.DataFrame()
-    timings["statistics_s"] = time.perf_counter() - t
-    meta = {"config": config, "methods": [{"label": s.label, "spec": s.spec(), "family": s.family,
-                                           "layer": s.layer, "layer_index": s.layer_index} for s in specs],
-            "cells": cells, "versions": engine.versions(), "timings": timings, "seed": seed,
-            "select_metric": select_metric, "n_images": int(len(x))}
-    res = QualityResult(table, specs, wil, meta, shown, x[:show].cpu(), Path(out) if out else None,
-                        select_metric=select_metric)
-    meta["best_aggregate"] = res.best_aggregate
-    if out:
-        out_dir = Path(out)
-        if figures:
+    with engine.CellStore(out, config, resume=resume) as store:  # holds the directory's lock until done
+        frames, shown, timings, cells = [], {}, {}, {}
+        for s in progress(specs, desc="methods", quiet=quiet):
+            cached = store.load(0, s.label)
+            if cached is not None and cached[2].get("spec") == s.spec() and cached[2].get("label") == s.label:
+                rows, maps, extra = cached
+                if "values" in extra:  # exact floats (the JSON copy of the rows rounds them)
+                    rows["value"] = np.asarray(extra.pop("values"), dtype=float)
+                frames.append(rows)
+                shown[s.label] = maps
+                cells[s.label] = {**extra, "resumed": True}
+                continue
             t = time.perf_counter()
-            res.figures = quality_figures(res, out_dir / "figures")
-            timings["figures_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - t0
-        engine.write_outputs(out_dir, table, meta)
-        if not wil.empty:
-            atomic_write_table(out_dir / "wilcoxon.csv", wil)
-        atomic_write_table(out_dir / "summary.csv", res.summary())
-        lt = res.layer_table()
-        if not lt.empty:
-            atomic_write_table(out_dir / "layers.csv", lt)
-        res.report = quality_report(res, out_dir)
-    else:
-        timings["total_s"] = time.perf_counter() - t0
+            maps = _maps(explainers[s.label], model, x, tgt, batch_size)
+            sal = reduce_map(maps, channel_reduce).detach()
+            t_explain = time.perf_counter() - t
+            t = time.perf_counter()
+            df = perturbation_scores(model, x, sal, n_shuffles=n_shuffles, seed=seed, orders=orders, removal=removal,
+                                     batch_size=batch_size, levels_per_round=levels_per_round, search=search,
+                                     channel_reduce="sum", quiet=quiet)
+            t_score = time.perf_counter() - t
+            info = df.attrs["sanitas"]
+            n = len(df)
+            rows = pd.DataFrame({"method": [s.label] * n, "variant": "original", "stage": 0,
+                                 "metric": df["metric"].to_numpy(), "image": df["image"].to_numpy(),
+                                 "value": df["value"].to_numpy(dtype=float),
+                                 "target": tgt.cpu().numpy()[df["image"].to_numpy()],
+                                 "family": s.family, "layer": s.layer, "layer_index": s.layer_index})
+            extra = {"spec": s.spec(), "label": s.label, "explain_s": t_explain, "score_s": t_score,
+                     "n_evaluated": info["n_evaluated"], "nonmonotone_fraction": info["nonmonotone_fraction"]}
+            keep = sal[:show].cpu()
+            store.save(0, s.label, rows, keep, {**extra, "values": rows["value"].to_numpy()})
+            frames.append(rows)
+            shown[s.label] = keep
+            cells[s.label] = {**extra, "resumed": False}
+        table = pd.concat(frames, ignore_index=True)
+        timings["methods"] = {k: {kk: v[kk] for kk in ("explain_s", "score_s") if kk in v} for k, v in cells.items()}
+        t = time.perf_counter()
+        stats_m = [m for m in stats_metrics if m in set(table.metric)]
+        if len(specs) >= 2 and stats_m:
+            wil = pairwise_wilcoxon(table[["method", "image", "metric", "value"]], metric=stats_m,
+                                    methods=[s.label for s in specs], test_method=test_method)
+        else:
+            wil = pd.DataFrame()
+        timings["statistics_s"] = time.perf_counter() - t
+        meta = {"config": config, "methods": [{"label": s.label, "spec": s.spec(), "family": s.family,
+                                               "layer": s.layer, "layer_index": s.layer_index} for s in specs],
+                "cells": cells, "versions": engine.versions(), "timings": timings, "seed": seed,
+                "select_metric": select_metric, "n_images": int(len(x))}
+        res = QualityResult(table, specs, wil, meta, shown, x[:show].cpu(), Path(out) if out else None,
+                            select_metric=select_metric)
+        meta["best_aggregate"] = res.best_aggregate
+        if out:
+            out_dir = Path(out)
+            if figures:
+                t = time.perf_counter()
+                res.figures = quality_figures(res, out_dir / "figures")
+                timings["figures_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - t0
+            engine.write_outputs(out_dir, table, meta)
+            if not wil.empty:
+                atomic_write_table(out_dir / "wilcoxon.csv", wil)
+            atomic_write_table(out_dir / "summary.csv", res.summary())
+            lt = res.layer_table()
+            if not lt.empty:
+                atomic_write_table(out_dir / "layers.csv", lt)
+            res.report = quality_report(res, out_dir)
+        else:
+            timings["total_s"] = time.perf_counter() - t0
     return res
 
 

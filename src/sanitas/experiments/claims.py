@@ -238,19 +238,21 @@ def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None)
     e = _parse_expect(claim["expect"])
     try:
         value = measure(claim["measure"], outcome)
+        if math.isnan(value):
+            return Verdict(**base, measured=value, verdict=NOT_RUN, why="the measure is NaN (every map constant?)")
+        ref = measure(e["of"] if e["op"] == "within" else e["than"], outcome)
+        if math.isnan(ref):  # a comparison with NaN is False: it would read as "does not hold"
+            return Verdict(**base, measured=value, verdict=NOT_RUN,
+                           why="the reference measure is NaN (every map constant, or no finite scores?)")
         if e["op"] == "within":
-            ref = measure(e["of"], outcome)
             tol = e["tol"] if "tol" in e else e["rel"] * abs(ref)
             ok = abs(value - ref) <= tol
             why = f"reference {ref:.3f}, difference {value - ref:+.3f}"
         else:
-            ref = measure(e["than"], outcome)
             ok = OPS[e["op"]](value, ref)
             why = "" if isinstance(e["than"], (int, float)) else f"reference {ref:.3f}"
     except MeasureError as exc:
         return Verdict(**base, measured=None, verdict=NOT_RUN, why=str(exc))
-    if math.isnan(value):
-        return Verdict(**base, measured=value, verdict=NOT_RUN, why="the measure is NaN (every map constant?)")
     return Verdict(**base, measured=value, verdict=HOLDS if ok else FAILS, why=why)
 
 

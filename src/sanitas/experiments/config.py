@@ -17,11 +17,7 @@ from typing import Any
 import yaml
 
 from sanitas.errors import ConfigError, UnknownNameError
-
-TOP_KEYS = {"paper", "title", "reference", "description", "dataset", "seed", "images", "experiments", "claims",
-            "quick"}
-EXPERIMENT_KEYS_COMMON = {"check", "model", "dataset", "images", "seed", "methods", "metrics", "description",
-                          "skip"}
+from sanitas.utils import validation
 
 
 def _config_dir():
@@ -48,47 +44,23 @@ def config_text(name_or_path: str | Path) -> str:
 
 
 def load_config(name_or_path: str | Path) -> dict[str, Any]:
-    """Parse and validate a config; errors name the key and the fix."""
+    """Parse and validate a config; errors name the file, the YAML line, the key and the fix."""
+    from sanitas.experiments.schema import yaml_lines
+
     text = config_text(name_or_path)
     try:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name_or_path}: not valid YAML ({exc})") from None
-    validate(cfg, str(name_or_path))
+    validate(cfg, str(name_or_path), yaml_lines(text))
     return cfg
 
 
-def validate(cfg: Any, where: str = "config") -> None:
-    from sanitas.experiments.claims import validate_claim
-    from sanitas.experiments.runners import RUNNERS
+def validate(cfg: Any, where: str = "config", lines: dict | None = None) -> None:
+    """Check a parsed config against :mod:`sanitas.experiments.schema` (unknown keys, types, ranges)."""
+    from sanitas.experiments.schema import check_config
 
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping with 'paper' and 'experiments'")
-    unknown = set(cfg) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
-    for key in ("paper", "experiments"):
-        if key not in cfg:
-            raise ConfigError(f"{where}: missing required key {key!r}")
-    exps = cfg["experiments"]
-    if not isinstance(exps, dict) or not exps:
-        raise ConfigError(f"{where}: 'experiments' must be a non-empty mapping of name -> experiment")
-    for name, exp in exps.items():
-        if not isinstance(exp, dict) or "check" not in exp:
-            raise ConfigError(f"{where}: experiment {name!r} needs a 'check' (one of {sorted(RUNNERS)})")
-        if exp["check"] not in RUNNERS:
-            raise ConfigError(f"{where}: experiment {name!r}: unknown check {exp['check']!r}; "
-                              f"use one of {sorted(RUNNERS)}")
-        if "model" not in exp and exp["check"] != "calibration":
-            raise ConfigError(f"{where}: experiment {name!r} needs a 'model'")
-    for i, claim in enumerate(cfg.get("claims") or []):
-        validate_claim(claim, exps, f"{where}: claim {i + 1}")
-    quick = cfg.get("quick") or {}
-    if not isinstance(quick, dict):
-        raise ConfigError(f"{where}: 'quick' must be a mapping of overrides")
-    for name in (quick.get("experiments") or {}):
-        if name not in exps:
-            raise ConfigError(f"{where}: quick overrides unknown experiment {name!r}")
+    check_config(cfg, where, lines)
 
 
 def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = None,
@@ -109,7 +81,8 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
         exp.setdefault("seed", cfg.get("seed", 0))
         exp.setdefault("images", cfg.get("images", 64))
         if images is not None:
-            exp["images"] = int(images) if exp["check"] != "dasp" else min(int(images), exp["images"])
+            n = validation.count(images, "images")
+            exp["images"] = n if exp["check"] != "dasp" else min(n, exp["images"])
     if only:
         missing = [n for n in only if n not in cfg["experiments"]]
         if missing:

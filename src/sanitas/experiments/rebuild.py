@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from sanitas.errors import ConfigError
+from sanitas.errors import ConfigError, StorageError
+from sanitas.utils.io import directory_lock, read_json, read_table
 
 
 def _check_dir(d: Path) -> Path:
@@ -15,11 +15,13 @@ def _check_dir(d: Path) -> Path:
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
-    meta = json.loads((d / "meta.json").read_text())
+    meta = read_json(d / "meta.json")
+    if not isinstance(meta, dict):
+        raise StorageError(f"{d / 'meta.json'} is damaged (not a mapping); re-run the command that wrote {d}")
     cfg = meta.get("config", {})
     kind = cfg.get("check", "check")
-    table = pd.read_parquet(d / "results.parquet")
-    cal = pd.read_csv(d / "calibration.csv") if (d / "calibration.csv").is_file() else None
+    table = read_table(d / "results.parquet")
+    cal = read_table(d / "calibration.csv") if (d / "calibration.csv").is_file() else None
     if kind not in ("model_randomization", "data_randomization", "input_invariance"):
         raise ConfigError(f"{d}: rebuilding a {kind!r} report is not supported; re-run the command instead")
     res = CheckResult(kind, table, cal, meta, {}, None, list(meta.get("stages", [])), d)
@@ -29,12 +31,25 @@ def _check_dir(d: Path) -> Path:
 
 
 def rebuild(directory: str | Path) -> tuple[Path, pd.DataFrame | None]:
+    """Rebuild the report of a results directory; damaged files are named in a :class:`StorageError`
+    (or, for one experiment of a study, reported as not run), and nothing is written while another
+    sanitas process writes there."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"{d} is not a directory")
+    with directory_lock(d):
+        return _rebuild(d)
+
+
+def _rebuild(d: Path) -> tuple[Path, pd.DataFrame | None]:
     from sanitas.experiments.report import combined_report, paper_report
     from sanitas.experiments.reproduce import judge, load_run, write_claims
 
-    d = Path(directory)
     if (d / "reproduce.json").is_file():
-        info = json.loads((d / "reproduce.json").read_text())
+        info = read_json(d / "reproduce.json")
+        if not isinstance(info, dict) or not isinstance(info.get("papers"), list):
+            raise StorageError(f"{d / 'reproduce.json'} is damaged (no list of papers); re-run `sanitas reproduce` "
+                               f"with --out {d}")
         runs = []
         for paper in info["papers"]:
             run = load_run(d / paper)

@@ -3,8 +3,13 @@
 Layout of ``sanitas run CONFIG --out DIR``::
 
     DIR/<experiment>/       one check's results, figures and report.html (resumes inside the check)
-    DIR/<experiment>/done.json   written last: a finished experiment is loaded, never re-run
+    DIR/<experiment>/done.json   written last: a finished experiment is loaded, never re-run; it holds
+                            the SHA-256 of the tables it loads, so a damaged one is recomputed
     DIR/claims.csv, claims.json, report.html, study.json
+
+A finished experiment is keyed by its spec and by the content of the model and dataset files it
+names (a replaced ``model.pt`` runs again). One process at a time writes a directory (an OS lock);
+a failed experiment is reported on stderr (also with ``--quiet``) and in ``PaperRun.failed``.
 
 ``sanitas reproduce all --out DIR`` puts one such directory per paper under ``DIR/<paper>/`` and a
 combined ``DIR/report.html`` and ``DIR/claims.csv`` on top.
@@ -13,7 +18,6 @@ combined ``DIR/report.html`` and ``DIR/claims.csv`` on top.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,14 +26,20 @@ from typing import Any
 
 import pandas as pd
 
-from sanitas.errors import ConfigError, SanitasError
+from sanitas.errors import ConfigError, SanitasError, StorageError
 from sanitas.experiments.claims import claims_table, evaluate_claim
-from sanitas.experiments.config import list_papers, load_config, resolve
+from sanitas.experiments.config import list_papers, load_config, resolve, validate
 from sanitas.experiments.runners import RUNNERS, Outcome
 from sanitas.utils.hashing import config_hash
-from sanitas.utils.io import atomic_write_json, atomic_write_table
+from sanitas.utils.io import (atomic_write_json, atomic_write_table, directory_lock, ensure_dir, read_json, read_table,
+                              sha256_file)
+from sanitas.utils.progress import log, warn
 
 DONE = "done.json"
+#: Bump when what done.json records changes: older finished experiments then run again.
+DONE_FORMAT = 2
+#: The tables of a finished experiment that are read back, checked against done.json's SHA-256.
+STORED_TABLES = ("results.parquet", "summary.parquet", "calibration.csv")
 
 
 @dataclass
@@ -40,6 +50,7 @@ class PaperRun:
     out: Path
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     not_run: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)   # the subset of not_run that failed: why
     claims: pd.DataFrame | None = None
     seconds: float = 0.0
     report: Path | None = None
@@ -49,18 +60,40 @@ class PaperRun:
         return self.config["paper"]
 
 
+def _path_digest(value) -> str | None:
+    """SHA-256 of a file (or of every file under a folder) that a spec names by path; None otherwise."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    try:
+        if path.is_file():
+            return sha256_file(path)
+        if path.is_dir():
+            return config_hash({str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*"))
+                                if f.is_file()}, length=64)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from None
+    return None
+
+
 def _experiment_key(spec: dict) -> str:
+    """The key of a finished experiment: its spec, the content of the model / dataset files it names
+    (a model.pt replaced under the same name is new work), the sanitas version and done.json's format."""
     from sanitas import __version__
 
-    return config_hash({"spec": spec, "sanitas": __version__})
+    models = spec.get("model") if isinstance(spec.get("model"), list) else [spec.get("model")]
+    digests = {str(v): _path_digest(v) for v in [*models, spec.get("dataset")]}
+    files = {k: d for k, d in digests.items() if d is not None}
+    return config_hash({"spec": spec, "sanitas": __version__, "files": files, "format": DONE_FORMAT})
 
 
 def _save_done(out: Path, spec: dict, oc: Outcome) -> None:
     if oc.summary is not None:
         atomic_write_table(out / "summary.parquet", oc.summary)
+    tables = {name: sha256_file(out / name) for name in STORED_TABLES if (out / name).is_file()}
     atomic_write_json(out / DONE, {"key": _experiment_key(spec), "spec": spec, "scalars": oc.scalars,
                                    "seconds": oc.seconds, "figures": [str(f.relative_to(out)) for f in oc.figures],
-                                   "report": oc.report.name if oc.report else None})
+                                   "report": oc.report.name if oc.report else None, "tables": tables})
 
 
 def write_claims(directory: Path, claims: pd.DataFrame) -> None:
@@ -78,37 +111,66 @@ def judge(run: PaperRun) -> pd.DataFrame:
     return run.claims
 
 
-def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
-    """The stored outcome of a finished experiment (``None`` if unfinished or its spec changed)."""
+def damage(out: Path) -> str | None:
+    """Why a finished experiment's stored results cannot be trusted (``None``: they can, or it never
+    finished): done.json unreadable, or a table missing or not matching its recorded SHA-256."""
     done = out / DONE
-    if not done.is_file() or not (out / "results.parquet").is_file():
+    if not done.is_file():
         return None
     try:
-        info = json.loads(done.read_text())
-    except (OSError, json.JSONDecodeError):
+        info = read_json(done)
+    except StorageError as exc:
+        return str(exc)
+    tables = info.get("tables")
+    if not isinstance(tables, dict) or "results.parquet" not in tables:
+        return f"{done} was written by an older sanitas (no checksums)"
+    for name, digest in tables.items():
+        if name not in STORED_TABLES:
+            continue
+        path = out / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != digest:
+            return f"{path} does not match its checksum in {DONE} (truncated or changed)"
+    return None
+
+
+def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
+    """The stored outcome of a finished experiment (``None`` if unfinished, its spec changed, or its stored
+    results are damaged: see :func:`damage`, the caller says so and recomputes)."""
+    done = out / DONE
+    if not done.is_file() or damage(out) is not None:
         return None
+    info = read_json(done)
     if spec is not None and info.get("key") != _experiment_key(spec):
         return None
-    table = pd.read_parquet(out / "results.parquet")
-    cal = pd.read_csv(out / "calibration.csv") if (out / "calibration.csv").is_file() else None
-    summary = pd.read_parquet(out / "summary.parquet") if (out / "summary.parquet").is_file() else None
+    tables = info["tables"]
+    table = read_table(out / "results.parquet")
+    cal = read_table(out / "calibration.csv") if "calibration.csv" in tables else None
+    summary = read_table(out / "summary.parquet") if "summary.parquet" in tables else None
     figs = [out / f for f in info.get("figures", []) if (out / f).is_file()]
     report = out / info["report"] if info.get("report") else None
     return Outcome(table, info.get("scalars", {}), cal, figs, report, float(info.get("seconds", 0.0)), summary)
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
                only: list[str] | None = None, quiet: bool = False, report: bool = True) -> PaperRun:
-    """Run every experiment of a config into ``out`` (resuming), then judge its claims."""
-    cfg = load_config(config) if not isinstance(config, dict) else config
+    """Run every experiment of a config into ``out`` (resuming), then judge its claims.
+
+    A failed experiment does not stop the others; it is listed in ``PaperRun.failed`` (the command
+    line exits non-zero). ``out`` is locked against a second writer for the whole run.
+    """
+    if isinstance(config, dict):
+        validate(config)
+        cfg = config
+    else:
+        cfg = load_config(config)
     cfg = resolve(cfg, quick=quick, images=images, only=only)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out) as directory:
+        return _run_locked(cfg, directory, quiet, report)
+
+
+def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
     run = PaperRun(cfg, out)
     t0 = time.perf_counter()
     for name, spec in cfg["experiments"].items():
@@ -117,32 +179,40 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
             continue
         exp_out = out / name
         spec_for_key = {k: v for k, v in spec.items() if k != "description"}
+        why = damage(exp_out)
+        if why is not None:
+            warn(f"[{cfg['paper']}] {name}: stored results cannot be used ({why}); recomputing them")
         oc = load_outcome(exp_out, spec_for_key)
         if oc is not None:
-            _log(f"[{cfg['paper']}] {name}: finished earlier ({oc.seconds:.0f} s), loaded", quiet)
+            log(f"[{cfg['paper']}] {name}: finished earlier ({oc.seconds:.0f} s), loaded", quiet=quiet)
             run.outcomes[name] = oc
             continue
-        _log(f"[{cfg['paper']}] {name}: running {spec['check']} on {spec['model']} ({spec['images']} images)", quiet)
-        exp_out.mkdir(parents=True, exist_ok=True)
+        log(f"[{cfg['paper']}] {name}: running {spec['check']} on {spec['model']} ({spec['images']} images)",
+            quiet=quiet)
         try:
+            ensure_dir(exp_out)
+            (exp_out / DONE).unlink(missing_ok=True)  # unfinished until this run says otherwise
             oc = RUNNERS[spec["check"]](spec, exp_out, quiet)
+            _save_done(exp_out, spec_for_key, oc)
         except SanitasError as exc:
+            run.failed[name] = str(exc)
             run.not_run[name] = f"failed: {exc}"
-            _log(f"[{cfg['paper']}] {name}: FAILED: {exc}", quiet)
+            warn(f"[{cfg['paper']}] experiment {name!r} failed: {exc}")
             continue
-        except Exception as exc:  # a bug must not take the other papers' results down with it
-            run.not_run[name] = f"failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the other papers' results down with it
+            run.failed[name] = f"{type(exc).__name__}: {exc}"
+            run.not_run[name] = f"failed: {run.failed[name]}"
             traceback.print_exc()
+            warn(f"[{cfg['paper']}] experiment {name!r} failed: {type(exc).__name__}: {exc} (a bug: please report it)")
             continue
-        _save_done(exp_out, spec_for_key, oc)
         run.outcomes[name] = oc
-        _log(f"[{cfg['paper']}] {name}: done in {oc.seconds:.0f} s", quiet)
+        log(f"[{cfg['paper']}] {name}: done in {oc.seconds:.0f} s", quiet=quiet)
     run.seconds = time.perf_counter() - t0
     judge(run)
     atomic_write_json(out / "study.json", {"paper": cfg["paper"], "config": cfg, "seconds": run.seconds,
                                            "experiment_order": list(cfg["experiments"]),
-                                         "experiment_seconds": {k: o.seconds for k, o in run.outcomes.items()},
-                                         "not_run": run.not_run})
+                                           "experiment_seconds": {k: o.seconds for k, o in run.outcomes.items()},
+                                           "not_run": run.not_run, "failed": run.failed})
     if report:
         from sanitas.experiments.report import paper_report
 
@@ -160,15 +230,16 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     unknown = [p for p in names if p not in list_papers()]
     if unknown:
         raise ConfigError(f"unknown paper(s) {unknown}: choose from {list_papers()} or 'all'")
-    out = Path(out)
     t0 = time.perf_counter()
-    runs = [run_config(name, out / name, quick=quick, images=images, quiet=quiet) for name in names]
-    claims = pd.concat([r.claims for r in runs], ignore_index=True)
-    write_claims(out, claims)
-    total = time.perf_counter() - t0
-    atomic_write_json(out / "reproduce.json", {"papers": names, "quick": quick, "images": images,
-                                               "seconds": total, "paper_seconds": {r.paper: r.seconds for r in runs}})
-    report = combined_report(runs, out, claims, seconds=total)
+    with directory_lock(out) as directory:
+        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet) for name in names]
+        claims = pd.concat([r.claims for r in runs], ignore_index=True)
+        write_claims(directory, claims)
+        total = time.perf_counter() - t0
+        atomic_write_json(directory / "reproduce.json", {"papers": names, "quick": quick, "images": images,
+                                                         "seconds": total,
+                                                         "paper_seconds": {r.paper: r.seconds for r in runs}})
+        report = combined_report(runs, directory, claims, seconds=total)
     return runs, claims, report
 
 
@@ -178,16 +249,30 @@ def load_run(out: str | Path) -> PaperRun:
     info_path = out / "study.json"
     if not info_path.is_file():
         raise ConfigError(f"{out} has no study.json: not a directory written by `sanitas run` / `sanitas reproduce`")
-    info = json.loads(info_path.read_text())
-    cfg = info["config"]
-    order = info.get("experiment_order") or list(cfg["experiments"])   # JSON keys are stored sorted
-    cfg["experiments"] = {k: cfg["experiments"][k] for k in order}
-    run = PaperRun(cfg, out, seconds=float(info.get("seconds", 0.0)), not_run=dict(info.get("not_run", {})))
+    info = read_json(info_path)
+    try:
+        cfg = info["config"]
+        order = info.get("experiment_order") or list(cfg["experiments"])   # JSON keys are stored sorted
+        cfg["experiments"] = {k: cfg["experiments"][k] for k in order}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StorageError(f"{info_path} is damaged (no {exc}); re-run `sanitas run` / `sanitas reproduce` "
+                           "with the same --out to rewrite it") from None
+    run = PaperRun(cfg, out, seconds=float(info.get("seconds", 0.0)), not_run=dict(info.get("not_run", {})),
+                   failed=dict(info.get("failed", {})))
     for name in cfg["experiments"]:
-        oc = load_outcome(out / name)
+        why = damage(out / name)
+        oc = load_outcome(out / name) if why is None else None
         if oc is not None:
             run.outcomes[name] = oc
+        elif why is not None:
+            warn(f"{out / name}: stored results cannot be used ({why}); re-run with the same --out to recompute them")
+            run.not_run[name] = f"stored results cannot be used ({why}); re-run to recompute them"
         else:
             run.not_run.setdefault(name, "no finished results in this directory")
-    run.claims = pd.read_csv(out / "claims.csv") if (out / "claims.csv").is_file() else None
+    run.claims = None
+    if (out / "claims.csv").is_file():
+        try:
+            run.claims = read_table(out / "claims.csv")
+        except StorageError as exc:  # derived from the outcomes: judge() writes it again
+            warn(f"{exc}; the claims will be judged again")
     return run

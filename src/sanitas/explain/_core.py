@@ -18,6 +18,7 @@ from torch import nn
 
 from sanitas.errors import InputError
 from sanitas.explain.forward import call_model, current_spec, image_rows, select_logits
+from sanitas.utils.validation import class_labels
 
 TargetLike = int | Sequence[int] | torch.Tensor | str | None
 
@@ -98,32 +99,16 @@ def resolve_target(target: TargetLike, logits: torch.Tensor | None, n: int | Non
         raise InputError(f"unknown target {target!r}: use class indices, 'predicted' or 'all'")
     if target is None:
         return resolve_target("predicted", logits)
-    t = torch.as_tensor(target, device=device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise InputError(f"target must hold integer class indices, got dtype {t.dtype}")
-    t = t.long().reshape(-1)
-    if t.numel() == 1 and n > 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise InputError(f"target has {t.numel()} entries for {n} images; give one class index per image "
-                         "(or one for all)")
-    if (t < 0).any() or (t >= k).any():
-        raise InputError(f"target out of range: the model has {k} classes (0..{k - 1}), got "
-                         f"{sorted(set(t[(t < 0) | (t >= k)].tolist()))[:5]}")
-    return t.clone()
-
-
-_NUM_CLASSES: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+    return class_labels(target, n, k, name="target", device=device)
 
 
 def num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """The model's number of outputs, from one forward pass on one image (cached per model object)."""
-    k = _NUM_CLASSES.get(model)
-    if k is None:
-        with torch.no_grad(), image_rows(torch.arange(1)):
-            k = int(logits_of(model, x[:1]).shape[1])
-        _NUM_CLASSES[model] = k
-    return k
+    """The model's number of outputs, from a forward pass on one image that changes nothing (eval mode,
+    no graph, the RNG forked). Never cached: a model's head can be swapped between two calls."""
+    from sanitas.utils.forward import inference_logits
+
+    with image_rows(torch.arange(1)):
+        return int(inference_logits(model, x[:1]).shape[1])
 
 
 def selection(target: torch.Tensor | None, n: int, k: int, device, dtype=torch.float32) -> torch.Tensor:

@@ -15,6 +15,7 @@ from sanitas.explain._core import (TargetLike, check_images, check_not_inference
 from sanitas.explain.forward import OutputSelector, image_rows, model_call, pack_inputs
 from sanitas.explain.kernels import cpu_kernels
 from sanitas.utils.memory import hold_freed_memory
+from sanitas.utils.validation import check_finite_maps
 
 
 class Explainer:
@@ -101,6 +102,7 @@ class Explainer:
                 with hold_freed_memory(x.device), \
                         cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
                     maps = self._attribute_in_passes(model, x, G)
+                check_finite_maps(maps, self, model, x)  # never a silent NaN: the error names the cause
         maps = maps.transpose(0, 1).contiguous() if tgt is None else maps[0]
         if packing is not None:
             return packing.unpack(maps)

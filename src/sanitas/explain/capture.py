@@ -58,15 +58,20 @@ class _Rectified(TorchFunctionMode):
 
     def __init__(self):
         super().__init__()
-        self.watched: dict[int, str] = {}
+        # id -> (layer name, the tensor itself): holding the tensor keeps its id from being reused by
+        # another tensor of the same pass (an id alone once matched an unrelated ReLU's input)
+        self.watched: dict[int, tuple[str, torch.Tensor]] = {}
         self.rectified: dict[str, torch.Tensor] = {}
+
+    def watch(self, t: torch.Tensor, name: str) -> None:
+        self.watched[id(t)] = (name, t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in _RELUS and args and isinstance(args[0], torch.Tensor):
-            name = self.watched.get(id(args[0]))
-            if name is not None and name not in self.rectified:
-                self.rectified[name] = out
+            entry = self.watched.get(id(args[0]))
+            if entry is not None and entry[1] is args[0] and entry[0] not in self.rectified:
+                self.rectified[entry[0]] = out
         return out
 
 
@@ -93,7 +98,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[str] | None, kinds: 
                 seen[_n] = (mod, output)
                 copy = output.clone()  # what the rest of the network works on (and may change in place)
                 if watch is not None:
-                    watch.watched[id(copy)] = _n
+                    watch.watch(copy, _n)
                 return copy
             return None
         handles.append(m.register_forward_hook(hook))
@@ -196,7 +201,7 @@ def rectifies(model: nn.Module, x1: torch.Tensor, name: str) -> bool:
         if not done and isinstance(output, torch.Tensor):
             done.append(True)
             copy = output.clone()
-            watch.watched[id(copy)] = name
+            watch.watch(copy, name)
             return copy
         return None
 

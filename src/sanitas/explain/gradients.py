@@ -13,6 +13,7 @@ from sanitas.explain.base import Explainer, WrapperExplainer
 from sanitas.explain.rules import RuleMode, rule_mode
 from sanitas.utils.image import gaussian_blur
 from sanitas.utils.seed import make_generator
+from sanitas.utils.validation import count, finite_option, real
 
 
 def input_gradients(model, x: torch.Tensor, G: torch.Tensor, mode: RuleMode | None = None) -> torch.Tensor:
@@ -137,6 +138,10 @@ class IntegratedGradients(Explainer):
     defaults = {"baseline": "zeros", "steps": 32, "rule": "gausslegendre", "batch_size": None, "seed": 0}
 
     def validate(self):
+        gauss = self.rule in ("gausslegendre", "gauss_legendre", "gauss-legendre")
+        # Gauss-Legendre nodes come from an n x n eigenproblem: past ~1000 steps it takes longer than the maps
+        self.steps = count(self.steps, f"{self.name}: steps", maximum=1024 if gauss else 100_000)
+        finite_option(self.baseline, f"{self.name}: baseline")
         path_points(self.steps, self.rule)
         _check_batch_size(self.name, self.batch_size)
 
@@ -194,10 +199,8 @@ class _NoiseWrapper(WrapperExplainer):
                 "base_options": None, "noise_fn": None}
 
     def validate(self):
-        if int(self.samples) < 1:
-            raise ConfigError(f"{self.name}: samples must be >= 1, got {self.samples}")
-        if float(self.sigma) < 0:
-            raise ConfigError(f"{self.name}: sigma must be >= 0 (a fraction of the input range), got {self.sigma}")
+        count(self.samples, f"{self.name}: samples")
+        real(self.sigma, f"{self.name}: sigma (a fraction of the input range)", minimum=0)
         _check_batch_size(self.name, self.batch_size)
         super().validate()
 

@@ -134,6 +134,11 @@ class _LayerMap(Explainer):
     kind = "activity"
     tuple_inputs = False
 
+    def validate(self):
+        if self.layers is not None and (isinstance(self.layers, (str, bytes)) or not list(self.layers)):
+            raise ConfigError(f"{self.name}: layers must be a non-empty list of layer names, got {self.layers!r}; "
+                              "leave it out (None) to use every layer")
+
     def attribute(self, model, x, G):
         size = _spatial_size(self.name, x)
         spatial_dim = 2 + len(size)  # (B, N, *spatial)

@@ -22,6 +22,7 @@ from sanitas.explain._core import logits_of
 from sanitas.explain.base import Explainer
 from sanitas.explain.gradients import input_gradients, make_baseline
 from sanitas.explain.rules import ReferenceRecord, RuleMode, rule_mode
+from sanitas.utils.validation import finite_option, real
 
 
 def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -45,8 +46,7 @@ class LRPEpsilon(Explainer):
     defaults = {"epsilon": 1e-6}
 
     def validate(self):
-        if float(self.epsilon) < 0:
-            raise ConfigError(f"lrp_epsilon: epsilon must be >= 0, got {self.epsilon}")
+        real(self.epsilon, f"{self.name}: epsilon", minimum=0)
 
     def mode(self) -> RuleMode:
         return RuleMode(self.name, relu="gradient", affine_eps=float(self.epsilon))
@@ -67,7 +67,8 @@ class LRPAlphaBeta(LRPEpsilon):
 
     def validate(self):
         super().validate()
-        if abs(float(self.alpha) - float(self.beta) - 1) > 1e-9 or float(self.beta) < 0:
+        alpha, beta = real(self.alpha, f"{self.name}: alpha"), real(self.beta, f"{self.name}: beta")
+        if abs(alpha - beta - 1) > 1e-9 or beta < 0:
             raise ConfigError(f"{self.name}: need alpha - beta = 1 and beta >= 0, got alpha={self.alpha}, "
                               f"beta={self.beta}")
 
@@ -105,6 +106,10 @@ class DeepLift(Explainer):
     name = "deeplift"
     complete = True
     defaults = {"baseline": "zeros", "eps": 1e-10, "seed": 0}
+
+    def validate(self):
+        finite_option(self.baseline, f"{self.name}: baseline")
+        real(self.eps, f"{self.name}: eps", minimum=0)
 
     def attribute(self, model, x, G):
         base = make_baseline(self.baseline, x, self.seed)

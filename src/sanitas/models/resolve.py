@@ -22,7 +22,12 @@ def load_model(model: str | nn.Module | Path, dataset: str = "fashion-mnist", **
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"no model file at {path}")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip), ...
+            raise ModelError(f"{path} is not a model saved with torch.save ({type(exc).__name__}: {exc}); save "
+                             "the whole module with torch.save(model, path), or check that the file is complete"
+                             ) from None
         if not isinstance(obj, nn.Module):
             raise ModelError(f"{path} holds a {type(obj).__name__}, not a whole nn.Module; save the model "
                              "with torch.save(model, path), or pass the module itself from Python")

@@ -4,11 +4,14 @@
 :class:`TrainedModel`. Checkpoints live in ``~/.cache/sanitas/models/`` (``$SANITAS_CACHE``),
 named by a hash of the full training config, next to a JSON of metrics that records the
 checkpoint's SHA-256. Writes are atomic; a checkpoint whose hash does not match its JSON
-(corrupt, truncated, tampered) is never loaded: it is reported and retrained.
+(corrupt, truncated, tampered) is never loaded: it is reported (also under ``quiet``) and
+retrained. When the checkpoint cannot be written (a full disk, a read-only cache), the trained
+model is still returned, with a warning that names the path (``TrainedModel.saved`` is False).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
@@ -22,14 +25,16 @@ from torch import nn
 
 import sanitas
 from sanitas.data import Dataset, load_dataset
-from sanitas.errors import ConfigError
+from sanitas.errors import ConfigError, StorageError
 from sanitas.explain.forward import select_logits
 from sanitas.models.zoo import MODELS, build_model
+from sanitas.utils import validation
 from sanitas.utils.device import resolve_device
+from sanitas.utils.forward import untouched
 from sanitas.utils.hashing import config_hash, tensor_digest
 from sanitas.utils.io import atomic_torch_save, atomic_write_json, read_json, sha256_file
 from sanitas.utils.paths import models_dir
-from sanitas.utils.progress import log, progress
+from sanitas.utils.progress import log, progress, warn
 from sanitas.utils.seed import isolated_rng, make_generator
 
 # Bump when an architecture or the training loop changes in a way that changes results.
@@ -39,7 +44,8 @@ LABEL_MODES = ("true", "permuted")
 
 @dataclass
 class TrainedModel:
-    """A trained model (in eval mode) with its config, metrics and checkpoint path."""
+    """A trained model (in eval mode) with its config, metrics and checkpoint path (``saved`` is False
+    when the checkpoint could not be written there: the model then lives in memory only)."""
 
     model: nn.Module
     config: dict[str, Any]
@@ -47,6 +53,7 @@ class TrainedModel:
     path: Path
     from_cache: bool = False
     history: list[dict] = field(default_factory=list)
+    saved: bool = True
 
     @property
     def test_accuracy(self) -> float:
@@ -80,39 +87,33 @@ def training_config(model: str, dataset: str = "fashion-mnist", labels: str = "t
     spec = MODELS.get(model)
     if labels not in LABEL_MODES:
         raise ConfigError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
-    if target_accuracy is not None and not 0 < target_accuracy <= 1:
-        raise ConfigError(f"target accuracy must be in (0, 1], got {target_accuracy}")
+    if target_accuracy is not None:
+        target_accuracy = validation.real(target_accuracy, "target accuracy", above=0, maximum=1)
     cfg = {
-        "model": spec.name, "dataset": str(dataset), "labels": labels, "seed": int(seed),
-        "epochs": int(epochs if epochs is not None else spec.epochs),
-        "lr": float(lr if lr is not None else spec.lr),
-        "batch_size": int(batch_size if batch_size is not None else spec.batch_size),
-        "weight_decay": float(weight_decay), "train_size": None if train_size is None else int(train_size),
-        "target_accuracy": None if target_accuracy is None else float(target_accuracy),
+        "model": spec.name, "dataset": str(dataset), "labels": labels, "seed": validation.seed(seed),
+        "epochs": validation.count(epochs if epochs is not None else spec.epochs, "epochs"),
+        "lr": validation.real(lr if lr is not None else spec.lr, "learning rate (lr)", above=0),
+        "batch_size": validation.count(batch_size if batch_size is not None else spec.batch_size, "batch_size"),
+        "weight_decay": validation.real(weight_decay, "weight decay", minimum=0),
+        "train_size": None if train_size is None else validation.count(train_size, "train_size"),
+        "target_accuracy": target_accuracy,
         "optimizer": "adam", "schedule": "cosine", "model_kwargs": dict(model_kwargs or {}),
         "training_version": TRAINING_VERSION,
     }
-    for key in ("epochs", "batch_size"):
-        if cfg[key] <= 0:
-            raise ConfigError(f"{key} must be positive, got {cfg[key]}")
-    if cfg["train_size"] is not None and cfg["train_size"] <= 0:
-        raise ConfigError(f"train_size must be positive, got {cfg['train_size']}")
     return cfg
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
              device: torch.device | None = None) -> float:
-    """Top-1 accuracy of ``model`` in eval mode (the model's mode is restored)."""
+    """Top-1 accuracy of ``model`` in eval mode (every module's mode restored, the RNG untouched)."""
     device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        pred = select_logits(model(xb), len(xb)).argmax(1).cpu()
-        correct += int((pred == y[i:i + batch_size]).sum())
-    model.train(was)
+    with untouched(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            pred = select_logits(model(xb), len(xb)).argmax(1).cpu()
+            correct += int((pred == y[i:i + batch_size]).sum())
     return correct / max(len(x), 1)
 
 
@@ -123,19 +124,19 @@ def _paths(cfg: dict) -> tuple[Path, Path, str]:
     return root / f"{stem}.pt", root / f"{stem}.json", key
 
 
-def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes, quiet) -> TrainedModel | None:
+def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes) -> TrainedModel | None:
     if not (pt.exists() and meta_path.exists()):
         return None
     try:
         meta = read_json(meta_path)
         expected = meta["checkpoint_sha256"]
-    except (OSError, ValueError, KeyError):
-        log(f"warning: unreadable cache entry {meta_path}; retraining", quiet=quiet)
+    except (OSError, ValueError, KeyError, TypeError):
+        warn(f"unreadable cache entry {meta_path}; retraining")
         return None
     actual = sha256_file(pt)
     if actual != expected:
-        log(f"warning: cached checkpoint {pt} is corrupt (sha256 {actual[:12]}... != recorded "
-            f"{expected[:12]}...); retraining", quiet=quiet)
+        warn(f"cached checkpoint {pt} is corrupt (sha256 {actual[:12]}... != recorded {expected[:12]}...); "
+             "retraining")
         return None
     with isolated_rng(0):
         model = build_model(cfg["model"], input_shape, num_classes, **cfg["model_kwargs"])
@@ -166,7 +167,7 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
     cfg["dataset_key"] = _dataset_key(str(dataset), train_ds)
     pt, meta_path, key = _paths(cfg)
     if cache and not force:
-        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes, quiet)
+        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes)
         if hit is not None:
             return hit
 
@@ -229,10 +230,19 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
         metrics["train_accuracy_true_labels"] = accuracy(net, x, y_true, device=dev)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     net = net.cpu()
+    saved = False
     if cache:
-        digest = atomic_torch_save(pt, state)
-        atomic_write_json(meta_path, {
-            "config": cfg, "key": key, "metrics": metrics, "history": history, "checkpoint_sha256": digest,
-            "versions": {"sanitas": sanitas.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        })
-    return TrainedModel(net, cfg, metrics, pt, from_cache=False, history=history)
+        try:
+            digest = atomic_torch_save(pt, state)
+            atomic_write_json(meta_path, {
+                "config": cfg, "key": key, "metrics": metrics, "history": history, "checkpoint_sha256": digest,
+                "versions": {"sanitas": sanitas.__version__, "torch": torch.__version__,
+                             "python": platform.python_version()},
+            })
+            saved = True
+        except StorageError as exc:  # minutes of training are not thrown away for a full disk
+            with contextlib.suppress(OSError):
+                pt.unlink(missing_ok=True)
+            warn(f"the trained {cfg['model']} could not be saved ({exc}); it is kept in memory for this run only "
+                 f"and will be trained again next time (set SANITAS_CACHE to a directory with space)")
+    return TrainedModel(net, cfg, metrics, pt, from_cache=False, history=history, saved=saved)

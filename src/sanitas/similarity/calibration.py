@@ -40,7 +40,7 @@ import torch
 from sanitas.errors import ConfigError
 from sanitas.similarity.base import Similarity, as_maps
 from sanitas.similarity.registry import get_similarity
-from sanitas.utils import stats
+from sanitas.utils import stats, validation
 from sanitas.utils.seed import make_generator
 
 __all__ = ["BASELINES", "DISTRIBUTIONS", "calibrate", "calibration_scores", "random_masks"]
@@ -82,8 +82,7 @@ def _metric_list(metrics: MetricLike | Sequence[MetricLike]) -> list[Similarity]
 
 
 def _check_args(n_masks: Any, distributions: Any) -> tuple[str, ...]:
-    if isinstance(n_masks, bool) or not isinstance(n_masks, (int, np.integer)) or n_masks < 1:
-        raise ConfigError(f"n_masks must be a positive integer; got {n_masks!r}")
+    validation.count(n_masks, "n_masks")
     if isinstance(distributions, str):
         distributions = (distributions,)
     distributions = tuple(distributions)
@@ -101,6 +100,7 @@ def calibration_scores(metrics: MetricLike | Sequence[MetricLike], maps: Any = N
     """The raw calibration scores: ``{(metric, baseline): Tensor[N, n_masks]}`` (see :func:`calibrate`)."""
     metric_objs = _metric_list(metrics)
     dists = _check_args(n_masks, distributions)
+    seed = validation.seed(seed)
     if maps is None and x is None:
         raise ConfigError("calibrate needs maps (the explanations to compare with random masks), x (the input "
                           "images, for the input-dominance null), or both")

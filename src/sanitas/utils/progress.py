@@ -1,4 +1,4 @@
-"""Progress bars that respect ``quiet`` and ``$SANITAS_QUIET``."""
+"""Progress bars and status lines that respect ``quiet`` and ``$SANITAS_QUIET``; warnings that do not."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def log(message: str, *, quiet: bool | None = None) -> None:
     """A status line on stderr (stdout is kept for results)."""
     if not is_quiet(quiet):
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, shown also under ``quiet``: quiet hides progress, never what went wrong
+    (a damaged checkpoint about to be retrained, stored results about to be replaced)."""
+    print(f"sanitas: warning: {message}", file=sys.stderr, flush=True)

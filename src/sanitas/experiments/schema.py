@@ -1,0 +1,262 @@
+"""The schema of an experiment config: every key, its type and range, checked before anything runs.
+
+An unknown key (``mdoe: independent``), a value of the wrong type (``images: abc``, ``methods: 5``,
+``paper: [1, 2]``), a value that would be coerced (``images: 8.7``) or out of range (``images: 0``,
+``seed: -1``) is a :class:`ConfigError` that names the file and the YAML line, before any model is
+trained or any map computed. Experiment keys depend on the check (``mode`` belongs to
+``model_randomization``, ``n_shuffles`` to ``evaluate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from sanitas.errors import ConfigError, SanitasError
+from sanitas.utils import validation
+
+Checker = Callable[[Any, str], None]
+
+
+# -- line numbers ----------------------------------------------------------------------------------
+
+def yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """``{key path: 1-based line}`` for every mapping key and list item of a YAML document."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = path + (str(key.value),)
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = path + (str(i),)
+                lines[p] = item.start_mark.line + 1
+                walk(item, p)
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    except yaml.YAMLError:
+        pass  # the parser reports it with its own line
+    return lines
+
+
+class _Where:
+    """Formats ``file:line: experiment 'x': key``-style locations for error messages."""
+
+    def __init__(self, source: str, lines: dict[tuple[str, ...], int] | None):
+        self.source, self.lines = source, lines or {}
+
+    def __call__(self, *path) -> str:
+        p = tuple(str(k) for k in path)
+        while p and p not in self.lines:
+            p = p[:-1]
+        line = self.lines.get(p)
+        return f"{self.source}:{line}" if line else self.source
+
+
+# -- value checkers ---------------------------------------------------------------------------------
+
+def _string(value, what):
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{what} must be a text, got {value!r}")
+
+
+def _one_of(*choices) -> Checker:
+    def check(value, what):
+        if value not in choices:
+            raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return check
+
+
+def _flag(value, what):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+
+
+def _count(minimum=1) -> Checker:
+    return lambda value, what: validation.count(value, what, minimum=minimum)
+
+
+def _seed(value, what):
+    validation.seed(value, what)
+
+
+def _number(**limits) -> Checker:
+    return lambda value, what: validation.real(value, what, **limits)
+
+
+def _texts(value, what):
+    """A text or a list of texts."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{what} must be a name or a non-empty list of names, got {value!r}")
+    for v in items:
+        _string(v, f"{what} entry")
+
+
+def _model(value, what):
+    from sanitas.models import MODELS
+
+    def one(v):
+        _string(v, what)
+        if not v.endswith((".pt", ".pth")) and v not in MODELS:
+            raise ConfigError(f"{what}: unknown model {v!r}; use one of {MODELS.names()} or a .pt file saved with "
+                              "torch.save(model, path)")
+
+    for v in (value if isinstance(value, list) else [value]):
+        one(v)
+
+
+def _methods(value, what):
+    from sanitas.experiments.runners import build_methods
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{what} must be a list of method names (or one-key mappings name: {{options}}), "
+                          f"got {value!r}")
+    tokens = ("layers", "aggregates")  # the evaluate check's layer-method tokens
+    for v in items:
+        if not (isinstance(v, str) or (isinstance(v, dict) and len(v) == 1)):
+            raise ConfigError(f"{what}: an entry is a method name or a one-key mapping name: {{options}}, got {v!r}")
+        if v in tokens:
+            continue
+        try:
+            build_methods([v])  # unknown names and bad options fail now, not after the other experiments ran
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
+def _metrics(value, what):
+    from sanitas.similarity import get_similarity
+
+    _texts(value, what)
+    for v in [value] if isinstance(value, str) else value:
+        try:
+            get_similarity(v)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
+def _mapping(value, what):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping, got {value!r}")
+
+
+def _skip(value, what):
+    if not isinstance(value, (str, bool)):
+        raise ConfigError(f"{what} must be a reason (text) or true/false, got {value!r}")
+
+
+def _distill(value, what):
+    if not isinstance(value, bool):
+        _texts(value, what)
+
+
+# -- the schema ---------------------------------------------------------------------------------------
+
+COMMON: dict[str, Checker] = {
+    "check": _string, "model": _model, "dataset": _string, "images": _count(), "seed": _seed, "methods": _methods,
+    "metrics": _metrics, "description": _string, "skip": _skip,
+}
+BY_CHECK: dict[str, dict[str, Checker]] = {
+    "model_randomization": {
+        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _string,
+        "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
+        "blocks": _texts, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
+        "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
+    },
+    "data_randomization": {
+        "train_size": _count(), "epochs": _count(), "lr": _number(above=0), "target_accuracy": _number(above=0,
+                                                                                                        maximum=1),
+        "ceiling": _flag,
+    },
+    "input_invariance": {"shift": _number(), "shift_baselines": _flag},
+    "completeness": {},
+    "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
+    "evaluate": {
+        "layers": _texts, "target": _one_of("predicted", "label"), "orders": _texts, "removal": _string,
+        "n_shuffles": _count(minimum=0), "channel_reduce": _string, "interpolation": _string, "search": _string,
+        "select_metric": _string, "test_method": _string,
+    },
+}
+TOP: dict[str, Checker] = {
+    "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _string,
+    "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None, "quick": _mapping,
+}
+QUICK_TOP = {"title", "description", "dataset", "seed", "images", "experiments"}
+
+
+def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial: bool = False) -> None:
+    allowed = {**COMMON, **BY_CHECK.get(check, {})}
+    for key, value in exp.items():
+        at = where(*path, key)
+        if key not in allowed:
+            import difflib
+
+            near = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{at}: experiment {path[-1]!r}: unknown key {key!r}{hint}; a {check} experiment "
+                              f"takes {sorted(allowed)}")
+        allowed[key](value, f"{at}: experiment {path[-1]!r}: {key}")
+    if not partial and "model" not in exp and check != "calibration":
+        raise ConfigError(f"{where(*path)}: experiment {path[-1]!r} needs a 'model'")
+
+
+def check_config(cfg: Any, source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> None:
+    """Validate a parsed config against the schema; ``lines`` (from :func:`yaml_lines`) adds line numbers."""
+    from sanitas.experiments.claims import validate_claim
+    from sanitas.experiments.runners import RUNNERS
+
+    where = _Where(source, lines)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with 'paper' and 'experiments'")
+    unknown = set(cfg) - set(TOP)
+    if unknown:
+        first = min(unknown, key=str)
+        raise ConfigError(f"{where(first)}: unknown top-level key(s) {sorted(map(str, unknown))}; allowed: "
+                          f"{sorted(TOP)}")
+    for key in ("paper", "experiments"):
+        if key not in cfg:
+            raise ConfigError(f"{source}: missing required key {key!r}")
+    for key, value in cfg.items():
+        TOP[key](value, f"{where(key)}: {key}")
+    exps = cfg["experiments"]
+    if not exps:
+        raise ConfigError(f"{where('experiments')}: 'experiments' must be a non-empty mapping of name -> experiment")
+    for name, exp in exps.items():
+        if not isinstance(exp, dict) or "check" not in exp:
+            raise ConfigError(f"{where('experiments', name)}: experiment {name!r} needs a 'check' (one of "
+                              f"{sorted(RUNNERS)})")
+        if exp["check"] not in RUNNERS:
+            raise ConfigError(f"{where('experiments', name, 'check')}: experiment {name!r}: unknown check "
+                              f"{exp['check']!r}; use one of {sorted(RUNNERS)}")
+        _check_experiment(exp, exp["check"], where, ("experiments", name))
+    claims = cfg.get("claims") or []
+    if not isinstance(claims, list):
+        raise ConfigError(f"{where('claims')}: 'claims' must be a list of claims")
+    for i, claim in enumerate(claims):
+        try:
+            validate_claim(claim, exps, f"claim {i + 1}")
+        except ConfigError as exc:
+            raise ConfigError(f"{where('claims', i)}: {exc}") from None
+    quick = cfg.get("quick") or {}
+    for key, value in quick.items():
+        if key not in QUICK_TOP:
+            raise ConfigError(f"{where('quick', key)}: quick: unknown key {key!r}; it overrides {sorted(QUICK_TOP)}")
+        if key != "experiments":
+            TOP[key](value, f"{where('quick', key)}: quick: {key}")
+    overrides = quick.get("experiments") or {}
+    _mapping(overrides, f"{where('quick', 'experiments')}: quick: experiments")
+    for name, over in overrides.items():
+        if name not in exps:
+            raise ConfigError(f"{where('quick', 'experiments', name)}: quick overrides unknown experiment {name!r}")
+        _mapping(over, f"{where('quick', 'experiments', name)}: quick: experiment {name!r}")
+        check = over.get("check", exps[name]["check"])
+        if check not in RUNNERS:
+            raise ConfigError(f"{where('quick', 'experiments', name, 'check')}: unknown check {check!r}")
+        _check_experiment(over, check, where, ("quick", "experiments", name), partial=True)
