@@ -111,6 +111,22 @@ def num_classes(model: nn.Module, x: torch.Tensor) -> int:
         return int(inference_logits(model, x[:1]).shape[1])
 
 
+def fit_selection(G: torch.Tensor, k: int) -> torch.Tensor:
+    """``G`` with exactly ``k`` class columns: an explicit target's selection is built before the
+    model's class count is known (no probe pass), with as many columns as its largest class needs."""
+    have = G.shape[-1]
+    if have == k:
+        return G
+    if have < k:
+        return torch.nn.functional.pad(G, (0, k - have))
+    beyond = G[..., k:].abs().sum(-1) > 0
+    if bool(beyond.any()):
+        chosen = G.argmax(-1)[beyond]
+        raise InputError(f"target out of range: the model has {k} classes (0..{k - 1}), got "
+                         f"{sorted(set(chosen.tolist()))[:5]}")
+    return G[..., :k]
+
+
 def selection(target: torch.Tensor | None, n: int, k: int, device, dtype=torch.float32) -> torch.Tensor:
     """The (B, N, K) selection matrix for a target (B=1) or for all classes (B=K)."""
     if target is None:
@@ -133,7 +149,7 @@ def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G:
     """
     single = isinstance(inputs, torch.Tensor)
     ins = (inputs,) if single else tuple(inputs)
-    G = G.to(outputs.dtype)
+    G = fit_selection(G, outputs.shape[-1]).to(outputs.dtype)
     if G.shape[0] == 1:
         grads = torch.autograd.grad(outputs, ins, G[0], retain_graph=retain_graph, allow_unused=True)
         grads = tuple(torch.zeros_like(i) if g is None else g for g, i in zip(grads, ins))

@@ -43,6 +43,9 @@ class Explainer:
     fast_kernels: ClassVar[bool] = True
     #: False for methods that need one input tensor with a spatial layout (GradCAM, layer maps, controls).
     tuple_inputs: ClassVar[bool] = True
+    #: True for methods that use every class of the model (competition), so that the selection matrix
+    #: must have the model's class count before the first pass (one probe pass on one image).
+    needs_num_classes: ClassVar[bool] = False
 
     #: option name -> default value; subclasses extend it.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -95,9 +98,12 @@ class Explainer:
                         logits = logits_of(model, x)
                     tgt = resolve_target(target, logits)
                     k = logits.shape[1]
-                else:  # no extra forward pass for explicit targets or "all"
+                elif isinstance(target, str) and target == "all" or self.needs_num_classes:
                     k = num_classes(model, x)
                     tgt = resolve_target(target, None, n=x.shape[0], k=k, device=x.device)
+                else:  # explicit classes: no probe pass; the range is checked against the first real one
+                    tgt = resolve_target(target, None, n=x.shape[0], k=None, device=x.device)
+                    k = int(tgt.max()) + 1
                 G = selection(tgt, x.shape[0], k, x.device, x.dtype)
                 with hold_freed_memory(x.device), \
                         cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
@@ -141,6 +147,10 @@ class WrapperExplainer(Explainer):
     @property
     def uses_model(self):  # type: ignore[override]
         return self.inner.uses_model
+
+    @property
+    def needs_num_classes(self):  # type: ignore[override]
+        return self.inner.needs_num_classes
 
 
 class CallableExplainer(Explainer):

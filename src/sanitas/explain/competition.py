@@ -35,6 +35,7 @@ class Competitive(WrapperExplainer):
     """Competitive version of a method (CGI = competitive(input_x_gradient), CLRP, ...), seed 001."""
 
     name = "competitive"
+    needs_num_classes = True  # every class competes
     defaults = {"base": "input_x_gradient", "base_options": None, "channels": "element", "class_chunk": None,
                 "top_classes": None}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sanitas.explain._core import fit_selection
 from sanitas.explain.base import Explainer
 
 
@@ -23,4 +24,4 @@ class DASP(Explainer):
 
         maps = dasp(model, x, self.baseline, n_sizes=self.n_sizes, sizes=self.sizes,
                     feature_groups=self.feature_groups, seed=self.seed, max_memory=self.max_memory)
-        return torch.einsum("bnk,nk...->bn...", G.to(maps.dtype), maps)
+        return torch.einsum("bnk,nk...->bn...", fit_selection(G, maps.shape[1]).to(maps.dtype), maps)

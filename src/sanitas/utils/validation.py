@@ -83,13 +83,13 @@ def finite_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def class_labels(labels: Any, n: int, k: int, *, name: str = "target", device=None, broadcast: bool = True,
+def class_labels(labels: Any, n: int, k: int | None, *, name: str = "target", device=None, broadcast: bool = True,
                  hint: str = "") -> torch.Tensor:
     """``labels`` as a LongTensor ``(n,)`` of class indices in ``[0, k)``.
 
     Integers only (a list, an int, an integer tensor): float labels are not truncated, booleans are
     not read as 0/1, a 2-d tensor is not flattened. A single index applies to every image when
-    ``broadcast``. ``hint`` is appended to the message of a value that is not class indices at all.
+    ``broadcast``. ``k=None`` (the class count is not known yet) checks everything but the upper bound. ``hint`` is appended to the message of a value that is not class indices at all.
     """
     if labels is None or isinstance(labels, (str, bytes)):
         raise InputError(f"{name} must be integer class indices, one per image; got {labels!r}{hint}")
@@ -108,9 +108,11 @@ def class_labels(labels: Any, n: int, k: int, *, name: str = "target", device=No
     if t.numel() != n:
         one = " (or one for all)" if broadcast else ""
         raise InputError(f"{name} has {t.numel()} entries for {n} images; give one class index per image{one}")
-    if k < 1:
+    if k is not None and k < 1:
         raise InputError(f"the model has {k} outputs; a classifier needs at least one class")
-    bad = (t < 0) | (t >= k)
+    bad = (t < 0) | (t >= k) if k is not None else (t < 0)
+    if bad.any() and k is None:
+        raise InputError(f"{name} must hold class indices >= 0, got {sorted(set(t[bad].tolist()))[:5]}")
     if bad.any():
         raise InputError(f"{name} out of range: the model has {k} classes (0..{k - 1}), got "
                          f"{sorted(set(t[bad].tolist()))[:5]}")
