@@ -57,6 +57,15 @@ def trained_cnn():
 
 
 @pytest.fixture(scope="session")
+def trained_cnn_seed1():
+    """The same CNN and training as ``trained_cnn`` with another seed: the ceiling of the verdicts."""
+    _need_fashion_mnist()
+    from sanitas.models import train
+
+    return train("cnn", "fashion-mnist", epochs=1, train_size=12000, seed=1).model
+
+
+@pytest.fixture(scope="session")
 def trained_vit():
     """Hugging Face's ViT (the ``hf-vit`` reference model) trained for one epoch on 3,000 Fashion-MNIST
     images (~50% test accuracy, about 20 s on 2 cores): its maps depend on learned weights."""

@@ -42,12 +42,26 @@ NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
 
 @dataclass
 class Variant:
-    """One model to compare with the reference: a name, an order index and extra info columns."""
+    """One model to compare with the reference: a name, an order index and extra info columns.
+
+    ``draw``: which independent random draw of the stage this is (0, 1, ...); draws after the first
+    are also compared with draw 0 (the stage's *floor*: how alike two random draws are).
+    ``role``: ``"stage"`` (rows in the results table) or ``"ceiling"`` (an independently trained
+    model: how alike the maps of two trained models are; rows in the references table).
+    """
 
     name: str
     index: int
     model: nn.Module
     info: dict[str, Any] = field(default_factory=dict)
+    draw: int = 0
+    role: str = "stage"
+
+    @property
+    def cell(self) -> str:
+        """The cell's identity within a run: stage index, draw and role."""
+        tag = f"{self.index:03d}" if self.role == "stage" else f"{self.role}{self.index:03d}"
+        return tag if self.draw == 0 else f"{tag}d{self.draw}"
 
 
 def normalize_maps(maps: torch.Tensor, how: str | None) -> torch.Tensor:
@@ -120,19 +134,19 @@ class CellStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _path(self, variant_index: int, method: str) -> Path:
+    def _path(self, cell: str, method: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in method)[:60]
-        return self.cells / f"{variant_index:03d}-{safe}-{sha256_bytes(method.encode())[:8]}.pt"
+        return self.cells / f"{cell}-{safe}-{sha256_bytes(method.encode())[:8]}.pt"
 
-    def load(self, variant_index: int, method: str):
+    def load(self, cell: str, method: str):
         """``(rows, maps, extra)`` of a finished cell, or ``None`` (not finished, or not trustworthy)."""
         if self.out_dir is None:
             return None
-        p = self._path(variant_index, method)
+        p = self._path(cell, method)
         if not p.exists():
             return None
         try:
-            payload = self._verified(p.read_bytes(), variant_index, method)
+            payload = self._verified(p.read_bytes(), cell, method)
             blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
             return pd.read_parquet(io.BytesIO(blob["rows"])), blob["maps"], blob.get("extra", {})
         except Exception as exc:  # noqa: BLE001 - a cell that cannot be trusted is recomputed, never used
@@ -140,7 +154,7 @@ class CellStore:
             p.unlink(missing_ok=True)
             return None
 
-    def _verified(self, data: bytes, variant_index: int, method: str) -> bytes:
+    def _verified(self, data: bytes, cell: str, method: str) -> bytes:
         if not data.startswith(self.MAGIC):
             raise ValueError("not a cell of this sanitas version (no header)")
         head, sep, payload = data[len(self.MAGIC):].partition(b"\n")
@@ -149,14 +163,14 @@ class CellStore:
         info = json.loads(head)
         if info.get("key") != self.key:
             raise ValueError("written by a run with another config")
-        if info.get("variant") != variant_index or info.get("method") != method:
+        if info.get("variant") != cell or info.get("method") != method:
             raise ValueError(f"holds the cell of stage {info.get('variant')}, method {info.get('method')!r} "
                              "(copied or renamed)")
         if len(payload) != info.get("bytes") or sha256_bytes(payload) != info.get("sha256"):
             raise ValueError("checksum mismatch (truncated or damaged)")
         return payload
 
-    def save(self, variant_index: int, method: str, rows: pd.DataFrame, maps: torch.Tensor, extra=None):
+    def save(self, cell: str, method: str, rows: pd.DataFrame, maps: torch.Tensor, extra=None):
         if self.out_dir is None:
             return
         table = io.BytesIO()
@@ -164,26 +178,29 @@ class CellStore:
         buf = io.BytesIO()
         torch.save({"rows": table.getvalue(), "maps": maps.cpu(), "extra": extra or {}}, buf)
         payload = buf.getvalue()
-        head = json.dumps({"key": self.key, "variant": variant_index, "method": method, "bytes": len(payload),
+        head = json.dumps({"key": self.key, "variant": cell, "method": method, "bytes": len(payload),
                            "sha256": sha256_bytes(payload)}, sort_keys=True).encode()
-        atomic_write_bytes(self._path(variant_index, method), self.MAGIC + head + b"\n" + payload)
+        atomic_write_bytes(self._path(cell, method), self.MAGIC + head + b"\n" + payload)
 
 
 def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int,
-              constant: torch.Tensor | None = None) -> pd.DataFrame:
+              constant: torch.Tensor | None = None, degenerate: torch.Tensor | None = None) -> pd.DataFrame:
     """One row per image and metric for one (variant, method) cell, with the variant's info columns.
 
     ``constant``: per image, whether the map is constant (all zero, typically: a GradCAM whose
-    ReLU removed everything); such maps have no ranks and score NaN, and the column lets every
-    summary count them instead of dropping them silently.
+    ReLU removed everything); such maps have no ranks and score NaN. ``degenerate``: whether the
+    map's magnitude collapsed (see :func:`degenerate_maps`), so that its scores compare numerical
+    noise. Both columns let every summary count these images and verdicts leave them out.
     """
     tgt = (target if isinstance(target, torch.Tensor) else torch.full((n,), -1)).cpu().numpy()
     info = {k: [v] * n for k, v in variant.info.items()}
-    const = (constant if constant is not None else torch.zeros(n, dtype=torch.bool)).cpu().numpy()
+    no = torch.zeros(n, dtype=torch.bool)
+    const = (constant if constant is not None else no).cpu().numpy()
+    degen = (degenerate if degenerate is not None else no).cpu().numpy()
     return pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
-                                    "metric": metric, "image": range(n),
+                                    "draw": variant.draw, "metric": metric, "image": range(n),
                                     "value": torch.as_tensor(v).double().cpu().numpy(), "target": tgt,
-                                    "constant_map": const, **info})
+                                    "constant_map": const, "degenerate_map": degen, **info})
                       for metric, v in values.items()], ignore_index=True)
 
 
@@ -191,6 +208,25 @@ def constant_maps(maps: torch.Tensor) -> torch.Tensor:
     """Per image: True when the map holds one value everywhere (no ranking of its elements exists)."""
     flat = maps.detach().flatten(1)
     return flat.amax(1) == flat.amin(1)
+
+
+#: a map whose mean magnitude fell below this fraction of the original map's is numerical noise
+COLLAPSE_RATIO = 1e-6
+
+
+def degenerate_maps(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image: True when the signal vanished, i.e. the map's mean absolute value is below
+    :data:`COLLAPSE_RATIO` of the reference map's (or below float32's smallest normal number).
+
+    Re-initializing a BatchNorm network with small weights (truncated normal, std 0.01) shrinks its
+    maps stage by stage to 1e-9..1e-15 of their original magnitude; every similarity computed after
+    that compares rounding noise (GradCAM then scores the same edge pattern on every image). Such
+    maps are counted and left out of verdicts, not scored as if they were explanations.
+    """
+    scale = maps.detach().flatten(1).abs().double().mean(1)
+    ref = reference.detach().flatten(1).abs().double().mean(1)
+    tiny = torch.finfo(torch.float32).tiny
+    return ((scale < COLLAPSE_RATIO * ref) | (scale < tiny)) & ~constant_maps(maps)
 
 
 def as_image_batch(t: torch.Tensor) -> torch.Tensor:
@@ -210,24 +246,38 @@ def _same_target(a, b) -> bool:
     return isinstance(a, str) and isinstance(b, str) and a == b
 
 
+def _rows_bytes(rows: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    rows.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
 def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         explainers: dict[str, Explainer], metrics: dict[str, Any],
         target_for: Callable[[Variant], torch.Tensor | str],
         store: CellStore, reference_target: torch.Tensor | str, normalize: str | None = None,
         show: int = 8, quiet: bool | None = None, total: int | None = None,
         extra_scores: Callable[[Variant, str, torch.Tensor, torch.Tensor], dict] | None = None,
-        refused: dict[str, str] | None = None):
+        refused: dict[str, str] | None = None, references: list[pd.DataFrame] | None = None):
     """Run the engine. Returns ``(rows DataFrame, shown maps {(variant_index, method): maps}, timings)``.
 
     A method that cannot be applied to the model (:class:`~sanitas.errors.NotApplicableError`: a
     layer its rules do not cover, no convolutional layer, ...) is skipped and its reason stored in
     ``refused`` (method -> message); the other methods run.
+
+    Reference comparisons go to ``references`` (a list the caller reads afterwards), with a
+    ``reference`` column: ``"floor"`` rows compare a stage's draw r >= 1 with its draw 0 (variants
+    of one stage arrive draw 0 first), ``"ceiling"`` rows compare an independently trained model
+    (``role="ceiling"``) with the reference model.
     """
     timings: dict[str, float] = {}
     refused = {} if refused is None else refused
+    references = [] if references is None else references
     shown: dict[tuple[int, str], torch.Tensor] = {}
     frames: list[pd.DataFrame] = []
     ref_maps: dict[str, torch.Tensor] = {}
+    stage_zero: Variant | None = None  # draw 0 of the current stage (its model stays valid while the stage runs)
+    zero_maps: dict[str, torch.Tensor] = {}  # ... and its maps, for the floor of the later draws
 
     def ref(method: str) -> torch.Tensor:
         if method not in ref_maps:
@@ -236,41 +286,66 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
             timings[f"explain/{method}/reference"] = time.perf_counter() - t
         return ref_maps[method]
 
+    def explain_variant(variant: Variant, method: str, target) -> torch.Tensor:
+        if variant.model is reference and _same_target(target, reference_target):
+            return ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
+        maps = normalize_maps(explainers[method](variant.model, x, target), normalize).detach()
+        ref(method)
+        return maps
+
     # the passes of every cell reuse one another's memory (see sanitas.utils.memory)
     with hold_freed_memory(x.device):
         for variant in progress(variants, desc="variants", total=total, quiet=quiet):
-            for method, explainer in explainers.items():
+            if variant.role == "stage" and variant.draw == 0:
+                stage_zero, zero_maps = variant, {}
+            for method in explainers:
                 if method in refused:
                     continue
-                cached = store.load(variant.index, method)
+                cached = store.load(variant.cell, method)
                 if cached is not None:
-                    rows, maps, _ = cached
-                    frames.append(rows)
-                    shown[(variant.index, method)] = maps
+                    rows, maps, extra = cached
+                    (references if variant.role == "ceiling" else frames).append(rows)
+                    if "references" in extra:
+                        references.append(pd.read_parquet(io.BytesIO(extra["references"])))
+                    if variant.role == "stage" and variant.draw == 0:
+                        shown[(variant.index, method)] = maps
                     continue
                 t = time.perf_counter()
                 target = target_for(variant)
                 try:
-                    if variant.model is reference and _same_target(target, reference_target):
-                        maps = ref(method)  # the unchanged model (stage 0): its maps are the reference, once
-                    else:
-                        maps = normalize_maps(explainer(variant.model, x, target), normalize).detach()
-                        ref(method)
+                    maps = explain_variant(variant, method, target)
                 except NotApplicableError as exc:
                     refused[method] = str(exc)
                     warnings.warn(f"{method} cannot explain this model and is left out: {exc}", stacklevel=2)
                     continue
-                timings[f"explain/{method}/{variant.name}"] = time.perf_counter() - t
+                timings[f"explain/{method}/{variant.cell}"] = time.perf_counter() - t
                 t = time.perf_counter()
                 values = score(metrics, ref(method), maps, x)
-                timings[f"score/{method}/{variant.name}"] = time.perf_counter() - t
+                timings[f"score/{method}/{variant.cell}"] = time.perf_counter() - t
                 if extra_scores is not None:
                     values.update(extra_scores(variant, method, ref(method), maps))
-                rows = tidy_rows(method, variant, values, target, x.shape[0], constant_maps(maps))
+                n = x.shape[0]
+                rows = tidy_rows(method, variant, values, target, n, constant_maps(maps), degenerate_maps(maps, ref(method)))
+                extra: dict[str, Any] = {}
+                if variant.role == "ceiling":
+                    rows.insert(0, "reference", "ceiling")
+                    references.append(rows)
+                elif variant.draw == 0:
+                    zero_maps[method] = maps
+                    frames.append(rows)
+                else:
+                    frames.append(rows)
+                    if method not in zero_maps:  # draw 0 finished in an earlier run: explain it again
+                        zero_maps[method] = explain_variant(stage_zero, method, target_for(stage_zero))
+                    floor = tidy_rows(method, variant, score(metrics, zero_maps[method], maps, x), target, n,
+                                      constant_maps(maps), degenerate_maps(maps, ref(method)))
+                    floor.insert(0, "reference", "floor")
+                    references.append(floor)
+                    extra["references"] = _rows_bytes(floor)
                 keep = maps[:show].cpu()
-                store.save(variant.index, method, rows, keep)
-                frames.append(rows)
-                shown[(variant.index, method)] = keep
+                store.save(variant.cell, method, rows, keep, extra)
+                if variant.role == "stage" and variant.draw == 0:
+                    shown[(variant.index, method)] = keep
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table, shown, timings
 
@@ -288,12 +363,16 @@ def versions() -> dict[str, str]:
 
 
 def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any],
-                  calibration: pd.DataFrame | None = None) -> None:
+                  calibration: pd.DataFrame | None = None, references: pd.DataFrame | None = None) -> None:
     """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract), plus
-    ``calibration.csv`` when the check computed its null bands (claims and reports read them back)."""
+    ``calibration.csv`` when the check computed its null bands (claims and reports read them back)
+    and ``references.parquet``/``.csv`` with the floor and ceiling comparisons, when there are any."""
     ensure_dir(out_dir)
     atomic_write_table(out_dir / "results.parquet", table)
     atomic_write_table(out_dir / "results.csv", table)
     atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))
     if calibration is not None:
         atomic_write_table(out_dir / "calibration.csv", calibration)
+    if references is not None and len(references):
+        atomic_write_table(out_dir / "references.parquet", references)
+        atomic_write_table(out_dir / "references.csv", references)

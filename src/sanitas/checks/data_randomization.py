@@ -82,7 +82,7 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
     """Score ``variant`` explained on ``x_var`` against ``reference`` explained on ``x_ref``."""
     rows, shown = [], {}
     for method, e in explainers.items():
-        cached = store.load(variant.index, method)
+        cached = store.load(variant.cell, method)
         if cached is not None:
             rows.append(cached[0])
             shown[(variant.index, method)] = cached[1]
@@ -93,7 +93,7 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
         ev = adapt(e) if (adapt is not None and variant.index > 0) else e
         maps = ref if variant.index == 0 else ev(variant.model, x_var, y).detach()
         part = engine.tidy_rows(method, variant, engine.score(sims, ref, maps, x_ref), y, x_ref.shape[0])
-        store.save(variant.index, method, part, maps[:show].cpu())
+        store.save(variant.cell, method, part, maps[:show].cpu())
         rows.append(part)
         shown[(variant.index, method)] = maps[:show].cpu()
     return pd.concat(rows, ignore_index=True), shown

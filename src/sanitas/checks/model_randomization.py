@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ from sanitas.utils import validation
 from sanitas.utils.device import layout_would_change, prefer_fast_layout
 from sanitas.utils.forward import inference_logits
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
+from sanitas.utils.progress import warn
 
 MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
 TARGETS = ("label", "original", "predicted")
@@ -83,6 +85,35 @@ def describe_methods(explainers: dict[str, Any], model: nn.Module, x: torch.Tens
         with eval_mode(model), model_call(n=1):
             out[name] = describe(model, x[:1])
     return out
+
+
+def explained_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The model's accuracy on the images a check explains, with a warning when it is near chance: a
+    dataset whose class order differs from the model's (alphabetical folders, a missing class) gives
+    maps of the wrong class, and every verdict on them is meaningless."""
+    logits = inference_logits(model, x)
+    k = int(logits.shape[1])
+    acc = float((logits.argmax(1).cpu() == y.cpu()).double().mean())
+    if k > 1 and acc < 1.5 / k:
+        warn(f"the model's accuracy on the {x.shape[0]} explained images is {acc:.1%}, near chance for {k} classes "
+             f"({1 / k:.1%}): check that the labels follow the model's class order and that the images are "
+             "preprocessed as in training")
+    return {"accuracy": acc, "classes": k, "chance": 1.0 / k}
+
+
+def warn_degenerate(result: CheckResult, init) -> None:
+    """Say when maps collapsed to numerical noise (they are left out of verdicts), and what keeps the signal."""
+    t = result.table
+    if not len(t) or "degenerate_map" not in t:
+        return
+    bad = t[t["degenerate_map"].astype(bool)].drop_duplicates(["method", "stage", "draw", "image"])
+    if not len(bad):
+        return
+    stages = sorted(set(bad["variant"]))
+    hint = (" The small truncated-normal weights shrink the signal of BatchNorm networks layer by layer; "
+            "init='default' (each layer's own reset_parameters) keeps it." if str(init) == "truncated_normal" else "")
+    warn(f"{len(bad)} maps lost their signal (magnitude below {engine.COLLAPSE_RATIO:g} of the original's) at "
+         f"{len(stages)} stage(s), e.g. {stages[:3]}: they are counted and left out of the verdicts.{hint}")
 
 
 def check_batch(model: nn.Module, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +200,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                         out: str | Path | None = None, resume: bool = True, calibrate: bool = True,
                         show: int = 8, quiet: bool | None = None, bn_stats: str | None = None,
                         smooth_samples: int = 50, smooth_sigma: float = 0.1, map_stats=(),
-                        output=None) -> CheckResult:
+                        output=None, draws: int = 1, ceiling_model: nn.Module | None = None) -> CheckResult:
     """Run the model parameter randomization test and return a :class:`CheckResult`.
 
     ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
@@ -188,15 +219,23 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     :func:`sanitas.explain.forward.select_logits`). Inputs need not be images: signals ``(N, C, L)``
     and tabular rows ``(N, F)`` work with the rank and correlation metrics. A method that cannot
     explain the model is left out, with its reason in ``result.meta["refused"]``.
+
+    ``draws``: how many independent random draws of each randomized stage (seed ``seed`` for the
+    first, derived seeds for the others; the table's ``draw`` column). With two or more, each stage's
+    *floor* (how alike the maps of two random draws are) is measured too. ``ceiling_model``: the same
+    architecture trained independently (another seed); its maps against the model's are the *ceiling*
+    (how alike two trained models' maps are). Floors and ceilings are in ``result.references`` and
+    decide ``result.verdicts()``.
     """
     with model_call(output=output):
         return _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks,
                                     normalize, out, resume, calibrate, show, quiet, bn_stats, smooth_samples,
-                                    smooth_sigma, map_stats)
+                                    smooth_sigma, map_stats, draws, ceiling_model)
 
 
 def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks, normalize, out,
-                         resume, calibrate, show, quiet, bn_stats, smooth_samples, smooth_sigma, map_stats):
+                         resume, calibrate, show, quiet, bn_stats, smooth_samples, smooth_sigma, map_stats, draws,
+                         ceiling_model):
     from sanitas import randomize
 
     if mode not in MODES:
@@ -214,7 +253,12 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
     unknown = [m for m in map_stats if m not in MAP_STATS]
     if unknown:
         raise ConfigError(f"unknown map statistic(s) {unknown}: use any of {sorted(MAP_STATS)}")
+    draws = validation.count(draws, "draws")
+    if ceiling_model is not None and not isinstance(ceiling_model, nn.Module):
+        raise InputError(f"ceiling_model must be a torch.nn.Module (the architecture trained with another seed), "
+                         f"got {type(ceiling_model).__name__}")
     t0 = time.perf_counter()
+    accuracy = explained_accuracy(model, x, y)
     kw: dict[str, Any] = {"init": init, "seed": seed, "blocks": blocks}
     if bn_stats is not None:
         kw["bn_stats"] = bn_stats
@@ -230,6 +274,13 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         reference = prefer_fast_layout(randomize.variants._deepcopy(model), x[:1])
         if layout_would_change(reference):  # the fast layout would change what the model computes
             reference = model
+    if mode in ("cascading", "independent", "smooth"):
+        kw["draws"] = draws
+        total = 1 + len(groups) * draws
+    elif draws > 1:
+        raise ConfigError(f"draws applies to the cascading, independent and smooth modes, not to {mode!r}")
+    if ceiling_model is not None:
+        total += 1
     if mode in ("cascading", "smooth"):
         # sMPRT (Hedstrom et al. 2023): every explanation averaged over noisy copies, bottom-up
         kw["order"] = order or ("bottom_up" if mode == "smooth" else "top_down")
@@ -280,17 +331,23 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
               "order": kw.get("order"), "blocks": blocks, "normalize": normalize, "bn_stats": bn_stats,
               "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
               "map_stats": map_stats,
-              "n_images": int(x.shape[0]),
+              "n_images": int(x.shape[0]), "draws": draws,
+              "ceiling": model_fingerprint(ceiling_model) if ceiling_model is not None else None,
               "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
     stage_names: list[str] = []
 
     def variants():
         for st in stages_iter:
-            stage_names.append(st.name)
+            draw = getattr(st, "draw", 0)
+            if draw == 0:
+                stage_names.append(st.name)
             # nothing randomized yet: explain the reference, so the engine reuses its maps
             net = reference if not st.randomized_layers and mode != "random_logit" else st.model
-            yield engine.Variant(st.name, st.index, net, {"mode": mode,
-                                                                "randomized": ",".join(st.randomized_layers)})
+            yield engine.Variant(st.name, st.index, net, {"mode": mode, "randomized": ",".join(st.randomized_layers)},
+                                 draw=draw)
+        if ceiling_model is not None:
+            yield engine.Variant("independently trained", 0, ceiling_model, {"mode": mode, "randomized": ""},
+                                 role="ceiling")
 
     cal, cal_seconds = None, 0.0
     if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
@@ -300,18 +357,21 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         cal = run_cal(list(sims.values()), x=engine.as_image_batch(x), seed=seed)
         cal_seconds = time.perf_counter() - t
     refused: dict[str, str] = {}
+    references: list = []
     with engine.CellStore(out, config, resume=resume) as store:
         table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
                                            normalize=normalize, show=show, quiet=quiet, total=total,
-                                           extra_scores=extra, refused=refused)
+                                           extra_scores=extra, refused=refused, references=references)
+        refs = pd.concat(references, ignore_index=True) if references else None
         if calibrate:
             timings["calibration"] = cal_seconds
         timings["total"] = time.perf_counter() - t0
         meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
                 "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
-                "resolved": describe_methods(explainers, reference, x, refused)}
+                "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy}
         res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
-                          Path(out) if out else None)
+                          Path(out) if out else None, references=refs)
+        warn_degenerate(res, init)
         if out:
-            engine.write_outputs(Path(out), table, meta, cal)
+            engine.write_outputs(Path(out), table, meta, cal, refs)
     return res

@@ -36,9 +36,25 @@ class CheckResult:
     images: torch.Tensor | None = None
     stages: list[str] = field(default_factory=list)
     out_dir: Path | None = None
+    #: floor and ceiling comparisons (``reference`` column: "floor" / "ceiling"), see ``verdicts()``
+    references: pd.DataFrame | None = None
 
     def summary(self) -> pd.DataFrame:
         return summarize_table(self.table)
+
+    def verdicts(self, metric: str | None = None, per: str = "method", n_boot: int = 2000,
+                 seed: int = 0) -> pd.DataFrame:
+        """Verdicts with 95% intervals against the floor and the ceiling (:mod:`sanitas.checks.verdicts`).
+
+        ``per="method"``: one row per method (its verdict at the first stage that can separate
+        methods); ``per="stage"``: one row per method and randomized stage. Columns: method, stage,
+        estimate, ci_low, ci_high, reference, verdict (pass / fail / inconclusive / not judged), why,
+        n, excluded (constant or degenerate maps). ``metric`` defaults to spearman_abs.
+        """
+        from sanitas.checks.verdicts import method_verdicts, stage_verdicts
+
+        stages = stage_verdicts(self.table, self.references, metric, n_boot=n_boot, seed=seed)
+        return stages if per == "stage" else method_verdicts(stages)
 
     def pivot(self, metric: str, stat: str = "mean") -> pd.DataFrame:
         """Methods x stages table of one metric's mean (or ci_low, ci_high, nan_count)."""

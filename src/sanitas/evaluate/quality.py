@@ -443,7 +443,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
     with engine.CellStore(out, config, resume=resume) as store:  # holds the directory's lock until done
         frames, shown, timings, cells = [], {}, {}, {}
         for s in progress(specs, desc="methods", quiet=quiet):
-            cached = store.load(0, s.label)
+            cached = store.load("000", s.label)
             if cached is not None and cached[2].get("spec") == s.spec() and cached[2].get("label") == s.label:
                 rows, maps, extra = cached
                 if "values" in extra:  # exact floats (the JSON copy of the rows rounds them)
@@ -471,7 +471,7 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
             extra = {"spec": s.spec(), "label": s.label, "explain_s": t_explain, "score_s": t_score,
                      "n_evaluated": info["n_evaluated"], "nonmonotone_fraction": info["nonmonotone_fraction"]}
             keep = sal[:show].cpu()
-            store.save(0, s.label, rows, keep, {**extra, "values": rows["value"].to_numpy()})
+            store.save("000", s.label, rows, keep, {**extra, "values": rows["value"].to_numpy()})
             frames.append(rows)
             shown[s.label] = keep
             cells[s.label] = {**extra, "resumed": False}

@@ -39,7 +39,7 @@ _add(ModelSpec("resnet-small", A.ResNetSmall, "ResNet-style: BatchNorm, skip con
                epochs=5))
 _add(ModelSpec("linear", A.LinearModel, "linear classifier W x + b", epochs=5))
 _add(ModelSpec("hf-vit", HFViT, "Hugging Face ViTForImageClassification: 4 blocks, width 64, 7x7 patches (needs "
-               "transformers)", epochs=6, lr=1e-3))
+               "transformers)", epochs=3, lr=1e-3))
 _add(ModelSpec("sumpool-conv", A.SumPoolConv, "one 3x3 conv, ReLU, sum-pool (the paper's analytic model)",
                epochs=3, lr=1e-2))
 

@@ -38,8 +38,8 @@ from torch import nn
 
 from sanitas.errors import ConfigError, ModelError
 from sanitas.randomize.blocks import Block, group_layers
-from sanitas.randomize.init import (_STAT_BUFFERS, InitScheme, has_running_stats, randomize_module, resolve_bn_stats,
-                                    resolve_init)
+from sanitas.randomize.init import (_STAT_BUFFERS, InitScheme, has_running_stats, layer_seed, randomize_module,
+                                    resolve_bn_stats, resolve_init)
 from sanitas.randomize.layers import LayerInfo, discover_layers
 from sanitas.utils.device import prefer_fast_layout
 
@@ -58,6 +58,7 @@ class Stage:
     model: the (partially) randomized copy, in eval mode; see the module docstring for how long
         it stays valid.
     block: the :class:`Block` randomized at this stage (``None`` for the original).
+    draw: which of the stage's independent random draws this is (see ``draws``).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Stage:
     randomized_layers: tuple[str, ...]
     model: nn.Module = field(repr=False)
     block: Block | None = None
+    draw: int = 0
 
 
 def _check_order(order: str) -> str:
@@ -96,7 +98,7 @@ class StageSequence:
 
     def __init__(self, mode: str, model: nn.Module, example_input: Any, *, order: str = "top_down",
                  init: str | InitScheme = "truncated_normal", seed: int = 0, blocks: Any = None,
-                 bn_stats: str = "auto", copy: bool = False):
+                 bn_stats: str = "auto", copy: bool = False, draws: int = 1):
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
@@ -105,6 +107,9 @@ class StageSequence:
         self.bn_stats = resolve_bn_stats(bn_stats, self.init)
         self.seed = int(seed)
         self.copy = bool(copy)
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ConfigError(f"draws must be a whole number >= 1 (independent random draws per stage), got {draws!r}")
+        self.draws = draws
         self._model = model
         self._example = example_input
         self.layers: list[LayerInfo] = discover_layers(model, example_input)
@@ -117,7 +122,13 @@ class StageSequence:
 
     # -- sizes and names -----------------------------------------------------------------------
     def __len__(self) -> int:
+        """Number of stages (the original included); iterating yields ``1 + (len - 1) * draws`` items."""
         return len(self.blocks) + 1
+
+    def draw_seed(self, draw: int) -> int:
+        """The seed of draw ``draw``: ``seed`` itself for draw 0 (so one draw is the classic test), then
+        seeds derived by SHA-256 of ``(seed, draw)``."""
+        return self.seed if draw == 0 else layer_seed(self.seed, f"draw {draw}") % 2**32
 
     @property
     def stage_names(self) -> list[str]:
@@ -126,17 +137,18 @@ class StageSequence:
     def config(self) -> dict:
         """What determines the stages (for ``meta.json`` and resume keys)."""
         return {"mode": self.mode, "order": self.order, "init": self.init.config(), "seed": self.seed,
-                "bn_stats": self.bn_stats, "blocks": [[b.name, list(b.layer_names)] for b in self.blocks]}
+                "bn_stats": self.bn_stats, "blocks": [[b.name, list(b.layer_names)] for b in self.blocks],
+                "draws": self.draws}
 
     def __repr__(self) -> str:
         return (f"StageSequence(mode={self.mode!r}, order={self.order!r}, init={self.init.name!r}, "
                 f"seed={self.seed}, stages={len(self)})")
 
     # -- randomization ---------------------------------------------------------------------------
-    def _randomize_block(self, working: nn.Module, block: Block) -> None:
+    def _randomize_block(self, working: nn.Module, block: Block, draw: int = 0) -> None:
         for name in block.layer_names:
             info = self._by_name[name]
-            randomize_module(working.get_submodule(name), name, init=self.init, seed=self.seed,
+            randomize_module(working.get_submodule(name), name, init=self.init, seed=self.draw_seed(draw),
                              bn_stats=self.bn_stats, param_names=info.param_names)
 
     def _snapshot(self, working: nn.Module, block: Block) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -152,39 +164,46 @@ class StageSequence:
     def _sorted(self, names) -> tuple[str, ...]:
         return tuple(sorted(names, key=self._forward_index.__getitem__))
 
-    def _emit(self, name: str, index: int, layers, working: nn.Module, block: Block | None) -> Stage:
+    def _emit(self, name: str, index: int, layers, working: nn.Module, block: Block | None, draw: int = 0) -> Stage:
         model = _deepcopy(working).eval() if self.copy else working
-        return Stage(name=name, index=index, randomized_layers=self._sorted(layers), model=model, block=block)
+        return Stage(name=name, index=index, randomized_layers=self._sorted(layers), model=model, block=block,
+                     draw=draw)
 
     @torch.no_grad()
     def _fresh(self) -> nn.Module:
         return prefer_fast_layout(_deepcopy(self._model).eval(), self._example)
 
     def iterate(self, start: int = 0) -> Iterator[Stage]:
-        """Yield the stages from index ``start`` on (earlier cascading stages are applied, not yielded)."""
+        """Yield the stages from index ``start`` on (earlier cascading stages are applied, not yielded);
+        each randomized stage ``draws`` times, draw 0 first."""
         if not 0 <= start <= len(self):
             raise ConfigError(f"start must be between 0 and {len(self)}, got {start}")
-        working = self._fresh()
+        # one working copy per draw for cascading (each accumulates its own random blocks); independent
+        # randomization restores the block after each draw, so one copy serves all
+        copies = self.draws if self.mode == "cascading" else 1
+        working = [self._fresh() for _ in range(copies)]
         if start == 0:
-            yield self._emit("original", 0, (), working, None)
+            yield self._emit("original", 0, (), working[0], None)
         done: list[str] = []
         for k, block in enumerate(self.blocks, 1):
             if self.mode == "cascading":
-                with torch.no_grad():
-                    self._randomize_block(working, block)
                 done += block.layer_names
-                if k >= start:
-                    yield self._emit(block.name, k, done, working, block)
-            elif k >= start:
-                with torch.no_grad():
-                    saved = self._snapshot(working, block)
-                    self._randomize_block(working, block)
-                try:
-                    yield self._emit(block.name, k, block.layer_names, working, block)
-                finally:
+                for r in range(self.draws):
                     with torch.no_grad():
-                        for t, v in saved:
-                            t.copy_(v)
+                        self._randomize_block(working[r], block, r)
+                    if k >= start:
+                        yield self._emit(block.name, k, done, working[r], block, r)
+            elif k >= start:
+                for r in range(self.draws):
+                    with torch.no_grad():
+                        saved = self._snapshot(working[0], block)
+                        self._randomize_block(working[0], block, r)
+                    try:
+                        yield self._emit(block.name, k, block.layer_names, working[0], block, r)
+                    finally:
+                        with torch.no_grad():
+                            for t, v in saved:
+                                t.copy_(v)
 
     def __iter__(self) -> Iterator[Stage]:
         return self.iterate(0)
@@ -209,7 +228,7 @@ class StageSequence:
 
 def cascading(model: nn.Module, x_example: Any, *, order: str = "top_down",
               init: str | InitScheme = "truncated_normal", seed: int = 0, blocks: Any = None,
-              bn_stats: str = "auto", copy: bool = False) -> StageSequence:
+              bn_stats: str = "auto", copy: bool = False, draws: int = 1) -> StageSequence:
     """Cascading randomization: stage k has the top k blocks (``"bottom_up"``: the bottom k) randomized.
 
     Stage 0 is ``"original"``; a later stage is named after the block it just randomized. See the
@@ -217,18 +236,18 @@ def cascading(model: nn.Module, x_example: Any, *, order: str = "top_down",
     for ``init`` and ``bn_stats``; :func:`group_layers` for ``blocks``.
     """
     return StageSequence("cascading", model, x_example, order=order, init=init, seed=seed, blocks=blocks,
-                         bn_stats=bn_stats, copy=copy)
+                         bn_stats=bn_stats, copy=copy, draws=draws)
 
 
 def independent(model: nn.Module, x_example: Any, *, order: str = "top_down",
                 init: str | InitScheme = "truncated_normal", seed: int = 0, blocks: Any = None,
-                bn_stats: str = "auto", copy: bool = False) -> StageSequence:
+                bn_stats: str = "auto", copy: bool = False, draws: int = 1) -> StageSequence:
     """Independent randomization: stage k has block k alone randomized, every other layer trained.
 
     Same arguments as :func:`cascading`; ``order`` only sets the order the blocks are visited in.
     """
     return StageSequence("independent", model, x_example, order=order, init=init, seed=seed, blocks=blocks,
-                         bn_stats=bn_stats, copy=copy)
+                         bn_stats=bn_stats, copy=copy, draws=draws)
 
 
 def count_stages(model: nn.Module, x_example: Any, blocks: Any = None) -> int:
