@@ -100,7 +100,28 @@ def _outcome():
     ({"abs": {"sub": [1, {"scalar": "k"}]}}, 9.0),
 ])
 def test_measures(m, expected):
-    assert measure(m, _outcome()) == pytest.approx(expected)
+    assert measure(m, _outcome()).estimate == pytest.approx(expected)
+
+
+def test_claims_are_judged_on_their_interval():
+    """The same mean 0.45 holds against 0.6, does not hold against 0.3, and is inconclusive against 0.45's
+    neighbourhood: the interval decides, not the point."""
+    import numpy as np
+
+    from sanitas.experiments.claims import evaluate_claim
+
+    rng = np.random.default_rng(0)
+    rows = [{"method": "m", "variant": "top", "stage": 1, "metric": "s", "image": i, "draw": d,
+             "value": 0.45 + rng.normal(0, 0.1)} for i in range(40) for d in range(3)]
+    oc = Outcome(pd.DataFrame(rows), {}, None)
+    verdicts = {}
+    for thr in (0.6, 0.3, 0.46):
+        claim = {"id": "c", "claim": "c", "experiment": "e", "measure": {"method": "m", "metric": "s"},
+                 "expect": f"< {thr}"}
+        v = evaluate_claim(claim, "p", oc)
+        verdicts[thr] = v.verdict
+        assert v.ci_low < v.measured < v.ci_high and v.n == 120
+    assert verdicts == {0.6: "holds", 0.3: "does not hold", 0.46: "inconclusive"}
 
 
 def test_measure_errors_become_not_run():
@@ -134,9 +155,14 @@ def test_missing_scalar_names_its_relatives_briefly():
     ({"op": "<", "than": {"method": "m", "metric": "s", "stages": "first"}}, HOLDS),
 ])
 def test_expectations(expect, verdict):
+    """How each expectation compares; the images agree here, so the interval is the point (the interval's
+    own role is tested in test_claims_are_judged_on_their_interval)."""
     claim = {"id": "x", "claim": "c", "experiment": "e", "measure": {"method": "m", "metric": "s", "stages": "last"},
              "expect": expect}
-    v = evaluate_claim(claim, "p", _outcome())
+    oc = _outcome()
+    t = oc.table.copy()
+    t["value"] = t.groupby("stage")["value"].transform("mean")  # every image at its stage's mean
+    v = evaluate_claim(claim, "p", Outcome(t, oc.scalars, oc.calibration))
     assert v.verdict == verdict
     assert math.isclose(v.measured, 0.25)
 

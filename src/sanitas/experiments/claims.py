@@ -19,6 +19,10 @@ Measures (all read the experiment's tidy table or its named scalars):
   input-dominance null of seed 000 section 5.2).
 * ``{sub: [m1, m2]}``, ``{ratio: [m1, m2]}``, ``{abs: m}``: arithmetic on measures.
 
+Every measure is a mean over images (and randomization draws and model seeds, where the table has
+them) with a 95% bootstrap interval; a claim is judged on the interval of (measure - reference):
+holds, does not hold, or inconclusive (see :mod:`sanitas.verdict`).
+
 Expectations: ``"> 0.5"``, ``"< m"`` style strings with a number, or a mapping
 ``{op: "<", than: MEASURE}``, ``{op: within, tol: 0.1, of: MEASURE}`` (absolute) or
 ``{op: within, rel: 0.5, of: MEASURE}`` (relative). A claim that does not hold is a finding and
@@ -37,10 +41,13 @@ import numpy as np
 import pandas as pd
 
 from sanitas.errors import ConfigError
+from sanitas.utils.bootstrap import Dist, Resampler, table_mean
+from sanitas.verdict import FAILS, HOLDS, INCONCLUSIVE, LEVEL, NOT_RUN, judge
 
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _SHORT = re.compile(r"^\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
-HOLDS, FAILS, NOT_RUN = "holds", "does not hold", "not run"
+#: bootstrap resamples per claim (images x draws x model seeds)
+N_BOOT = 2000
 
 
 class MeasureError(Exception):
@@ -57,6 +64,10 @@ class Verdict:
     measured: float | None
     verdict: str
     why: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = 0
+    excluded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -145,24 +156,45 @@ def _select_stages(means: pd.Series, stages) -> pd.Series:
     return means[np.asarray(sel)]
 
 
-def measure(m, outcome) -> float:
-    """Evaluate a measure on an experiment outcome (see the module docs)."""
+def _calibration_dist(row: pd.Series, resampler: Resampler | None) -> Dist:
+    """A calibration baseline as a distribution: its stored mean and interval (the masks' draws are
+    not kept), resampled as a normal with the interval's width so that it enters comparisons with
+    its uncertainty."""
+    mean = float(row["mean"])
+    if resampler is None or not {"ci_low", "ci_high"} <= set(row.index) or math.isnan(float(row["ci_low"])):
+        return Dist(mean)
+    sd = (float(row["ci_high"]) - float(row["ci_low"])) / (2 * 1.959964)
+    rng = np.random.default_rng(abs(hash((mean, sd))) % 2**32)
+    return Dist(mean, rng.normal(mean, sd, resampler.n_boot), int(row.get("n", 0) or 0))
+
+
+def _excluded(rows: pd.DataFrame) -> pd.Series:
+    out = pd.Series(False, index=rows.index)
+    for c in ("constant_map", "degenerate_map"):
+        if c in rows:
+            out |= rows[c].astype(bool)
+    return out
+
+
+def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
+    """Evaluate a measure on an experiment outcome (see the module docs), with its bootstrap
+    distribution when ``resampler`` is given (shared by the measures of one claim: paired)."""
     if isinstance(m, (int, float)):
-        return float(m)
+        return Dist(float(m))
     if "sub" in m:
-        a, b = (measure(x, outcome) for x in m["sub"])
+        a, b = (measure(x, outcome, resampler) for x in m["sub"])
         return a - b
     if "ratio" in m:
-        a, b = (measure(x, outcome) for x in m["ratio"])
-        if b == 0:
+        a, b = (measure(x, outcome, resampler) for x in m["ratio"])
+        if b.estimate == 0:
             raise MeasureError("ratio with a zero denominator")
         return a / b
     if "abs" in m:
-        return abs(measure(m["abs"], outcome))
+        return abs(measure(m["abs"], outcome, resampler))
     if "scalar" in m:
         if m["scalar"] not in outcome.scalars:
             raise MeasureError(_missing_scalar(m["scalar"], outcome.scalars))
-        return float(outcome.scalars[m["scalar"]])
+        return Dist(float(outcome.scalars[m["scalar"]]))
     if "calibration" in m:
         cal = outcome.calibration
         if cal is None or not len(cal):
@@ -170,19 +202,23 @@ def measure(m, outcome) -> float:
         row = cal[(cal["baseline"] == m["calibration"]) & (cal["metric"] == m["metric"])]
         if not len(row):
             raise MeasureError(f"no calibration row for baseline {m['calibration']!r}, metric {m['metric']!r}")
-        return float(row["mean"].iloc[0])
+        return _calibration_dist(row.iloc[0], resampler)
     t = outcome.table
     rows = t[(t["method"] == m["method"]) & (t["metric"] == m["metric"])]
     if "variant" in m:
         rows = rows[rows["variant"] == m["variant"]]
     if not len(rows):
         raise MeasureError(f"no rows for method {m['method']!r}, metric {m['metric']!r}")
-    values = rows["value"].astype(float)
-    means = values.groupby([rows["stage"], rows["variant"]]).mean()  # NaN (constant maps) skipped, counted
+    keys = rows.groupby(["stage", "variant"]).size().index
+    means = pd.Series(range(len(keys)), index=keys)
     sel = _select_stages(means, m.get("stages", "all"))
     if not len(sel):
         raise MeasureError(f"stage selector {m.get('stages')!r} matched no stage")
-    return float(getattr(sel, m.get("reduce", "mean"))())
+    dists = []
+    for stage, variant in sel.index:
+        part = rows[(rows["stage"] == stage) & (rows["variant"] == variant)]
+        dists.append(table_mean(part, resampler, exclude=_excluded(part)))  # NaN and degenerate maps left out
+    return dists[0] if len(dists) == 1 else Dist.reduce(dists, m.get("reduce", "mean"))
 
 
 def _fmt(m) -> str:
@@ -228,41 +264,51 @@ def _missing_scalar(name: str, scalars) -> str:
     return f"the experiment reported no scalar {name!r} (it has {', '.join(shown[:8])}{more})"
 
 
-def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None) -> Verdict:
-    """The verdict of one claim on an experiment's outcome (``None`` outcome: not run, ``skipped`` says why)."""
+def evaluate_claim(claim: dict, paper: str, outcome, skipped: str | None = None, seed: int = 0) -> Verdict:
+    """The verdict of one claim on an experiment's outcome (``None`` outcome: not run, ``skipped`` says why).
+
+    Judged by :func:`sanitas.verdict.judge` on the 95% bootstrap interval of (measure - reference):
+    holds, does not hold, or inconclusive when the interval straddles the expectation.
+    """
     expected = describe_expect(claim["expect"])
     base = dict(id=claim["id"], paper=paper, claim=claim["claim"], experiment=claim["experiment"],
                 expected=f"{_fmt(claim['measure'])} {expected}")
     if outcome is None:
         return Verdict(**base, measured=None, verdict=NOT_RUN, why=skipped or "experiment not run")
     e = _parse_expect(claim["expect"])
+    resampler = Resampler(N_BOOT, seed)
     try:
-        value = measure(claim["measure"], outcome)
-        if math.isnan(value):
-            return Verdict(**base, measured=value, verdict=NOT_RUN, why="the measure is NaN (every map constant?)")
-        ref = measure(e["of"] if e["op"] == "within" else e["than"], outcome)
-        if math.isnan(ref):  # a comparison with NaN is False: it would read as "does not hold"
-            return Verdict(**base, measured=value, verdict=NOT_RUN,
+        value = measure(claim["measure"], outcome, resampler)
+        lo, hi = value.ci(LEVEL)
+        stats = dict(measured=value.estimate, ci_low=lo, ci_high=hi, n=value.n, excluded=value.excluded)
+        if math.isnan(value.estimate):
+            return Verdict(**base, **stats, verdict=NOT_RUN, why="the measure is NaN (every map constant?)")
+        ref = measure(e["of"] if e["op"] == "within" else e["than"], outcome, resampler)
+        if math.isnan(ref.estimate):  # a comparison with NaN is False: it would read as "does not hold"
+            return Verdict(**base, **stats, verdict=NOT_RUN,
                            why="the reference measure is NaN (every map constant, or no finite scores?)")
         if e["op"] == "within":
-            tol = e["tol"] if "tol" in e else e["rel"] * abs(ref)
-            ok = abs(value - ref) <= tol
-            why = f"reference {ref:.3f}, difference {value - ref:+.3f}"
+            tol = e["tol"] if "tol" in e else e["rel"] * abs(ref.estimate)
+            verdict, diff = judge(value, "within", ref, tol=tol)
         else:
-            ok = OPS[e["op"]](value, ref)
-            why = "" if isinstance(e["than"], (int, float)) else f"reference {ref:.3f}"
+            verdict, diff = judge(value, e["op"], ref)
+        d_lo, d_hi = diff.ci(LEVEL)
+        fixed = isinstance(e.get("than"), (int, float))
+        why = (f"difference from {'the threshold' if fixed else f'the reference {ref.estimate:.3f}'}: "
+               f"{diff.estimate:+.3f} [{d_lo:+.3f}, {d_hi:+.3f}]")
     except MeasureError as exc:
         return Verdict(**base, measured=None, verdict=NOT_RUN, why=str(exc))
-    return Verdict(**base, measured=value, verdict=HOLDS if ok else FAILS, why=why)
+    return Verdict(**base, **stats, verdict=verdict, why=why)
 
 
 def claims_count(claims: pd.DataFrame) -> str:
-    """``"41 claims: 33 hold, 8 do not hold, 0 not run"``."""
+    """``"41 claims: 30 hold, 6 do not hold, 3 inconclusive, 2 not run"``."""
     counts = claims["verdict"].value_counts().to_dict() if len(claims) else {}
     return (f"{len(claims)} claims: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, "
-            f"{counts.get(NOT_RUN, 0)} not run")
+            f"{counts.get(INCONCLUSIVE, 0)} inconclusive, {counts.get(NOT_RUN, 0)} not run")
 
 
 def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([v.as_dict() for v in verdicts],
-                        columns=["id", "paper", "claim", "experiment", "expected", "measured", "verdict", "why"])
+                        columns=["id", "paper", "claim", "experiment", "expected", "measured", "ci_low", "ci_high",
+                                 "verdict", "why", "n", "excluded"])

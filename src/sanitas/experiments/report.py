@@ -13,7 +13,8 @@ import yaml
 from sanitas.experiments.claims import claims_count
 from sanitas.report.html import embed_png, render, table_html
 
-VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "not run": "verdict-skip"}
+VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "inconclusive": "verdict-inconclusive",
+                 "not run": "verdict-skip"}
 PASS_THRESHOLD = 0.5
 
 
