@@ -217,8 +217,9 @@ def _layers_in(label: str, n_layers: int) -> int:
 
 @runner("evaluate")
 def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
-    """Seed 002's decision-flip evaluation. Scalars: ``mean/<metric>/<method>``; activity vs bias pooled
-    over layers (``activity_vs_bias_p/<metric>``: one-sided Wilcoxon over every (image, layer) pair,
+    """grabska2020's decision-flip evaluation. Scalars: ``mean/<metric>/<method>``; activity vs bias over
+    layers (``activity_vs_bias_p/<metric>``: one-sided Wilcoxon over images of the per-image mean over
+    layers of activity - bias,
     ``layers_activity_better/<metric>``: fraction of layers whose mean favours activity,
     ``layers_activity_wins/<metric>`` / ``layers_bias_wins/<metric>``: layers significant after Holm at 0.05);
     ``best_aggregate_layers``, ``n_layers``; ``best_vs/<role>/p`` and ``best_vs/<role>/favours_best``."""
@@ -249,11 +250,16 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
             scalars[f"layers_activity_wins/{metric}"] = float((sig & (g["winner"] == "activity")).sum())
             scalars[f"layers_bias_wins/{metric}"] = float((sig & (g["winner"] == "bias")).sum())
             w = t[t["metric"] == metric].pivot_table(index="image", columns="method", values="value")
-            a = np.concatenate([w[f"activity[{i}]"].to_numpy() for i in g["layer_index"]])
-            b = np.concatenate([w[f"bias[{i}]"].to_numpy() for i in g["layer_index"]])
-            ok = np.isfinite(a) & np.isfinite(b) & (a != b)  # ties out before the test, as before
+            # one paired statistic per image (the mean over layers of activity - bias): the layers of one
+            # image are not independent observations, so pooling (image, layer) pairs overstated n
+            a = np.stack([w[f"activity[{i}]"].to_numpy() for i in g["layer_index"]], axis=1)
+            b = np.stack([w[f"bias[{i}]"].to_numpy() for i in g["layer_index"]], axis=1)
+            with np.errstate(invalid="ignore"):
+                per_image = np.nanmean(a - b, axis=1)
+            ok = np.isfinite(per_image) & (per_image != 0)  # ties out before the test, as before
             if ok.sum() > 0:
-                scalars[f"activity_vs_bias_p/{metric}"] = wilcoxon_pair(a[ok], b[ok], alternative="greater")["p_value"]
+                scalars[f"activity_vs_bias_p/{metric}"] = wilcoxon_pair(
+                    per_image[ok], np.zeros(int(ok.sum())), alternative="greater")["p_value"]
     best = res.best_aggregate
     if best is not None:
         scalars["best_aggregate_layers"] = float(_layers_in(best, n_layers))
