@@ -10,13 +10,13 @@ re-run with the same config skips them, and one process at a time writes a direc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -24,53 +24,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sanitas.errors import ConfigError, NotApplicableError, StorageError
+from sanitas.cells import (COLLAPSE_RATIO, NORMALIZATIONS, CellOutput, Variant, as_image_batch, compute_cell,
+                           constant_maps, degenerate_maps, explain_maps, light, normalize_maps, rows_bytes, score,
+                           tidy_rows)
+from sanitas.errors import StorageError
+from sanitas.executors import LocalExecutor
 from sanitas.explain import Explainer
-from sanitas.explain import postprocess as pp
 from sanitas.utils.hashing import config_hash
 from sanitas.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_table, directory_lock, ensure_dir,
                               read_json, sha256_bytes)
 from sanitas.utils.memory import hold_freed_memory
 from sanitas.utils.progress import progress, warn
 
-NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-    "none": None,
-    "maxabs": pp.normalize_maxabs,
-    "rms": pp.normalize_rms,
-}
-
-
-@dataclass
-class Variant:
-    """One model to compare with the reference: a name, an order index and extra info columns.
-
-    ``draw``: which independent random draw of the stage this is (0, 1, ...); draws after the first
-    are also compared with draw 0 (the stage's *floor*: how alike two random draws are).
-    ``role``: ``"stage"`` (rows in the results table) or ``"ceiling"`` (an independently trained
-    model: how alike the maps of two trained models are; rows in the references table).
-    """
-
-    name: str
-    index: int
-    model: nn.Module
-    info: dict[str, Any] = field(default_factory=dict)
-    draw: int = 0
-    role: str = "stage"
-
-    @property
-    def cell(self) -> str:
-        """The cell's identity within a run: stage index, draw and role."""
-        tag = f"{self.index:03d}" if self.role == "stage" else f"{self.role}{self.index:03d}"
-        return tag if self.draw == 0 else f"{tag}d{self.draw}"
-
-
-def normalize_maps(maps: torch.Tensor, how: str | None) -> torch.Tensor:
-    how = how or "none"
-    if how not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalization {how!r}: use one of {sorted(NORMALIZATIONS)}")
-    fn = NORMALIZATIONS[how]
-    return maps if fn is None else fn(maps)
-
+# the cell vocabulary is part of the engine's interface (engine.Variant, engine.score, ...)
+__all__ = ["COLLAPSE_RATIO", "NORMALIZATIONS", "CellStore", "Variant", "as_image_batch", "constant_maps",
+           "degenerate_maps", "normalize_maps", "run", "score", "tidy_rows", "versions", "write_outputs"]
 
 class CellStore:
     """Finished cells of a run on disk: ``cells/<variant-index>-<method>-<hash>.pt`` (rows + shown maps).
@@ -183,73 +151,10 @@ class CellStore:
         atomic_write_bytes(self._path(cell, method), self.MAGIC + head + b"\n" + payload)
 
 
-def tidy_rows(method: str, variant: Variant, values: dict[str, Any], target, n: int,
-              constant: torch.Tensor | None = None, degenerate: torch.Tensor | None = None) -> pd.DataFrame:
-    """One row per image and metric for one (variant, method) cell, with the variant's info columns.
-
-    ``constant``: per image, whether the map is constant (all zero, typically: a GradCAM whose
-    ReLU removed everything); such maps have no ranks and score NaN. ``degenerate``: whether the
-    map's magnitude collapsed (see :func:`degenerate_maps`), so that its scores compare numerical
-    noise. Both columns let every summary count these images and verdicts leave them out.
-    """
-    tgt = (target if isinstance(target, torch.Tensor) else torch.full((n,), -1)).cpu().numpy()
-    info = {k: [v] * n for k, v in variant.info.items()}
-    no = torch.zeros(n, dtype=torch.bool)
-    const = (constant if constant is not None else no).cpu().numpy()
-    degen = (degenerate if degenerate is not None else no).cpu().numpy()
-    return pd.concat([pd.DataFrame({"method": method, "variant": variant.name, "stage": variant.index,
-                                    "draw": variant.draw, "metric": metric, "image": range(n),
-                                    "value": torch.as_tensor(v).double().cpu().numpy(), "target": tgt,
-                                    "constant_map": const, "degenerate_map": degen, **info})
-                      for metric, v in values.items()], ignore_index=True)
-
-
-def constant_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Per image: True when the map holds one value everywhere (no ranking of its elements exists)."""
-    flat = maps.detach().flatten(1)
-    return flat.amax(1) == flat.amin(1)
-
-
-#: a map whose mean magnitude fell below this fraction of the original map's is numerical noise
-COLLAPSE_RATIO = 1e-6
-
-
-def degenerate_maps(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per image: True when the signal vanished, i.e. the map's mean absolute value is below
-    :data:`COLLAPSE_RATIO` of the reference map's (or below float32's smallest normal number).
-
-    Re-initializing a BatchNorm network with small weights (truncated normal, std 0.01) shrinks its
-    maps stage by stage to 1e-9..1e-15 of their original magnitude; every similarity computed after
-    that compares rounding noise (GradCAM then scores the same edge pattern on every image). Such
-    maps are counted and left out of verdicts, not scored as if they were explanations.
-    """
-    scale = maps.detach().flatten(1).abs().double().mean(1)
-    ref = reference.detach().flatten(1).abs().double().mean(1)
-    tiny = torch.finfo(torch.float32).tiny
-    return ((scale < COLLAPSE_RATIO * ref) | (scale < tiny)) & ~constant_maps(maps)
-
-
-def as_image_batch(t: torch.Tensor) -> torch.Tensor:
-    """Maps (or inputs) of signals and tabular rows as ``(N, 1, 1, D)``: the rank and correlation
-    metrics score them flattened (image metrics are refused before, see ``check_metrics_for_inputs``)."""
-    return t if t.dim() == 4 else t.reshape(t.shape[0], 1, 1, -1)
-
-
-def score(metrics: dict[str, Any], ref: torch.Tensor, maps: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    ref, maps, x = as_image_batch(ref), as_image_batch(maps), as_image_batch(x)
-    return {name: m(ref, maps, x=x).detach().cpu().double() for name, m in metrics.items()}
-
-
 def _same_target(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
     return isinstance(a, str) and isinstance(b, str) and a == b
-
-
-def _rows_bytes(rows: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    rows.to_parquet(buf, index=False)
-    return buf.getvalue()
 
 
 def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
@@ -258,94 +163,114 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         store: CellStore, reference_target: torch.Tensor | str, normalize: str | None = None,
         show: int = 8, quiet: bool | None = None, total: int | None = None,
         extra_scores: Callable[[Variant, str, torch.Tensor, torch.Tensor], dict] | None = None,
-        refused: dict[str, str] | None = None, references: list[pd.DataFrame] | None = None):
-    """Run the engine. Returns ``(rows DataFrame, shown maps {(variant_index, method): maps}, timings)``.
+        refused: dict[str, str] | None = None, references: list[pd.DataFrame] | None = None,
+        executor=None, draws: int = 1):
+    """Run the engine: the one loop over the cells of a check. Returns ``(rows DataFrame, shown maps
+    {(variant_index, method): maps}, timings)``.
 
-    A method that cannot be applied to the model (:class:`~sanitas.errors.NotApplicableError`: a
-    layer its rules do not cover, no convolutional layer, ...) is skipped and its reason stored in
-    ``refused`` (method -> message); the other methods run.
+    Every (variant, method) cell not finished earlier is computed by :func:`sanitas.cells.compute_cell`
+    on ``executor`` (:mod:`sanitas.executors`: ``None`` runs here; a Ray executor sends the cells to a
+    cluster), and stored in ``store`` in the order the variants come, so every executor writes the same
+    table. A method that cannot explain the model (:class:`~sanitas.errors.NotApplicableError`) is left
+    out, its reason stored in ``refused`` (method -> message).
 
-    Reference comparisons go to ``references`` (a list the caller reads afterwards), with a
-    ``reference`` column: ``"floor"`` rows compare a stage's draw r >= 1 with its draw 0 (variants
-    of one stage arrive draw 0 first), ``"ceiling"`` rows compare an independently trained model
-    (``role="ceiling"``) with the reference model.
+    Reference comparisons go to ``references``, with a ``reference`` column: ``"floor"`` rows compare a
+    stage's draw r >= 1 with its draw 0 (variants of one stage arrive draw 0 first), ``"ceiling"`` rows
+    compare an independently trained model (``role="ceiling"``) with the reference model.
     """
     timings: dict[str, float] = {}
     refused = {} if refused is None else refused
     references = [] if references is None else references
+    ex = executor if executor is not None else LocalExecutor()
+    threads = torch.get_num_threads()
+    gpus = 1 if x.device.type == "cuda" and not ex.streaming else 0
     shown: dict[tuple[int, str], torch.Tensor] = {}
-    frames: list[pd.DataFrame] = []
-    ref_maps: dict[str, torch.Tensor] = {}
+    results: list[tuple[Variant, str, Any] | tuple[Variant, str, None, tuple]] = []
+    x_h, ref_h = ex.put(x.cpu() if not ex.streaming else x), ex.put(reference)
+    reference_maps: dict[str, Any] = {}
     stage_zero: Variant | None = None  # draw 0 of the current stage (its model stays valid while the stage runs)
-    zero_maps: dict[str, torch.Tensor] = {}  # ... and its maps, for the floor of the later draws
+    zero_h: dict[str, Any] = {}  # ... and its cells, for the floor of the later draws
+    todo = 0
 
-    def ref(method: str) -> torch.Tensor:
-        if method not in ref_maps:
+    def ref_maps(method: str) -> Any:
+        if method not in reference_maps:
             t = time.perf_counter()
-            ref_maps[method] = normalize_maps(explainers[method](reference, x, reference_target), normalize).detach()
+            reference_maps[method] = ex.submit(explain_maps, ref_h, x_h, explainers[method], reference_target,
+                                               normalize, threads, gpus=gpus)
             timings[f"explain/{method}/reference"] = time.perf_counter() - t
-        return ref_maps[method]
+        return reference_maps[method]
 
-    def explain_variant(variant: Variant, method: str, target) -> torch.Tensor:
-        if variant.model is reference and _same_target(target, reference_target):
-            return ref(method)  # the unchanged model (stage 0): its maps are the reference, computed once
-        maps = normalize_maps(explainers[method](variant.model, x, target), normalize).detach()
-        ref(method)
-        return maps
+    def finish(entry) -> None:
+        """Store a finished cell (in submission order), or note the method's refusal."""
+        variant, method, handle, cached = entry
+        if cached is not None:
+            rows, maps, extra = cached
+            (references if variant.role == "ceiling" else frames).append(rows)
+            if "references" in extra:
+                references.append(pd.read_parquet(io.BytesIO(extra["references"])))
+            if variant.role == "stage" and variant.draw == 0:
+                shown[(variant.index, method)] = maps
+            return
+        out: CellOutput = ex.get(handle)
+        if out.refused is not None:
+            if method not in refused:
+                refused[method] = out.refused
+                warnings.warn(f"{method} cannot explain this model and is left out: {out.refused}", stacklevel=3)
+            return
+        for part, sec in out.seconds.items():
+            timings[f"{part}/{method}/{variant.cell}"] = sec
+        extra: dict[str, Any] = {}
+        if variant.role == "ceiling":
+            out.rows.insert(0, "reference", "ceiling")
+            references.append(out.rows)
+        else:
+            frames.append(out.rows)
+        if out.floor is not None:
+            references.append(out.floor)
+            extra["references"] = rows_bytes(out.floor)
+        store.save(variant.cell, method, out.rows, out.shown, extra)
+        if variant.role == "stage" and variant.draw == 0:
+            shown[(variant.index, method)] = out.shown
 
-    # the passes of every cell reuse one another's memory (see sanitas.utils.memory)
-    with hold_freed_memory(x.device):
+    frames: list[pd.DataFrame] = []
+    # the passes of every cell reuse one another's memory when the user opted in (sanitas.utils.memory)
+    with hold_freed_memory(x.device) if ex.streaming else contextlib.nullcontext():
         for variant in progress(variants, desc="variants", total=total, quiet=quiet):
             if variant.role == "stage" and variant.draw == 0:
-                stage_zero, zero_maps = variant, {}
+                stage_zero, zero_h = variant, {}
+            model_h = None
             for method in explainers:
                 if method in refused:
                     continue
                 cached = store.load(variant.cell, method)
                 if cached is not None:
-                    rows, maps, extra = cached
-                    (references if variant.role == "ceiling" else frames).append(rows)
-                    if "references" in extra:
-                        references.append(pd.read_parquet(io.BytesIO(extra["references"])))
-                    if variant.role == "stage" and variant.draw == 0:
-                        shown[(variant.index, method)] = maps
+                    results.append((variant, method, None, cached))
                     continue
-                t = time.perf_counter()
                 target = target_for(variant)
-                try:
-                    maps = explain_variant(variant, method, target)
-                except NotApplicableError as exc:
-                    refused[method] = str(exc)
-                    warnings.warn(f"{method} cannot explain this model and is left out: {exc}", stacklevel=2)
-                    continue
-                timings[f"explain/{method}/{variant.cell}"] = time.perf_counter() - t
-                t = time.perf_counter()
-                values = score(metrics, ref(method), maps, x)
-                timings[f"score/{method}/{variant.cell}"] = time.perf_counter() - t
-                if extra_scores is not None:
-                    values.update(extra_scores(variant, method, ref(method), maps))
-                n = x.shape[0]
-                rows = tidy_rows(method, variant, values, target, n, constant_maps(maps), degenerate_maps(maps, ref(method)))
-                extra: dict[str, Any] = {}
-                if variant.role == "ceiling":
-                    rows.insert(0, "reference", "ceiling")
-                    references.append(rows)
-                elif variant.draw == 0:
-                    zero_maps[method] = maps
-                    frames.append(rows)
-                else:
-                    frames.append(rows)
-                    if method not in zero_maps:  # draw 0 finished in an earlier run: explain it again
-                        zero_maps[method] = explain_variant(stage_zero, method, target_for(stage_zero))
-                    floor = tidy_rows(method, variant, score(metrics, zero_maps[method], maps, x), target, n,
-                                      constant_maps(maps), degenerate_maps(maps, ref(method)))
-                    floor.insert(0, "reference", "floor")
-                    references.append(floor)
-                    extra["references"] = _rows_bytes(floor)
-                keep = maps[:show].cpu()
-                store.save(variant.cell, method, rows, keep, extra)
+                own = variant.model is reference and _same_target(target, reference_target)
+                if model_h is None and not own:
+                    model_h = variant.model if ex.streaming else ex.put(variant.model)
+                zero = None
+                if variant.role == "stage" and variant.draw > 0:
+                    if method not in zero_h:  # draw 0 finished in an earlier run: explain it again
+                        zero_h[method] = ex.submit(explain_maps, stage_zero.model if ex.streaming else
+                                                   ex.put(stage_zero.model), x_h, explainers[method],
+                                                   target_for(stage_zero), normalize, threads, gpus=gpus)
+                    zero = zero_h[method]
+                keep = variant.role == "stage" and variant.draw == 0 and draws > 1
+                handle = ex.submit(compute_cell, None if own else model_h, x_h, explainers[method], method, target,
+                                   ref_maps(method), zero, metrics, normalize, extra_scores, light(variant), show,
+                                   keep, threads, gpus=gpus)
                 if variant.role == "stage" and variant.draw == 0:
-                    shown[(variant.index, method)] = keep
+                    zero_h[method] = handle
+                results.append((variant, method, handle, None))
+                todo += 1
+            if ex.streaming:  # finished already: store the cells now (a stage's model changes next)
+                for entry in results:
+                    finish(entry)
+                results = []
+        for entry in progress(results, desc="cells", total=len(results), quiet=quiet if todo else True):
+            finish(entry)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table, shown, timings
 

@@ -18,6 +18,7 @@ from torch import nn
 from sanitas import engine
 from sanitas.checks.result import CheckResult
 from sanitas.errors import ConfigError, InputError, ModelError
+from sanitas.executors import get_executor
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, model_device
 from sanitas.explain.forward import model_call
@@ -200,7 +201,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
                         out: str | Path | None = None, resume: bool = True, calibrate: bool = True,
                         show: int = 8, quiet: bool | None = None, bn_stats: str | None = None,
                         smooth_samples: int = 50, smooth_sigma: float = 0.1, map_stats=(),
-                        output=None, draws: int = 1, ceiling_model: nn.Module | None = None) -> CheckResult:
+                        output=None, draws: int = 1, ceiling_model: nn.Module | None = None,
+                        executor=None) -> CheckResult:
     """Run the model parameter randomization test and return a :class:`CheckResult`.
 
     ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
@@ -225,17 +227,18 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     *floor* (how alike the maps of two random draws are) is measured too. ``ceiling_model``: the same
     architecture trained independently (another seed); its maps against the model's are the *ceiling*
     (how alike two trained models' maps are). Floors and ceilings are in ``result.references`` and
-    decide ``result.verdicts()``.
+    decide ``result.verdicts()``. ``executor``: where the cells run (``None``/``"local"``: here; ``"ray"`` or
+    a :class:`~sanitas.executors.RayExecutor`: on a Ray cluster; same results, see :mod:`sanitas.executors`).
     """
     with model_call(output=output):
         return _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks,
                                     normalize, out, resume, calibrate, show, quiet, bn_stats, smooth_samples,
-                                    smooth_sigma, map_stats, draws, ceiling_model)
+                                    smooth_sigma, map_stats, draws, ceiling_model, executor)
 
 
 def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target, order, blocks, normalize, out,
                          resume, calibrate, show, quiet, bn_stats, smooth_samples, smooth_sigma, map_stats, draws,
-                         ceiling_model):
+                         ceiling_model, executor):
     from sanitas import randomize
 
     if mode not in MODES:
@@ -358,20 +361,26 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         cal_seconds = time.perf_counter() - t
     refused: dict[str, str] = {}
     references: list = []
-    with engine.CellStore(out, config, resume=resume) as store:
-        table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store, ref_target,
-                                           normalize=normalize, show=show, quiet=quiet, total=total,
-                                           extra_scores=extra, refused=refused, references=references)
-        refs = pd.concat(references, ignore_index=True) if references else None
-        if calibrate:
-            timings["calibration"] = cal_seconds
-        timings["total"] = time.perf_counter() - t0
-        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
-                "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy}
-        res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
-                          Path(out) if out else None, references=refs)
-        warn_degenerate(res, init)
-        if out:
-            engine.write_outputs(Path(out), table, meta, cal, refs)
+    ex = get_executor(executor if executor is not None else "local")
+    try:
+        with engine.CellStore(out, config, resume=resume) as store:
+            table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store,
+                                               ref_target, normalize=normalize, show=show, quiet=quiet, total=total,
+                                               extra_scores=extra, refused=refused, references=references,
+                                               draws=draws, executor=ex)
+            refs = pd.concat(references, ignore_index=True) if references else None
+            if calibrate:
+                timings["calibration"] = cal_seconds
+            timings["total"] = time.perf_counter() - t0
+            meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                    "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
+                    "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy}
+            res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
+                              Path(out) if out else None, references=refs)
+            warn_degenerate(res, init)
+            if out:
+                engine.write_outputs(Path(out), table, meta, cal, refs)
+    finally:
+        if ex is not executor:  # an executor this call made (a Ray it started is shut down again)
+            ex.close()
     return res
