@@ -274,8 +274,6 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
     res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode, init=init,
                               seed=seed, target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
                               resume=not no_resume, quiet=quiet, output=_output(output))
-    for method, why in res.meta.get("refused", {}).items():
-        click.echo(f"note: {method} was left out: {why}", err=True)
     figs = check_figures(res, out)
     report = check_report(res, out, figs)
     for metric in _csv(metrics)[:2]:

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -215,7 +214,7 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
         if out.refused is not None:
             if method not in refused:
                 refused[method] = out.refused
-                warnings.warn(f"{method} cannot explain this model and is left out: {out.refused}", stacklevel=3)
+                warn(f"{method} cannot explain this model and is left out: {out.refused}")
             return
         for part, sec in out.seconds.items():
             timings[f"{part}/{method}/{variant.cell}"] = sec

@@ -111,8 +111,9 @@ def warn_degenerate(result: CheckResult, init) -> None:
     if not len(bad):
         return
     stages = sorted(set(bad["variant"]))
-    hint = (" The small truncated-normal weights shrink the signal of BatchNorm networks layer by layer; "
-            "init='default' (each layer's own reset_parameters) keeps it." if str(init) == "truncated_normal" else "")
+    hint = (" The small truncated-normal weights (std 0.01, also for BatchNorm and LayerNorm scales) shrink the "
+            "signal layer by layer; init='default' (each layer's own reset_parameters) keeps it."
+            if str(init) == "truncated_normal" else "")
     warn(f"{len(bad)} maps lost their signal (magnitude below {engine.COLLAPSE_RATIO:g} of the original's) at "
          f"{len(stages)} stage(s), e.g. {stages[:3]}: they are counted and left out of the verdicts.{hint}")
 
