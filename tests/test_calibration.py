@@ -48,7 +48,7 @@ def camera_crops(n: int = 16, size: int = 28, seed: int = 0) -> torch.Tensor:
 def test_table_is_tidy_with_every_baseline():
     x = digit_like(8)
     maps = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    df = calibrate(["spearman_abs", "ssim"], maps=maps, x=x, n_masks=2, n_boot=200)
+    df = calibrate(["spearman_abs", "ssim"], maps=maps, x=x, n_masks=2, n_boot=200, classes=10)
     assert list(df.columns) == COLUMNS
     assert len(df) == 2 * len(BASELINES)
     assert set(df["baseline"]) == set(BASELINES)
@@ -159,3 +159,20 @@ def test_bad_calibration_arguments():
         calibrate("spearman", x=x.masked_fill(x > 0.5, float("nan")))
     with pytest.raises(InputError, match="same N, H, W"):
         calibrate("spearman", maps=torch.randn(2, 1, 28, 28), x=x)
+
+
+def test_competitive_null_keeps_the_fraction_of_the_rule_and_is_sparse():
+    """CGI of random votes: the rule keeps 2/K (1 - 2^-K) of the pixels (positive maximum or negative minimum
+    among K symmetric votes), and two such maps of one image share its zero background."""
+    from sanitas.similarity.calibration import competitive_random_votes
+
+    g = torch.Generator().manual_seed(0)
+    ones = torch.ones(4, 1, 64, 64)
+    for k in (2, 3, 10):
+        kept = (competitive_random_votes(ones, k, "gaussian", g) != 0).double().mean()
+        assert abs(float(kept) - 2 / k * (1 - 2.0 ** -k)) < 0.01, k
+    x = digit_like(8)
+    df = calibrate(["spearman_abs"], x=x, n_masks=3, classes=10)
+    null = df.set_index("baseline")["mean"]
+    assert null["uniform_vs_uniform"] < 0.05 < null["competitive_input_x_uniform"] < null["input_x_uniform"]
+    assert "competitive_input_x_uniform" not in set(calibrate(["spearman_abs"], x=x, n_masks=1)["baseline"])

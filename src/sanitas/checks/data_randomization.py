@@ -57,7 +57,8 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
     if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
         from sanitas.similarity.calibration import calibrate as run_cal
 
-        cal = run_cal(list(sims.values()), x=x, seed=seed)
+        k = inference_logits(models[0][1], x[:1]).shape[1]
+        cal = run_cal(list(sims.values()), x=x, seed=seed, classes=k if k > 1 else None)
     variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
     inputs = inputs or {}
     table_parts, shown, timings, refs = [], {}, {}, {}

@@ -358,7 +358,8 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         from sanitas.similarity.calibration import calibrate as run_cal
 
         t = time.perf_counter()
-        cal = run_cal(list(sims.values()), x=engine.as_image_batch(x), seed=seed)
+        cal = run_cal(list(sims.values()), x=engine.as_image_batch(x), seed=seed, classes=accuracy["classes"]
+                      if accuracy["classes"] > 1 else None)
         cal_seconds = time.perf_counter() - t
     refused: dict[str, str] = {}
     references: list = []

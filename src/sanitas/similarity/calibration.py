@@ -48,7 +48,7 @@ __all__ = ["BASELINES", "DISTRIBUTIONS", "calibrate", "calibration_scores", "ran
 DISTRIBUTIONS = ("uniform", "gaussian")
 #: Every baseline name, in the order rows appear.
 BASELINES = ("map_vs_uniform", "map_vs_gaussian", "uniform_vs_uniform", "gaussian_vs_gaussian",
-             "input_x_uniform", "input_x_gaussian")
+             "input_x_uniform", "input_x_gaussian", "competitive_input_x_uniform", "competitive_input_x_gaussian")
 COLUMNS = ["metric", "baseline", "mean", "ci_low", "ci_high", "n", "nan_count"]
 
 MetricLike = str | Similarity | Callable
@@ -94,9 +94,26 @@ def _check_args(n_masks: Any, distributions: Any) -> tuple[str, ...]:
     return distributions
 
 
+def competitive_random_votes(shifted: torch.Tensor, classes: int, dist: str, generator: torch.Generator) -> torch.Tensor:
+    """The competitive map of label 0 when the ``classes`` labels' maps are random votes ``shifted * u_k``.
+
+    A pixel survives where label 0's vote is positive and the largest, or negative and the smallest:
+    a fraction 2/K (1 - 2^-K) of the pixels for i.i.d. symmetric votes. The votes are streamed (one
+    label's at a time), so K may be large.
+    """
+    from sanitas.explain.competition import competition_mask
+
+    chosen = shifted * random_masks(shifted.shape, dist, generator).to(shifted.device)
+    hi, lo = chosen.clone(), chosen.clone()
+    for _ in range(int(classes) - 1):
+        vote = shifted * random_masks(shifted.shape, dist, generator).to(shifted.device)
+        hi, lo = torch.maximum(hi, vote), torch.minimum(lo, vote)
+    return chosen * competition_mask(chosen, hi, lo)
+
+
 def calibration_scores(metrics: MetricLike | Sequence[MetricLike], maps: Any = None, x: Any = None, *,
                        n_masks: int = 10, seed: int = 0, distributions: Sequence[str] = DISTRIBUTIONS,
-                       baseline: Any = None) -> dict[tuple[str, str], torch.Tensor]:
+                       baseline: Any = None, classes: int | None = None) -> dict[tuple[str, str], torch.Tensor]:
     """The raw calibration scores: ``{(metric, baseline): Tensor[N, n_masks]}`` (see :func:`calibrate`)."""
     metric_objs = _metric_list(metrics)
     dists = _check_args(n_masks, distributions)
@@ -131,6 +148,10 @@ def calibration_scores(metrics: MetricLike | Sequence[MetricLike], maps: Any = N
     for d in dists:
         if shifted is not None:
             plan.append((f"input_x_{d}", d))
+            if classes is not None:
+                plan.append((f"competitive_input_x_{d}", d))
+    if classes is not None:
+        validation.count(classes, "classes", minimum=2)
     plan.sort(key=lambda p: BASELINES.index(p[0]))
     gens = {name: make_generator(_derived_seed(seed, name)) for name, _ in plan}
 
@@ -140,6 +161,10 @@ def calibration_scores(metrics: MetricLike | Sequence[MetricLike], maps: Any = N
             if name.startswith("map_vs_"):
                 assert maps_t is not None
                 a, b = maps_t, random_masks(maps_t.shape, dist, gens[name]).to(device)
+            elif name.startswith("competitive_input_x_"):
+                assert shifted is not None and classes is not None
+                a = competitive_random_votes(shifted, classes, dist, gens[name])
+                b = competitive_random_votes(shifted, classes, dist, gens[name])
             elif name.startswith("input_x_"):
                 assert shifted is not None
                 u = random_masks(shifted.shape, dist, gens[name]).to(device)
@@ -155,20 +180,21 @@ def calibration_scores(metrics: MetricLike | Sequence[MetricLike], maps: Any = N
 
 def calibrate(metrics: MetricLike | Sequence[MetricLike], maps: Any = None, x: Any = None, *, n_masks: int = 10,
               seed: int = 0, distributions: Sequence[str] = DISTRIBUTIONS, baseline: Any = None,
-              n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
+              n_boot: int = 1000, level: float = 0.95, classes: int | None = None) -> pd.DataFrame:
     """Reference similarities for each metric: random masks and the input-dominance null.
 
     ``metrics``: names, metric objects or functions (one or a list). ``maps``: explanations
     ``(N, C, H, W)`` to compare with random masks (optional). ``x``: the input images (needed for
     the input-dominance null and by ``spearman_nz``). ``n_masks`` random draws per image;
     ``seed`` makes it reproducible; ``baseline`` is passed to the metrics (``spearman_nz``) and
-    subtracted from ``x`` in the input-dominance null.
+    subtracted from ``x`` in the input-dominance null. ``classes``: the model's number of labels, for
+    the competitive null (CGI of random votes).
 
     Returns a tidy DataFrame, one row per (metric, baseline), columns
     ``metric, baseline, mean, ci_low, ci_high, n, nan_count``; ``df.attrs`` records the settings.
     """
     raw = calibration_scores(metrics, maps, x, n_masks=n_masks, seed=seed, distributions=distributions,
-                             baseline=baseline)
+                             baseline=baseline, classes=classes)
     rows = []
     for (metric, base), vals in raw.items():
         summary = stats.summarize(vals, n_boot=n_boot, level=level, seed=seed)
