@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sanitas import engine
-from sanitas.checks.result import CheckResult
+from sanitas.checks.result import CheckResult, model_facts
 from sanitas.errors import ConfigError, InputError, ModelError
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, model_device
@@ -309,9 +309,11 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         timings["total"] = time.perf_counter() - t0
         meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
                 "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
+                "layer_types": {l.name: l.type for l in layers}, "model": model_facts(model, x, y),
                 "resolved": describe_methods(explainers, reference, x, refused)}
+        meta["accuracy"] = meta["model"]["accuracy"]
         res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
                           Path(out) if out else None)
         if out:
-            engine.write_outputs(Path(out), table, meta, cal)
+            engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
     return res

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.explain import postprocess as pp
+from sanitas.report.tables import stage_labels
 
 STYLES = ("absolute", "diverging", "two_channel")
 
@@ -136,17 +137,23 @@ def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -
     fig_dir = Path(out_dir) / "figures"
     methods = list(dict.fromkeys(result.table["method"])) if len(result.table) else []
     paths = []
-    for i in range(min(images, 0 if result.images is None else len(result.images))):
+    kept = max((len(m) for m in result.maps.values()), default=0)
+    shown = min(images, kept if result.images is None else min(kept, len(result.images)))
+    labels = list(stage_labels(result.meta, result.stages).values())
+    for i in range(shown):
+        image = None if result.images is None else result.images[i]
         for style in styles:
-            paths.append(map_grid(result.maps, result.stages, methods, result.images[i], fig_dir /
+            paths.append(map_grid(result.maps, labels, methods, image, fig_dir /
                                   f"maps-image{i}-{style}.png", style=style, index=i,
                                   title=f"{result.kind}: image {i} ({style})"))
     summary = result.summary()
+    labels_by_name = stage_labels(result.meta, result.stages)
     if result.kind != "model_randomization":  # two or three models: bars, not curves
         for metric in dict.fromkeys(result.table["metric"]):
             paths.append(metric_bars(summary, metric, fig_dir / f"curve-{metric}.png",
                                      title=f"{result.kind}: {metric}"))
         return paths
+    summary = summary.assign(variant=summary["variant"].astype(str).map(lambda v: labels_by_name.get(v, v)))
     for metric in dict.fromkeys(result.table["metric"]):
         paths.append(similarity_curves(summary, metric, fig_dir / f"curve-{metric}.png", result.calibration,
                                        title=f"{result.kind} ({result.meta['config'].get('mode', '')}): {metric}"))
