@@ -107,7 +107,10 @@ def overview_section(result) -> dict:
     about = meta.get("about") or {}
     facts = meta.get("model") or {}
     rows = []
-    model = about.get("model") or (f"{facts['class']} ({facts['parameters']:,d} parameters)" if facts else "")
+    model = about.get("model", "")
+    if facts:
+        built = f"{facts['class']}, {facts['parameters']:,d} parameters"
+        model = f"{model} ({built})" if model else built
     if model:
         rows.append(("model", model))
     if about.get("data"):

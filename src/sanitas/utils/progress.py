@@ -53,11 +53,11 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None) -> Iterator[T]:
         done += 1
         now = time.monotonic()
         if now - last >= LINE_SECONDS and done != total:
-            log(f"{desc}: {done}{of} ({now - start:.0f} s)")
+            log(f"{desc}: {done}{of} ({now - start:.0f} s)", quiet=False)
             last = now
     elapsed = time.monotonic() - start
     if done and (last > start or elapsed >= LINE_SECONDS / 5):
-        log(f"{desc}: {done}{of} done in {elapsed:.0f} s")
+        log(f"{desc}: {done}{of} done in {elapsed:.0f} s", quiet=False)
 
 
 def log(message: str, *, quiet: bool | None = None) -> None:
