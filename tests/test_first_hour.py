@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pandas as pd
 import pytest
@@ -63,24 +62,16 @@ def test_sequential_runs_resume_and_name_their_stages(tmp_path):
 def test_sequential_blocks_in_a_config_and_evaluate_layers(tmp_path):
     """YAML reads `blocks: [5, 7]` as numbers, and evaluate's per-layer methods named layer 0 as a number: both
     crashed on nn.Sequential models; both now run, and resume."""
+    from conftest import study_config
+
     _, path = _sequential(tmp_path)
-    config = tmp_path / "seq.yaml"
-    config.write_text(textwrap.dedent(f"""
-        paper: seq
-        dataset: digits
-        images: 4
-        experiments:
-          cascading:
-            check: model_randomization
-            model: {path}
-            blocks: [5, 7]
-            methods: [gradient]
-            metrics: [spearman_abs]
-    """))
+    config = study_config(tmp_path / "seq.yaml", {"check": "model_randomization", "model": str(path),
+                                                  "blocks": [5, 7], "methods": ["gradient"],
+                                                  "metrics": ["spearman_abs"]})
     for _ in range(2):
         r = CliRunner().invoke(main, ["run", str(config), "--out", str(tmp_path / "study"), "-q"])
         assert r.exit_code == 0, r.output
-    table = pd.read_parquet(tmp_path / "study" / "cascading" / "results.parquet")
+    table = pd.read_parquet(tmp_path / "study" / "one" / "results.parquet")
     assert list(dict.fromkeys(table["variant"])) == ["original", "7", "5", "2", "0"]
     args = ["evaluate", str(path), "-d", "digits", "-n", "4", "--layers", "all", "--shuffles", "1", "-q",
             "--out", str(tmp_path / "ev")]

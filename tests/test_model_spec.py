@@ -258,19 +258,11 @@ def test_output_selector_everywhere(user, tmp_path):
     src = model_source({"class": "usermodels.py:TwoHeads", "args": {"width": 5}, "weights": "two_state.pt",
                         "output": 1})
     assert src.output == 1
-    config = tmp_path / "study.yaml"
-    config.write_text(textwrap.dedent(f"""
-        paper: mine
-        dataset: digits
-        images: 4
-        experiments:
-          cascading:
-            check: model_randomization
-            model: {{class: {d / 'usermodels.py'}:TwoHeads, args: {{width: 5}}, weights: {d / 'two_state.pt'}}}
-            output: 1
-            methods: [gradient]
-            metrics: [spearman_abs]
-    """))
+    from conftest import study_config
+
+    config = study_config(tmp_path / "study.yaml", {
+        "check": "model_randomization", "output": 1, "methods": ["gradient"], "metrics": ["spearman_abs"],
+        "model": {"class": f"{d / 'usermodels.py'}:TwoHeads", "args": {"width": 5}, "weights": str(d / "two_state.pt")}})
     r = CliRunner().invoke(main, ["run", str(config), "--out", str(tmp_path / "study"), "-q"])
     assert r.exit_code == 0, r.output
 

@@ -19,11 +19,16 @@ def _section(html: str, sid: str) -> str:
     return m.group(1)
 
 
-def test_overview_first_then_means_with_counts(tmp_path):
-    out = tmp_path / "cnn"
-    r = CliRunner().invoke(main, ["randomize", "cnn", "-d", "digits", "-n", "6", "--methods", "gradient,gradcam",
+def _randomize(model: str, out, images: int, methods: str):
+    r = CliRunner().invoke(main, ["randomize", model, "-d", "digits", "-n", str(images), "--methods", methods,
                                   "--metrics", "spearman_abs", "-q", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    return r
+
+
+def test_overview_first_then_means_with_counts(tmp_path):
+    out = tmp_path / "cnn"
+    r = _randomize("cnn", out, 6, "gradient,gradcam")
     assert "note: gradcam used layer features.relu2 (ReLU)" in r.output
     assert "spearman_abs (mean over 6 images)" in r.output
     html = (out / "report.html").read_text()
@@ -69,9 +74,7 @@ def test_excluded_images_are_counted_in_every_mean(tmp_path):
 
 def test_refused_methods_are_in_the_report_and_the_output(tmp_path):
     out = tmp_path / "linear"
-    r = CliRunner().invoke(main, ["randomize", "linear", "-d", "digits", "-n", "4", "--methods", "gradient,gradcam",
-                                  "--metrics", "spearman_abs", "-q", "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    r = _randomize("linear", out, 4, "gradient,gradcam")
     assert "note: gradcam was left out: " in r.output
     assert "gradcam: left out" in _section((out / "report.html").read_text(), "overview")
 
@@ -83,9 +86,7 @@ def test_verdicts_have_their_place_after_the_overview(tmp_path, monkeypatch):
     monkeypatch.setattr(report_html, "verdict_section",
                         lambda result: {"id": "verdicts", "title": "Verdicts", "text": "v", "tables": [], "figures": []})
     out = tmp_path / "v"
-    r = CliRunner().invoke(main, ["randomize", "linear", "-d", "digits", "-n", "4", "--methods", "gradient",
-                                  "--metrics", "spearman_abs", "-q", "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    _randomize("linear", out, 4, "gradient")
     assert re.findall(r'<section id="([\w-]+)">', (out / "report.html").read_text())[:3] == \
         ["overview", "verdicts", "summary"]
 

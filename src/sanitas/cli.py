@@ -105,7 +105,12 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(sanitas.__version__, prog_name="sanitas")
 def main():
-    """Can this explanation be trusted? Sanity checks for saliency maps of PyTorch classifiers."""
+    """Can this explanation be trusted? Sanity checks for saliency maps of PyTorch classifiers.
+
+    MODEL, wherever a command takes one, is a reference model (`sanitas models`) or your own: a .pt file
+    (torch.save or torch.jit.save), a class and its weights (mymodels.py:Net@weights.pt) or a Hugging Face
+    model directory. --dataset takes a name (`sanitas datasets`), an .npz file or an image folder.
+    """
 
 
 @main.command()
@@ -348,9 +353,9 @@ def _blocks(blocks):
     return blocks if blocks.startswith("prefix:") or blocks == "auto" else _csv(blocks)
 
 
-def _finish(res, src, ds, out, metrics) -> None:
+def _finish(res, src, ds, out, metrics, table=None) -> None:
     """What every check command ends with: the run described in meta.json, the figures and the report, and the
-    means on stdout with the images each covers, what was left out and why."""
+    means on stdout with the images each covers, what was left out and why (or ``table``, a DataFrame)."""
     from sanitas.report.about import annotate, about_run
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
@@ -373,6 +378,8 @@ def _finish(res, src, ds, out, metrics) -> None:
         click.echo(mean_table(summary, metric, labels).round(3).to_string())
         for line in coverage_lines(summary, metric, labels):
             click.echo(f"  {line}")
+    if table is not None:
+        click.echo(table.round(3).to_string(index=False))
     click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
 
 
@@ -460,9 +467,8 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
                                  _csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
         res.meta["permuted_training"] = pm
         res.meta["training"] = trio.notes
-        _finish(res, src, ds, out, [] if trio.ceiling is not None else _csv(metrics)[:1])
-    if trio.ceiling is not None:
-        click.echo(ceiling_verdicts(res).round(3).to_string(index=False))
+        ceiling = trio.ceiling is not None
+        _finish(res, src, ds, out, [] if ceiling else _csv(metrics)[:1], ceiling_verdicts(res) if ceiling else None)
 
 
 @main.command("input-invariance", epilog=MODEL_HELP)

@@ -74,7 +74,7 @@ def load_dataset(name: str | Path | Mapping, split: str = "train", *, limit: int
         elif path.is_dir():
             from sanitas.data.folder import load_folder
 
-            ds = load_folder(path, split, kwargs.get("size"), classes)
+            ds = load_folder(path, split, kwargs.get("size"), classes, limit)
         elif isinstance(name, Path) or "/" in sname or sname.endswith(".npz"):
             raise DatasetNotFoundError(f"no file or folder at {path}; pass a dataset name "
                                        f"({', '.join(DATASETS.names())}) or an existing .npz file / image folder")

@@ -132,16 +132,18 @@ def _read_image(path: Path) -> np.ndarray:
     return img[..., :3] if img.ndim == 3 else img
 
 
-def load_folder(path: str | Path, split: str = "test", size: int | None = None, classes=None) -> Dataset:
+def load_folder(path: str | Path, split: str = "test", size: int | None = None, classes=None,
+                limit: int | None = None) -> Dataset:
     """The images of ``split`` in folder ``path`` (see the module docs), as float32 ``(N, C, H, W)`` in [0, 1].
 
     Images are resized to ``size`` x ``size``, or to the size of the first image of the training split, so that
-    both splits have one shape; the images are RGB when any of them is in colour, grey otherwise.
+    both splits have one shape; the images are RGB when any of them is in colour, grey otherwise. ``limit``
+    reads only the first ``limit`` images (in class order).
     """
     from skimage.transform import resize
 
     layout = folder_layout(path, classes)
-    files = layout.files(split)
+    files = layout.files(split)[:limit]
     if not files:
         raise DataFormatError(f"{layout.folder(split)}: no images in the class folders of the {split!r} split")
     images = [_read_image(f) for _, f in files]

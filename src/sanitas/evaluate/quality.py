@@ -133,7 +133,10 @@ def layer_methods(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
         names = [n for n in available if n in names]  # forward order
     interp = "" if interpolation == "bilinear" else f", interpolation={interpolation}"
     out: list[MethodSpec] = []
-    quoted = [f"'{n}'" for n in names]  # quoted: nn.Sequential layers are named 0, 1, ..., which read as numbers
+    from sanitas.explain.registry import parse_value
+
+    # nn.Sequential layers are named 0, 1, ...: quoted, or the method name would read them as numbers
+    quoted = [n if parse_value(n) == n else f"'{n}'" for n in names]
     if per_layer:
         for i, (n, q) in enumerate(zip(names, quoted), 1):
             out.append(MethodSpec(f"activity[{i}]", f"activity(layers=[{q}]{interp})", "activity", n, i))

@@ -117,15 +117,26 @@ def overview_section(result) -> dict:
         rows.append(("data", about["data"]))
     if about.get("layout") or about.get("class_order"):
         rows.append(("classes", about.get("layout") or about["class_order"]))
+    order = {str(name): i for i, name in enumerate(meta.get("stages") or [])}
+
+    def staged(d: dict) -> list:  # meta.json keeps keys sorted: show them in stage order
+        return sorted(d.items(), key=lambda kv: order.get(str(kv[0]), len(order)))
+
     acc = meta.get("accuracy")
     if isinstance(acc, dict):
         rows.append(("accuracy on the explained images",
-                     ", ".join(f"{k}: {v:.1%}" for k, v in acc.items() if v == v)))
+                     ", ".join(f"{k}: {v:.1%}" for k, v in staged(acc) if v == v)))
     elif isinstance(acc, (int, float)) and acc == acc:
         n = facts.get("images") or (result.table["image"].nunique() if len(result.table) else 0)
         rows.append(("accuracy on the explained images", f"{acc:.1%} of {n}"))
-    for name, note in (meta.get("training") or {}).items():
+    for name, note in staged(meta.get("training") or {}):
         rows.append((f"model {name}", note))
+    pm = meta.get("permuted_training")
+    if isinstance(pm, dict) and pm.get("train_accuracy") is not None:
+        reached = {True: "reached", False: "NOT reached"}.get(pm.get("memorized"), "")
+        rows.append(("permuted-label training", f"train accuracy {pm['train_accuracy']:.1%} on the permuted labels"
+                     + (f" (target {reached} in {pm.get('epochs_run')} epochs)" if reached else "")
+                     + f", test accuracy {pm.get('test_accuracy', float('nan')):.1%}"))
     for method, why in (meta.get("refused") or {}).items():
         rows.append((f"{method}: left out", why))
     for method, info in (meta.get("resolved") or {}).items():

@@ -1,9 +1,10 @@
 """What the report and the command line show of a check's summary: stage labels a reader can place, and
 means that say how many images they cover and how many were left out, and why.
 
-A mean is taken over the images whose score is a number. Images whose map was constant (all zero, typically
-a GradCAM whose ReLU removed everything: there is no ranking to compare) or whose score is undefined for
-another reason (NaN) are excluded and counted, never silently dropped.
+A mean is taken over the images whose score is a number. Images whose map was constant, at this stage or at
+the reference stage (all zero, typically a GradCAM whose ReLU removed everything: there is no ranking to
+compare), or whose score is undefined for another reason (NaN) are excluded and counted, never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -108,12 +109,25 @@ def mean_table_html(summary: pd.DataFrame, metric: str, labels: dict[str, str] |
             "</table>")
 
 
+def constant_excluded(table: pd.DataFrame) -> pd.Series:
+    """Per row: the score is NaN because a map compared is constant, this stage's or the reference's (stage 0:
+    the same method, metric and image). Needs the engine's ``constant_map`` column."""
+    nan = table["value"].isna()
+    own = table["constant_map"].astype(bool)
+    keys = ["method", "metric", "image"]
+    ref = table.loc[table["stage"] == 0, keys].assign(_ref=own[table["stage"] == 0].to_numpy())
+    ref = ref.drop_duplicates(keys)
+    merged = table[keys].merge(ref, on=keys, how="left")["_ref"].fillna(False).astype(bool).to_numpy()
+    return nan & (own | merged)
+
+
 def mean_summary(table: pd.DataFrame, by=("method", "stage", "variant", "metric")) -> pd.DataFrame:
     """Per group: the mean of the scores that are numbers, ``n`` (their count), ``nan_count`` and (with the
-    engine's ``constant_map`` column) ``constant_maps``; no bootstrap, for tables of means."""
+    engine's ``constant_map`` column) ``constant_maps``: how many of the NaN scores come from a constant map
+    (:func:`constant_excluded`); no bootstrap, for tables of means."""
     t = table.assign(_nan=table["value"].isna())
     if "constant_map" in t.columns:
-        t["_const"] = t["_nan"] & t["constant_map"].astype(bool)
+        t["_const"] = constant_excluded(table).to_numpy()
     g = t.groupby(list(by), sort=False)
     out = g["value"].agg(mean="mean", n="count").reset_index()
     out["nan_count"] = g["_nan"].sum().to_numpy().astype(int)
