@@ -127,6 +127,8 @@ def test_light_imports():
     assert not heavy & _imported("import sanitas.cli")
     assert not heavy & _imported("from sanitas.models import model_source\nmodel_source('m.py:Net@w.pt')")
     assert not {"matplotlib", "scipy", "skimage"} & _imported("import sanitas.checks, sanitas.explain, sanitas.data")
+    # the bundled digits are read from scikit-learn's file: importing scikit-learn took 2 s of `sanitas layers`
+    assert "sklearn" not in _imported("from sanitas.data import load_dataset\nload_dataset('digits', 'test')")
 
 
 def test_report_of_a_study_needs_no_torch(tiny_run):

@@ -115,6 +115,18 @@ def test_spec_strings_and_mappings_parse_without_loading(tmp_path):
         model_source({"file": "m.pt", "output": "a"}, output="b")
 
 
+def test_a_folder_never_shadows_a_reference_model(tmp_path, monkeypatch):
+    """A bare word is a reference model's name; a folder of that name is read when written as a path, and an
+    unknown name that is a folder here says so."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cnn").mkdir()
+    (tmp_path / "my-vit").mkdir()
+    assert model_source("cnn").kind == "name"
+    assert model_source("./cnn").kind == model_source("my-vit/").kind == "huggingface"
+    with pytest.raises(UnknownNameError, match=r"A folder named 'my-vit' is here: write it as a path, ./my-vit"):
+        fresh_model("my-vit", (1, 8, 8), 10)
+
+
 @pytest.mark.parametrize("spec", ["net_whole.pt", "net_script.pt", "usermodels.py:Net(width=5)@net_state.pt",
                                   "usermodels:Net(width=5)@net_state.pt", "usermodels.py:Net(width=5)@checkpoint.pt",
                                   "usermodels.py:Net(width=5)@net_whole.pt"])
@@ -281,7 +293,7 @@ def test_config_model_spec_errors_name_the_line(user, tmp_path):
     assert r.exit_code == 1 and "bad.yaml:6" in r.output and "no file or folder at nowhere.py" in r.output
     config.write_text(config.read_text().replace("{class: nowhere.py:Net, weights: w.pt}", "cnnn"))
     r = CliRunner().invoke(main, ["run", str(config), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 1 and "did you mean 'cnn'" in r.output
+    assert r.exit_code == 1 and "Did you mean 'cnn'" in r.output
 
 
 def test_training_a_users_class_is_cached_by_its_source(user, tmp_path, monkeypatch):

@@ -114,7 +114,6 @@ def _model(value, what):
 def check_model_spec(value, what: str) -> None:
     from pathlib import Path
 
-    from sanitas.models import MODELS
     from sanitas.models.spec import SPEC_HELP, model_source
 
     if not isinstance(value, (str, dict)):
@@ -124,12 +123,13 @@ def check_model_spec(value, what: str) -> None:
         src = model_source(value)
     except SanitasError as exc:
         raise ConfigError(f"{what}: {exc}") from None
-    if src.kind == "name" and src.target not in MODELS:
-        import difflib
+    if src.kind == "name":
+        from sanitas.models.resolve import reference_model
 
-        near = difflib.get_close_matches(src.target, MODELS.names(), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{what}: unknown model {src.target!r}{hint}; use one of {MODELS.names()}, or {SPEC_HELP}")
+        try:
+            reference_model(src.target)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
     for f in src.files():
         if not Path(f).expanduser().exists():
             raise ConfigError(f"{what}: no file or folder at {f} (paths are relative to the folder sanitas runs in)")

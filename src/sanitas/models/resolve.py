@@ -25,7 +25,7 @@ from types import ModuleType, SimpleNamespace
 import torch
 from torch import nn
 
-from sanitas.errors import ModelError, SanitasError
+from sanitas.errors import ModelError, SanitasError, UnknownNameError
 from sanitas.models.spec import SPEC_HELP, ModelSource, model_source
 
 
@@ -73,6 +73,7 @@ def architecture(model, input_shape=None, num_classes: int | None = None) -> nn.
     if src.kind == "name":
         from sanitas.models.zoo import build_model
 
+        reference_model(src.target)
         return build_model(src.target, input_shape, num_classes)
     if src.kind == "class":
         return construct(src)
@@ -84,6 +85,21 @@ def architecture(model, input_shape=None, num_classes: int | None = None) -> nn.
                          "Give the architecture as a class instead (mymodels.py:Net), with @weights.pt for the "
                          "trained model")
     return reinitialized(base)
+
+
+def reference_model(name: str):
+    """The registry entry of reference model ``name``, or an :class:`UnknownNameError` that lists the names, says
+    when a folder or file of that name is here (written as a path it is read: ``./name``) and that a user's own
+    model works too."""
+    from sanitas.models.zoo import MODELS
+
+    try:
+        return MODELS.get(name)
+    except UnknownNameError as exc:
+        here = Path(name).expanduser()
+        hint = (f" A {'folder' if here.is_dir() else 'file'} named {name!r} is here: write it as a path, "
+                f"./{name}, to use it." if here.exists() else "")
+        raise UnknownNameError(f"{exc}{hint} Your own model works too: {SPEC_HELP}.") from None
 
 
 def require_python_module(model: nn.Module, what: str) -> None:

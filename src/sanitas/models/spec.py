@@ -12,6 +12,9 @@ A model spec is one of
 * a Hugging Face model directory written by ``save_pretrained`` (read with ``from_pretrained``, offline)
 * in Python, an ``nn.Module``
 
+A bare word (``cnn``, ``my-vit``) is a reference model's name; a folder or file is written as a path when its
+name has no suffix or slash (``./my-vit``, ``my-vit/``), so that a folder never shadows a reference model.
+
 In a config the same string, or a mapping with the parts as keys: ``{class: mymodels.py:Net, args: {width: 32},
 weights: net.pt, output: logits}``, ``{file: model.pt}``, ``{huggingface: hf-model/}``, ``{name: cnn}``.
 ``output`` (any form; ``--output`` on the command line) says which part of what the model returns holds the
@@ -160,14 +163,15 @@ def parse_spec_string(text: str, output=None) -> ModelSource:
         weights = m.group("weights")
         return ModelSource("class", f"{m.group('module').strip()}:{m.group('cls')}", _args(m.group("args"), text),
                            weights.strip() if weights else None, out)
+    if _NAME.match(text) and not _looks_like_file(text):
+        # a bare word names a reference model; a folder or file of that name is written as a path (./name)
+        return ModelSource("name", text, output=out)
     path = Path(text).expanduser()
     if path.is_dir():
         return ModelSource("huggingface", text, output=out)
     if path.is_file() or _looks_like_file(text):
         return ModelSource("file", text, output=out)
-    if not _NAME.match(text):
-        raise ConfigError(f"cannot read model spec {text!r}: use {SPEC_HELP}")
-    return ModelSource("name", text, output=out)
+    raise ConfigError(f"cannot read model spec {text!r}: use {SPEC_HELP}")
 
 
 def _from_mapping(value: Mapping, output=None) -> ModelSource:

@@ -28,9 +28,9 @@ import sanitas
 from sanitas.data import Dataset, dataset_label, load_dataset
 from sanitas.errors import ConfigError, ModelError, SanitasError, StorageError
 from sanitas.explain.forward import current_spec, select_logits
-from sanitas.models.resolve import architecture
+from sanitas.models.resolve import architecture, reference_model
 from sanitas.models.spec import model_source
-from sanitas.models.zoo import MODELS, build_model
+from sanitas.models.zoo import build_model
 from sanitas.utils import validation
 from sanitas.utils.device import resolve_device
 from sanitas.utils.forward import untouched
@@ -98,7 +98,7 @@ def training_config(model, dataset: str = "fashion-mnist", labels: str = "true",
     """
     src = model_source(model)
     if src.kind == "name":
-        spec = MODELS.get(src.target)
+        spec = reference_model(src.target)
         name, defaults = spec.name, {"epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size}
     else:
         if model_kwargs:
