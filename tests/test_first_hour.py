@@ -171,3 +171,27 @@ def test_biases_say_when_eq13_does_not_hold_and_why(tmp_path):
     r = CliRunner().invoke(main, ["biases", str(tmp_path / "norm.pt"), "-d", "digits", "-n", "8", "-q",
                                   "--out", str(tmp_path / "b")])
     assert r.exit_code == 0 and "Eq. 13 does not hold" in r.output and "-mean / std is a bias" in r.output
+
+
+def test_captum_objects_and_functions_as_methods():
+    """A function works wherever a method name does; a Captum object explains the model it was built with, so
+    in a check (which explains copies) it is refused with the function to write instead, never run silently on
+    the unchanged model (every stage then scored 1.0)."""
+    captum = pytest.importorskip("captum.attr")
+    from sanitas.checks import model_randomization
+    from sanitas.data import load_dataset
+    from sanitas.errors import ConfigError
+    from sanitas.explain import explain
+    from sanitas.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("cnn", (1, 8, 8), 10)
+    ds = load_dataset("digits", "test").sample(3)
+    assert torch.allclose(explain(net, ds.x, ds.y, method=captum.Saliency(net)),
+                          explain(net, ds.x, ds.y, method="gradient").abs(), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"lambda model, x, target: Saliency\(model\)"):
+        model_randomization(net, ds.x, ds.y, {"captum": captum.Saliency(net)}, ["spearman_abs"], quiet=True)
+    res = model_randomization(net, ds.x, ds.y,
+                              {"captum": lambda model, x, target: captum.Saliency(model).attribute(x, target=target)},
+                              ["spearman_abs"], quiet=True)
+    assert res.pivot("spearman_abs").iloc[0, 1:].max() < 0.9  # the randomized stages are explained
