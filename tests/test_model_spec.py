@@ -264,6 +264,11 @@ def test_output_selector_everywhere(user, tmp_path):
     r = _run(base, d)
     assert r.exit_code == 1 and "output=INDEX" in r.output
     assert _run(base + ["--output", "1"], d).exit_code == 0
+    evaluate = ["evaluate", spec, "--dataset", "digits", "--images", "4", "--methods", "gradient", "--shuffles", "1",
+                "-q", "--out", str(tmp_path / "e")]
+    assert "output=INDEX" in _run(evaluate, d).output  # the decision-flip passes read the logits the same way
+    r = _run(evaluate + ["--output", "1"], d)
+    assert r.exit_code == 0, r.output
     r = _run(["train", "usermodels.py:TwoHeads(width=5)", "--dataset", "digits", "--epochs", "1", "-q",
               "--output", "1"], d)
     assert r.exit_code == 0, r.output
