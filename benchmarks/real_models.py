@@ -131,7 +131,8 @@ def main():
         print(f"\n== {name} ({n_params:.1f} M parameters)")
         ref = plain_gradient(model, x, y)
         # sanitas' CPU kernels round differently from the plain ones (1e-5 of the largest value at most)
-    assert torch.allclose(explain(model, x, y, method="gradient"), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+        assert torch.allclose(explain(model, x, y, method="gradient"), ref, rtol=1e-4,
+                              atol=1e-5 * float(ref.abs().max()))
         t = best_of({"plain autograd": lambda: plain_gradient(model, x, y),
                      "captum": lambda: Saliency(logits).attribute(x, target=y, abs=False),
                      "sanitas": lambda: explain(model, x, y, method="gradient")}, args.repeats)

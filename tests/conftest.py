@@ -138,3 +138,12 @@ def tiny_run(tiny_config, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     return run_config(tiny_config, out, quick=True, quiet=True)
+
+
+def study_config(path, experiment: dict, **top):
+    """Write a one-experiment study config (``paper: study``, digits, 4 images unless ``top`` says otherwise)."""
+    import yaml
+
+    cfg = {"paper": "study", "dataset": "digits", "images": 4, **top, "experiments": {"one": experiment}}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -9,7 +9,6 @@ import click
 
 import sanitas
 from sanitas.errors import SanitasError
-from sanitas.utils import validation
 
 
 class _Validated(click.ParamType):
@@ -18,21 +17,61 @@ class _Validated(click.ParamType):
 
     name = "integer"
 
-    def __init__(self, check):
-        self.check = check
+    def __init__(self, check: str):
+        self.check = check  # the name of the function in sanitas.utils.validation (imported when used: torch)
 
     def convert(self, value, param, ctx):
+        from sanitas.utils import validation
+
         if isinstance(value, str):
             try:
                 value = int(value)
             except ValueError:
                 self.fail(f"{value!r} is not a whole number", param, ctx)
-        return self.check(value, f"--{param.name.replace('_', '-')}" if param else "value")
+        return getattr(validation, self.check)(value, f"--{param.name.replace('_', '-')}" if param else "value")
 
 
 #: a number of images, epochs, ...: 0 is refused (``--images 0`` used to mean the whole test set)
-COUNT = _Validated(validation.count)
-SEED = _Validated(validation.seed)
+COUNT = _Validated("count")
+SEED = _Validated("seed")
+
+MODEL_HELP = ("MODEL is a reference model's name (`sanitas models`), a file saved with torch.save(model, path) or "
+              "torch.jit.save, a class and its weights (mymodels.py:Net@weights.pt, package.module:Net(width=32)"
+              "@weights.pt; a class without @weights is trained by sanitas), or a Hugging Face model directory "
+              "(save_pretrained).")
+DATASET_HELP = ("a dataset name (`sanitas datasets`), an .npz file, or an image folder: train/ and test/ with one "
+                "folder per class, or one folder per class")
+
+
+def _quiet_option(fn):
+    # default None: without -q, $SANITAS_QUIET decides (an explicit False would override it)
+    return click.option("--quiet", "-q", is_flag=True, default=None, help="no progress or status lines "
+                        "(warnings are still shown)")(fn)
+
+
+def _output_option(fn):
+    return click.option("--output", default=None, help="which part of what the model returns holds the logits, "
+                        "when it returns several: a key (logits), an attribute or a position (0)")(fn)
+
+
+def _classes_option(fn):
+    return click.option("--classes", default=None, help="class order of an image folder: comma-separated folder "
+                        "names, class i = the i-th [default: the folder names, sorted]")(fn)
+
+
+def _data_options(fn):
+    return click.option("--dataset", "-d", default="fashion-mnist", show_default=True, help=DATASET_HELP)(
+        _classes_option(fn))
+
+
+def _dataset(dataset: str, classes: str | None):
+    """The --dataset value, with --classes when given (a dataset mapping)."""
+    if classes is None:
+        return dataset
+    from sanitas.data import DATASETS
+
+    key = "name" if dataset in DATASETS else "path"
+    return {key: dataset, "classes": _csv(classes)}
 
 
 class _Group(click.Group):
@@ -66,41 +105,69 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(sanitas.__version__, prog_name="sanitas")
 def main():
-    """Can this explanation be trusted? Sanity checks for saliency maps of PyTorch classifiers."""
+    """Can this explanation be trusted? Sanity checks for saliency maps of PyTorch classifiers.
+
+    MODEL, wherever a command takes one, is a reference model (`sanitas models`) or your own: a .pt file
+    (torch.save or torch.jit.save), a class and its weights (mymodels.py:Net@weights.pt) or a Hugging Face
+    model directory. --dataset takes a name (`sanitas datasets`), an .npz file or an image folder.
+    """
 
 
 @main.command()
-def datasets():
-    """List the datasets available here, and where each was found."""
-    from sanitas.data import list_datasets
+@click.argument("path", required=False)
+@_classes_option
+def datasets(path, classes):
+    """List the datasets available here, and where each was found; with PATH, how that folder or .npz file is
+    read: its splits, how many images each class has, and which folder is which class index."""
+    from sanitas.data import list_datasets, load_dataset
 
+    if path is not None:
+        spec = _dataset(path, classes)
+        for split in ("train", "test"):
+            try:
+                ds = load_dataset(spec, split)
+            except SanitasError as exc:
+                click.echo(f"{split}: {exc}")
+                continue
+            counts = ds.y.bincount(minlength=ds.num_classes).tolist()
+            click.echo(f"{split}: {ds.describe()}")
+            click.echo("  " + ", ".join(f"{i} {c} ({n} images)" for i, (c, n) in enumerate(zip(ds.classes, counts))))
+        info = ds.info if "ds" in locals() else {}
+        if info.get("layout") or info.get("class_order"):
+            click.echo(info.get("layout") or f"classes: {info['class_order']}; {info.get('splits', '')}")
+        return
     rows = list_datasets()
     width = max(len(r.name) for r in rows)
     for r in rows:
         mark = "yes" if r.available else "no "
         click.echo(f"{r.name:<{width}}  {mark}  {r.location}")
         click.echo(f"{'':<{width}}       {r.description}")
+    click.echo(f"\nYour own data works wherever a dataset name does: {DATASET_HELP}. "
+               "`sanitas datasets PATH` shows how it is read.")
 
 
 @main.command()
 def models():
-    """List the reference models."""
+    """List the reference models (and how to give your own)."""
     from sanitas.models import MODELS, build_model
 
     for name, spec in MODELS.items():
-        n = sum(p.numel() for p in build_model(name).parameters())
-        click.echo(f"{name:<13} {n:>10,d} params  {spec.description}")
+        try:
+            n = f"{sum(p.numel() for p in build_model(name).parameters()):>10,d} params"
+        except SanitasError:  # an optional dependency (transformers) is missing
+            n = f"{'':>17}"
+        click.echo(f"{name:<13} {n}  {spec.description}")
+    click.echo(f"\nYour own model works wherever a name does. {MODEL_HELP}")
 
 
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True,
-              help="dataset name, or a path to an .npz file / image folder")
+@_data_options
 @click.option("--labels", type=click.Choice(["true", "permuted"]), default="true", show_default=True,
               help="train on the true labels or on a fixed random permutation of them")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--epochs", type=COUNT, default=None, help="maximum epochs [default: the model's own]")
-@click.option("--lr", type=float, default=None, help="Adam learning rate [default: the model's own]")
+@click.option("--epochs", type=COUNT, default=None, help="maximum epochs [default: the model's own; 5 for yours]")
+@click.option("--lr", type=float, default=None, help="Adam learning rate [default: the model's own; 1e-3 for yours]")
 @click.option("--batch-size", type=COUNT, default=None)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--train-size", type=COUNT, default=None, help="train on a seeded random subset of this size")
@@ -108,15 +175,23 @@ def models():
               help="stop once training accuracy (on the labels trained on) reaches this, e.g. 0.95")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="retrain even if a cached checkpoint exists")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def train(model, dataset, labels, seed, epochs, lr, batch_size, weight_decay, train_size, target_accuracy,
-          device, force, quiet):
-    """Train MODEL on a dataset (or load it from the cache) and print its accuracy."""
+@_output_option
+@_quiet_option
+def train(model, dataset, classes, labels, seed, epochs, lr, batch_size, weight_decay, train_size, target_accuracy,
+          device, force, output, quiet):
+    """Train MODEL on a dataset from a fresh initialisation (or load it from the cache) and print its accuracy.
+
+    Your own architecture (a class, a pickled module, a Hugging Face directory) is re-initialised and trained
+    with Adam and a cosine schedule; the weights in its file are not used.
+    """
+    from sanitas.models import model_source
     from sanitas.models import train as train_model
 
-    result = train_model(model, dataset, labels, seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                         weight_decay=weight_decay, train_size=train_size, target_accuracy=target_accuracy,
-                         device=device, force=force, quiet=quiet)
+    src = model_source(model, _output(output))
+    with _calls(src):
+        result = train_model(src, _dataset(dataset, classes), labels, seed, epochs=epochs, lr=lr,
+                             batch_size=batch_size, weight_decay=weight_decay, train_size=train_size,
+                             target_accuracy=target_accuracy, device=device, force=force, quiet=quiet)
     m = result.metrics
     origin = "loaded from cache" if result.from_cache else f"trained in {m['seconds']:.1f} s"
     click.echo(f"{result.config['model']} on {result.config['dataset']} ({labels} labels, seed {seed}): {origin}")
@@ -170,43 +245,6 @@ TOP_CLASSES_HELP = ("competitive(...) methods compete only among the M highest-s
                     "(an approximation for large heads; default: all classes, exact)")
 
 
-def _model_and_data(model: str, dataset: str, images: int, seed: int, split: str = "test", quiet: bool = False):
-    from sanitas.data import load_dataset
-    from sanitas.models import load_model
-
-    net = load_model(model, dataset, **({"quiet": True} if quiet else {}))
-    ds = load_dataset(dataset, split)
-    ds = ds.sample(images, seed=seed) if images and images < len(ds) else ds
-    return net, ds
-
-
-@main.command()
-@click.option("--model", "-m", default=None, help="check which methods work on this model (a name or a .pt file)")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True,
-              help="with --model: the data whose input shape the model takes")
-@click.option("--output", default=None, help="with --model: the key or index of the model's output that holds the "
-              "logits, when the model returns several")
-def methods(model, dataset, output):
-    """List the attribution methods (use them by name; wrap with smoothgrad(...), competitive(...)).
-
-    With --model, run each method on two inputs of the model and say which work and, for the others, why.
-    """
-    if model is None:
-        from sanitas.explain import list_methods
-
-        for name, doc in list_methods():
-            click.echo(f"{name:<22} {doc}")
-        return
-    from sanitas.data import load_dataset
-    from sanitas.explain.support import check_support, format_support
-    from sanitas.models import MODELS, build_model, load_model
-
-    ds = load_dataset(dataset, "test", limit=2)
-    # which layers a method can pass does not depend on training: reference models are checked untrained
-    net = build_model(model, ds.input_shape, ds.num_classes) if model in MODELS else load_model(model, dataset)
-    click.echo(format_support(check_support(net, ds.x, output=_output(output))))
-
-
 def _output(value: str | None):
     """--output: an integer index into a returned tuple, else a key/attribute name."""
     if value is None:
@@ -214,21 +252,99 @@ def _output(value: str | None):
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-@main.command()
-@click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
-@click.option("--blocks", default=None, help="group layers: 'prefix:N' or comma-separated layer-name prefixes")
-def layers(model, dataset, blocks):
-    """Show MODEL's parameterized layers in forward order (what randomization walks through)."""
+def _calls(src):
+    """Every forward pass of the command reads the logits where the model spec says (``output``)."""
+    from sanitas.explain.forward import model_call
+
+    return model_call(output=src.output)
+
+
+def _load(model, dataset, output, *, images=None, seed=0, quiet=None, structure=False, train_kwargs=None,
+          needs_layers: str | None = None):
+    """``(model source, model, test data)`` of a command, said on stderr. ``structure``: the command needs the
+    architecture only (its layers, which methods pass them): a model sanitas would train is built untrained.
+    ``needs_layers``: what the command does with the model's layers (a TorchScript model is refused for it)."""
     from sanitas.data import load_dataset
-    from sanitas.models import MODELS, build_model, load_model
+    from sanitas.models import fresh_model, load_model, model_source
+    from sanitas.models.resolve import require_python_module
+    from sanitas.utils.progress import log
+
+    src = model_source(model, _output(output))
+    ds = load_dataset(dataset, "test", limit=2 if structure else None)
+    if structure and not src.has_weights:
+        net = fresh_model(src, ds.input_shape, ds.num_classes)
+    else:
+        with _calls(src):
+            net = load_model(src, dataset, quiet=quiet, **(train_kwargs or {}))
+    if needs_layers:
+        require_python_module(net, needs_layers)
+    if images is not None and images < len(ds):
+        ds = ds.sample(images, seed=seed)
+    log(f"model: {src.describe()}", quiet=quiet)
+    log(f"data:  {ds.describe()}", quiet=quiet)
+    if ds.info.get("layout"):
+        log(f"       {ds.info['layout']}", quiet=quiet)
+    return src, net, ds
+
+
+@main.command(epilog=MODEL_HELP)
+@click.option("--model", "-m", default=None, help="check which methods work on this model (any model spec, see "
+              "below)")
+@_data_options
+@_output_option
+def methods(model, dataset, classes, output):
+    """List the attribution methods, and the other names each answers to (use them by name; wrap with
+    smoothgrad(...), competitive(...)).
+
+    With --model, run each method on two inputs of the model and say which work and, for the others, why.
+    """
+    if model is None:
+        from sanitas.explain import EXPLAINERS, list_methods
+
+        for name, doc in list_methods():
+            aliases = EXPLAINERS.aliases(name)
+            also = f" (also: {', '.join(aliases)})" if aliases else ""
+            click.echo(f"{name:<22} {doc}{also}")
+        click.echo("\nIn Python, your own function f(model, x, target) -> maps, or a Captum attribution object "
+                   "(captum.attr.Saliency(model), ...), works wherever a method name does.")
+        return
+    from sanitas.explain.support import format_support
+
+    src, net, ds = _load(model, _dataset(dataset, classes), output, structure=True)
+    with _calls(src):
+        click.echo(format_support(_support(net, ds.x, src.output)))
+
+
+def _support(net, x, output):
+    """check_support, method by method; on a TorchScript model a method that hooks layers is 'no', not a crash."""
+    import torch
+
+    from sanitas.explain import EXPLAINERS
+    from sanitas.explain.support import Support, check_support
+
+    if not isinstance(net, torch.jit.ScriptModule):
+        return check_support(net, x, output=output)
+    rows = []
+    for name in EXPLAINERS.names():
+        try:
+            rows += check_support(net, x, [name], output=output)
+        except RuntimeError as exc:  # register_forward_hook is not supported on ScriptModules
+            rows.append(Support(name, False, "TorchScript: no layer hooks", str(exc)))
+    return rows
+
+
+@main.command(epilog=MODEL_HELP)
+@click.argument("model")
+@_data_options
+@click.option("--blocks", default=None, help="group layers: 'prefix:N' or comma-separated layer-name prefixes")
+@_output_option
+def layers(model, dataset, classes, blocks, output):
+    """Show MODEL's parameterized layers in forward order (what randomization walks through)."""
     from sanitas.randomize import format_layers
 
-    ds = load_dataset(dataset, "test", limit=1)
-    x = ds.x
-    # the layer structure does not depend on training: reference models are shown untrained
-    net = build_model(model, ds.input_shape, ds.num_classes) if model in MODELS else load_model(model, dataset)
-    click.echo(format_layers(net, x, blocks=_blocks(blocks)))
+    src, net, ds = _load(model, _dataset(dataset, classes), output, structure=True, needs_layers="listing layers")
+    with _calls(src):
+        click.echo(format_layers(net, ds.x[:1], blocks=_blocks(blocks)))
 
 
 def _blocks(blocks):
@@ -237,9 +353,39 @@ def _blocks(blocks):
     return blocks if blocks.startswith("prefix:") or blocks == "auto" else _csv(blocks)
 
 
-@main.command()
+def _finish(res, src, ds, out, metrics, table=None) -> None:
+    """What every check command ends with: the run described in meta.json, the figures and the report, and the
+    means on stdout with the images each covers, what was left out and why (or ``table``, a DataFrame)."""
+    from sanitas.report.about import annotate, about_run
+    from sanitas.report.figures import check_figures
+    from sanitas.report.html import check_report
+    from sanitas.report.tables import coverage_lines, images_counted, mean_table, stage_labels
+
+    annotate(res, out, about_run(src, ds))
+    figs = check_figures(res, out)
+    report = check_report(res, out, figs)
+    for method, why in res.meta.get("refused", {}).items():
+        click.echo(f"note: {method} was left out: {why}", err=True)
+    for method, info in res.meta.get("resolved", {}).items():
+        if info.get("layer"):
+            click.echo(f"note: {method} used layer {info['layer']}", err=True)
+    summary = res.summary()
+    labels = stage_labels(res.meta, res.stages)
+    for metric in metrics:
+        if metric not in set(summary["metric"]):
+            continue
+        click.echo(f"\n{metric} (mean over {images_counted(summary, metric)} images):")
+        click.echo(mean_table(summary, metric, labels).round(3).to_string())
+        for line in coverage_lines(summary, metric, labels):
+            click.echo(f"  {line}")
+    if table is not None:
+        click.echo(table.round(3).to_string(index=False))
+    click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
+
+
+@main.command(epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@_data_options
 @click.option("--methods", default="gradient,input_x_gradient,integrated_gradients,guided_backprop,gradcam,"
               "guided_gradcam", show_default=True, help="comma-separated method names (see `sanitas methods`)")
 @click.option("--metrics", default="spearman_abs,spearman,spearman_nz,ssim,hog", show_default=True,
@@ -257,34 +403,28 @@ def _blocks(blocks):
 @click.option("--blocks", default=None, help="group layers: 'auto' (transformer layers, residual blocks), "
               "'prefix:N' or comma-separated prefixes")
 @click.option("--normalize", type=click.Choice(["none", "maxabs", "rms"]), default="none", show_default=True)
-@click.option("--output", default=None, help="key or index of the model's output holding the logits (when it "
-              "returns a tuple or dict with several candidates)")
+@_output_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @click.option("--no-resume", is_flag=True, help="recompute finished stages instead of reusing them")
-@click.option("--quiet", "-q", is_flag=True)
-def randomize(model, dataset, methods, metrics, mode, order, init, target, images, seed, blocks, normalize, output,
-              out, top_classes, no_resume, quiet):
+@_quiet_option
+def randomize(model, dataset, classes, methods, metrics, mode, order, init, target, images, seed, blocks, normalize,
+              output, out, top_classes, no_resume, quiet):
     """Model parameter randomization test: do MODEL's explanations change when its weights are destroyed?"""
     from sanitas.checks import model_randomization
-    from sanitas.report.figures import check_figures
-    from sanitas.report.html import check_report
 
-    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
-    res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode, init=init,
-                              seed=seed, target=target, order=order, blocks=_blocks(blocks), normalize=normalize, out=out,
-                              resume=not no_resume, quiet=quiet, output=_output(output))
-    figs = check_figures(res, out)
-    report = check_report(res, out, figs)
-    for metric in _csv(metrics)[:2]:
-        click.echo(f"\n{metric} (mean over {len(ds)} images):")
-        click.echo(res.pivot(metric).round(3).to_string())
-    click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
+    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet,
+                         needs_layers="model parameter randomization")
+    with _calls(src):
+        res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode,
+                                  init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
+                                  normalize=normalize, out=out, resume=not no_resume, quiet=quiet)
+        _finish(res, src, ds, out, _csv(metrics)[:2])
 
 
-@main.command("data-randomization")
+@main.command("data-randomization", epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@_data_options
 @click.option("--methods", default="gradient,smoothgrad,input_x_gradient,integrated_gradients,guided_backprop,"
               "gradcam,competitive(input_x_gradient)", show_default=True)
 @click.option("--metrics", default="spearman_abs,spearman,ssim,hog", show_default=True)
@@ -299,43 +439,41 @@ def randomize(model, dataset, methods, metrics, mode, order, init, target, image
               help="learning rate of permuted-label training (1e-3 never leaves chance level for cnn)")
 @click.option("--no-ceiling", is_flag=True, help="skip the second true-label model (model-seed ceiling)")
 @click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
+@_output_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--quiet", "-q", is_flag=True)
-def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train_size, target_accuracy, epochs, lr,
-                           no_ceiling, top_classes, out, quiet):
-    """Data randomization test: explanations of MODEL trained on true vs on permuted labels."""
+@_quiet_option
+def data_randomization_cmd(model, dataset, classes, methods, metrics, images, seed, train_size, target_accuracy,
+                           epochs, lr, no_ceiling, top_classes, output, out, quiet):
+    """Data randomization test: explanations of MODEL trained on true vs on permuted labels.
+
+    MODEL's architecture is trained from a fresh initialisation on permuted labels (and, for the ceiling, on the
+    true labels with seed + 1); the true-label model is MODEL itself when its spec has weights, else it is
+    trained too.
+    """
     from sanitas.checks import ceiling_verdicts, data_randomization
-    from sanitas.data import load_dataset
-    from sanitas.models import train as train_model
-    from sanitas.report.figures import check_figures
-    from sanitas.report.html import check_report
+    from sanitas.checks.data_randomization import train_for_data_randomization
 
-    true = train_model(model, dataset, seed=seed, quiet=quiet)
-    perm = train_model(model, dataset, "permuted", seed=seed, train_size=train_size, epochs=epochs, lr=lr,
-                       target_accuracy=target_accuracy, quiet=quiet)
-    pm = perm.metrics
-    click.echo(f"permuted-label {model}: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
-               f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
-               f"test accuracy {pm['test_accuracy']:.3f}")
-    ceiling = None if no_ceiling else train_model(model, dataset, seed=seed + 1, quiet=quiet).model
-    ds = load_dataset(dataset, "test")
-    ds = ds.sample(images, seed=seed) if images < len(ds) else ds
-    res = data_randomization(true.model, perm.model, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics),
-                             ceiling_model=ceiling,
-                             out=out, seed=seed, quiet=quiet)
-    res.meta["permuted_training"] = pm
-    figs = check_figures(res, out)
-    report = check_report(res, out, figs)
-    if ceiling is not None:
-        click.echo(ceiling_verdicts(res).round(3).to_string(index=False))
-    else:
-        click.echo(res.pivot(_csv(metrics)[0]).round(3).to_string())
-    click.echo(f"\nreport: {report}")
+    data = _dataset(dataset, classes)
+    src, true_model, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet, train_kwargs={"seed": seed},
+                                needs_layers="data randomization (training its architecture afresh)")
+    with _calls(src):
+        trio = train_for_data_randomization(src, data, seed=seed, train_size=train_size, epochs=epochs, lr=lr,
+                                            target_accuracy=target_accuracy, ceiling=not no_ceiling, quiet=quiet)
+        pm = trio.permuted.metrics
+        click.echo(f"permuted-label {src.label}: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
+                   f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
+                   f"test accuracy {pm['test_accuracy']:.3f}")
+        res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, _methods(methods, top_classes),
+                                 _csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
+        res.meta["permuted_training"] = pm
+        res.meta["training"] = trio.notes
+        ceiling = trio.ceiling is not None
+        _finish(res, src, ds, out, [] if ceiling else _csv(metrics)[:1], ceiling_verdicts(res) if ceiling else None)
 
 
-@main.command("input-invariance")
+@main.command("input-invariance", epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@_data_options
 @click.option("--methods", default="gradient,guided_backprop,input_x_gradient,integrated_gradients,deeplift",
               show_default=True)
 @click.option("--metrics", default="spearman,spearman_abs,ssim", show_default=True)
@@ -343,21 +481,21 @@ def data_randomization_cmd(model, dataset, methods, metrics, images, seed, train
 @click.option("--shift-baselines", is_flag=True, help="move IG/DeepLIFT baselines with the inputs")
 @click.option("--images", "-n", default=64, show_default=True, type=COUNT)
 @click.option("--seed", default=0, show_default=True, type=SEED)
+@_output_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-@click.option("--quiet", "-q", is_flag=True)
-def input_invariance_cmd(model, dataset, methods, metrics, shift, shift_baselines, images, seed, out, quiet):
+@_quiet_option
+def input_invariance_cmd(model, dataset, classes, methods, metrics, shift, shift_baselines, images, seed, output, out,
+                         quiet):
     """Input invariance (Kindermans et al.): are explanations unchanged by a compensated input shift?"""
     from sanitas.checks import input_invariance
-    from sanitas.report.figures import check_figures
-    from sanitas.report.html import check_report
 
-    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
-    res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
-                           shift_baselines=shift_baselines, out=out)
-    click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
-    for metric in _csv(metrics):
-        click.echo(f"\n{metric}:\n" + res.pivot(metric).round(3).to_string())
-    click.echo(f"\nreport: {check_report(res, out, check_figures(res, out))}")
+    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet,
+                         needs_layers="input invariance (its twin model shifts the first layer)")
+    with _calls(src):
+        res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
+                               shift_baselines=shift_baselines, out=out)
+        click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
+        _finish(res, src, ds, out, _csv(metrics))
 
 
 def _print_claims(claims) -> None:
@@ -380,7 +518,7 @@ def _print_claims(claims) -> None:
 @click.option("--quick", is_flag=True, help="apply the config's `quick:` profile (fewer images and experiments)")
 @click.option("--images", "-n", type=COUNT, default=None, help="override every experiment's number of images")
 @click.option("--only", multiple=True, help="experiment names to run, comma-separated or repeated (the others: not run)")
-@click.option("--quiet", "-q", is_flag=True)
+@_quiet_option
 def run_cmd(config, out, quick, images, only, quiet):
     """Run the experiments of a YAML CONFIG (copy one with `sanitas reproduce --show PAPER`)."""
     from sanitas.experiments import run_config
@@ -408,7 +546,7 @@ def _exit_if_failed(runs) -> None:
 @click.option("--images", "-n", type=COUNT, default=None, help="override every experiment's number of images")
 @click.option("--show", is_flag=True, help="print the config of PAPER (YAML) instead of running it")
 @click.option("--list", "list_", is_flag=True, help="list the papers and their claims")
-@click.option("--quiet", "-q", is_flag=True)
+@_quiet_option
 def reproduce(papers, out, quick, images, show, list_, quiet):
     """Re-run the papers' experiments (PAPERS: names or `all`) and state which claims hold."""
     from sanitas.errors import ConfigError
@@ -449,9 +587,9 @@ def report(directory):
     click.echo(f"report: {path}")
 
 
-@main.command()
+@main.command(epilog=MODEL_HELP.replace("MODEL is", "Each of MODELS is"))
 @click.argument("models", nargs=-1, required=True)
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@_data_options
 @click.option("--images", "-n", default=512, show_default=True, type=COUNT,
               help="test images for the per-layer decomposition and the regression (seeded sample)")
 @click.option("--accuracy-images", default=None, type=COUNT, help="test images for the accuracies [default: all]")
@@ -463,9 +601,10 @@ def report(directory):
 @click.option("--temperature", "-T", default=100.0, show_default=True, type=float, help="distillation temperature")
 @click.option("--label-weight", default=None, type=float,
               help="weight of the true-label cross-entropy in --distill (0: pure distillation) [default: 0.5]")
+@_output_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
-@click.option("--quiet", "-q", is_flag=True)
-def biases(models, dataset, images, accuracy_images, seed, distill, distill_models, distill_steps, temperature,
+@_quiet_option
+def biases(models, dataset, classes, output, images, accuracy_images, seed, distill, distill_models, distill_steps, temperature,
            label_weight, out, quiet):
     """The role of biases (seed 002): accuracy with biases set to zero, f^{b=0} = alpha f + beta, and the
     per-layer bias share of the logit (Eq. 13-14) for each MODEL."""
@@ -475,19 +614,30 @@ def biases(models, dataset, images, accuracy_images, seed, distill, distill_mode
         distill = _csv(distill_models)
     distill_kwargs = {"T": temperature, **({"steps": distill_steps} if distill_steps else {}),
                       **({"label_weight": label_weight} if label_weight is not None else {})}
-    res = bias_analysis(list(models), dataset, images, out, seed=seed, distill=distill, distill_kwargs=distill_kwargs,
-                        accuracy_images=accuracy_images, quiet=quiet)
+    from sanitas.models import model_source
+
+    sources = [model_source(m, _output(output)) for m in models]  # every spec is read before anything runs
+    from sanitas.models.resolve import refuse_torchscript
+
+    for src in sources:
+        refuse_torchscript(src, "the bias decomposition")
+    with _calls(sources[0]):
+        res = bias_analysis(list(models), _dataset(dataset, classes), images, out, seed=seed,
+                            distill=distill, distill_kwargs=distill_kwargs, accuracy_images=accuracy_images,
+                            quiet=quiet)
     cols = ["model", "test_accuracy", "zero_bias_accuracy", "alpha", "beta", "r2", "bias_share_of_logit_median",
             "max_residual", "distilled_accuracy", "distill_seconds"]
     table = res.models[[c for c in cols if c in res.models]].round(4)
     table["max_residual"] = res.models["max_residual"].map("{:.1e}".format)  # Eq. 13 check: ~1e-6, not 0
     click.echo(table.to_string(index=False))
+    for name, note in res.meta.get("notes", {}).items():
+        click.echo(f"\nnote: {name}: {note}")
     click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
 
 
-@main.command("evaluate")
+@main.command("evaluate", epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--dataset", "-d", default="fashion-mnist", show_default=True)
+@_data_options
 @click.option("--methods", default="gradient,fullgrad,random", show_default=True,
               help="comma-separated method names, options in parentheses: activity(layers=[features.conv1]), "
                    "competitive(gradient); tokens 'layers' and 'aggregates' add the layer methods")
@@ -504,19 +654,21 @@ def biases(models, dataset, images, accuracy_images, seed, distill, distill_mode
 @click.option("--interpolation", type=click.Choice(["bilinear", "nearest"]), default="bilinear", show_default=True,
               help="upsampling of layer maps")
 @click.option("--seed", default=0, show_default=True, type=SEED)
+@_output_option
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--no-resume", is_flag=True, help="recompute finished methods instead of reusing them")
-@click.option("--quiet", "-q", is_flag=True)
-def evaluate_cmd(model, dataset, methods, layers, images, order, removal, shuffles, target, interpolation, seed, out,
+@_quiet_option
+def evaluate_cmd(model, dataset, classes, output, methods, layers, images, order, removal, shuffles, target, interpolation, seed, out,
                  no_resume, quiet):
     """Decision-flip evaluation (seed 002): how much signal can go before MODEL changes its decision?"""
     from sanitas.evaluate.quality import evaluate_methods
 
-    net, ds = _model_and_data(model, dataset, images, seed, quiet=quiet)
+    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet)
     lay = None if layers is None else ("all" if layers.strip() == "all" else _csv(layers))
-    res = evaluate_methods(net, ds.x, ds.y, _csv(methods), layers=lay, target=target, orders=_csv(order),
-                           removal=removal, n_shuffles=shuffles, seed=seed, interpolation=interpolation, out=out,
-                           resume=not no_resume, quiet=quiet)
+    with _calls(src):
+        res = evaluate_methods(net, ds.x, ds.y, _csv(methods), layers=lay, target=target, orders=_csv(order),
+                               removal=removal, n_shuffles=shuffles, seed=seed, interpolation=interpolation, out=out,
+                               resume=not no_resume, quiet=quiet)
     n = res.table["image"].nunique()
     import pandas as pd
 

@@ -34,6 +34,7 @@ from sanitas.utils.io import (atomic_write_bytes, atomic_write_json, atomic_writ
                               read_json, sha256_bytes)
 from sanitas.utils.memory import hold_freed_memory
 from sanitas.utils.progress import progress, warn
+from sanitas.utils.versions import versions  # noqa: F401 - engine.versions() is what checks record
 
 # the cell vocabulary is part of the engine's interface (engine.Variant, engine.score, ...)
 __all__ = ["COLLAPSE_RATIO", "NORMALIZATIONS", "CellStore", "Variant", "as_image_batch", "constant_maps",
@@ -121,21 +122,48 @@ class CellStore:
             p.unlink(missing_ok=True)
             return None
 
-    def _verified(self, data: bytes, cell: str, method: str) -> bytes:
-        if not data.startswith(self.MAGIC):
+    @classmethod
+    def _open(cls, data: bytes, key: str) -> tuple[dict, bytes]:
+        """A cell file's header and payload, checked against the run's ``key`` and the payload's checksum."""
+        if not data.startswith(cls.MAGIC):
             raise ValueError("not a cell of this sanitas version (no header)")
-        head, sep, payload = data[len(self.MAGIC):].partition(b"\n")
+        head, sep, payload = data[len(cls.MAGIC):].partition(b"\n")
         if not sep:
             raise ValueError("truncated header")
         info = json.loads(head)
-        if info.get("key") != self.key:
+        if info.get("key") != key:
             raise ValueError("written by a run with another config")
+        if len(payload) != info.get("bytes") or sha256_bytes(payload) != info.get("sha256"):
+            raise ValueError("checksum mismatch (truncated or damaged)")
+        return info, payload
+
+    def _verified(self, data: bytes, cell: str, method: str) -> bytes:
+        info, payload = self._open(data, self.key)
         if info.get("variant") != cell or info.get("method") != method:
             raise ValueError(f"holds the cell of stage {info.get('variant')}, method {info.get('method')!r} "
                              "(copied or renamed)")
-        if len(payload) != info.get("bytes") or sha256_bytes(payload) != info.get("sha256"):
-            raise ValueError("checksum mismatch (truncated or damaged)")
         return payload
+
+    @classmethod
+    def shown_maps(cls, out_dir: str | Path) -> dict[tuple[int, str], torch.Tensor]:
+        """The maps every finished cell of ``out_dir`` keeps, ``{(stage, method): maps}``, read without opening
+        the store for writing (a cell that fails its checks is left out; the report then lacks its maps)."""
+        out_dir = Path(out_dir)
+        try:
+            key = read_json(out_dir / "run.json")["key"]
+        except (StorageError, KeyError, TypeError):
+            return {}
+        shown = {}
+        for path in sorted((out_dir / "cells").glob("*.pt")):
+            try:
+                info, payload = cls._open(path.read_bytes(), key)
+                blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - a damaged cell is recomputed by the next run, never shown
+                continue
+            cell = str(info["variant"])
+            if cell.isdigit():  # draw 0 of a stage (later draws and the ceiling keep no maps for figures)
+                shown[(int(cell), str(info["method"]))] = blob["maps"]
+        return shown
 
     def save(self, cell: str, method: str, rows: pd.DataFrame, maps: torch.Tensor, extra=None):
         if self.out_dir is None:
@@ -274,27 +302,29 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
     return table, shown, timings
 
 
-def versions() -> dict[str, str]:
-    import platform
+def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
+    """``meta.json`` (anything JSON cannot hold is written as its ``str``)."""
+    atomic_write_json(Path(out_dir) / "meta.json", json.loads(json.dumps(meta, default=str)))
 
-    import numpy
-    import scipy
 
-    import sanitas
-
-    return {"sanitas": sanitas.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "scipy": scipy.__version__, "pandas": pd.__version__, "python": platform.python_version()}
+SHOWN_INPUTS = "shown-inputs.pt"
 
 
 def write_outputs(out_dir: Path, table: pd.DataFrame, meta: dict[str, Any],
-                  calibration: pd.DataFrame | None = None, references: pd.DataFrame | None = None) -> None:
+                  calibration: pd.DataFrame | None = None, references: pd.DataFrame | None = None,
+                  images: torch.Tensor | None = None) -> None:
     """``results.parquet``, ``results.csv`` and ``meta.json`` (DESIGN.md's contract), plus
-    ``calibration.csv`` when the check computed its null bands (claims and reports read them back)
-    and ``references.parquet``/``.csv`` with the floor and ceiling comparisons, when there are any."""
+    ``calibration.csv`` when the check computed its null bands (claims and reports read them back),
+    ``references.parquet``/``.csv`` with the floor and ceiling comparisons when there are any, and
+    the inputs whose maps the cells keep (``images``: what ``sanitas report`` draws beside them)."""
     ensure_dir(out_dir)
+    if images is not None:
+        from sanitas.utils.io import atomic_torch_save
+
+        atomic_torch_save(out_dir / SHOWN_INPUTS, images.detach().cpu())
     atomic_write_table(out_dir / "results.parquet", table)
     atomic_write_table(out_dir / "results.csv", table)
-    atomic_write_json(out_dir / "meta.json", json.loads(json.dumps(meta, default=str)))
+    write_meta(out_dir, meta)
     if calibration is not None:
         atomic_write_table(out_dir / "calibration.csv", calibration)
     if references is not None and len(references):

@@ -27,6 +27,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._canonical: dict[str, str] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
 
     def register(self, name: str, obj: T | None = None, *, aliases: tuple[str, ...] = ()):
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -38,6 +39,7 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} name {key!r} is already registered")
                 self._canonical[norm] = name
             self._items[name] = target
+            self._aliases[name] = tuple(dict.fromkeys((*self._aliases.get(name, ()), *aliases)))
             return target
 
         if obj is None:
@@ -62,6 +64,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._items)
+
+    def aliases(self, name: str) -> list[str]:
+        """The other names registered for ``name`` (as they were registered)."""
+        canonical = self.canonical(name)
+        return [a for a in self._aliases.get(canonical, ()) if _normalize(a) != _normalize(canonical)]
 
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(self._items.items())

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -23,9 +25,10 @@ from torch import nn
 
 from sanitas import engine
 from sanitas.checks.model_randomization import check_batch, resolve_methods, resolve_metrics
-from sanitas.checks.result import CheckResult, summarize_table
+from sanitas.checks.result import CheckResult, model_facts, summarize_table
 from sanitas.errors import InputError, ModelError
 from sanitas.explain._core import model_device
+from sanitas.explain.forward import model_call
 from sanitas.utils import validation
 from sanitas.utils.forward import inference_logits, untouched
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
@@ -40,7 +43,14 @@ def _same_classes(models: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
 
 
 def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, inputs=None, out=None,
-             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None, adapt=None):
+             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None, adapt=None, output=None):
+    with model_call(output=output):
+        return _compare_models(kind, models, x, y, methods, metrics, inputs, out, resume, calibrate, seed, show,
+                               quiet, extra_config, adapt)
+
+
+def _compare_models(kind, models, x, y, methods, metrics, inputs, out, resume, calibrate, seed, show, quiet,
+                    extra_config, adapt):
     seed = validation.seed(seed)
     show = validation.count(show, "show", minimum=0)
     for name, m in models:
@@ -70,12 +80,14 @@ def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, 
             shown.update(sh)
         table = pd.concat(table_parts, ignore_index=True)
         timings["total"] = time.perf_counter() - t0
+        facts = {name: model_facts(m, inputs.get(i, x), y) for i, (name, m) in enumerate(models)}
         meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                "stages": [n for n, _ in models]}
+                "stages": [n for n, _ in models], "models": facts,
+                "accuracy": {name: f["accuracy"] for name, f in facts.items()}}
         res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models],
                           Path(out) if out else None)
         if out:
-            engine.write_outputs(Path(out), table, meta, cal)
+            engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
     return res
 
 
@@ -93,7 +105,8 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
         ref = refs[method]
         ev = adapt(e) if (adapt is not None and variant.index > 0) else e
         maps = ref if variant.index == 0 else ev(variant.model, x_var, y).detach()
-        part = engine.tidy_rows(method, variant, engine.score(sims, ref, maps, x_ref), y, x_ref.shape[0])
+        part = engine.tidy_rows(method, variant, engine.score(sims, ref, maps, x_ref), y, x_ref.shape[0],
+                                engine.constant_maps(maps))
         store.save(variant.cell, method, part, maps[:show].cpu())
         rows.append(part)
         shown[(variant.index, method)] = maps[:show].cpu()
@@ -103,13 +116,52 @@ def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, s
 def data_randomization(model_true: nn.Module, model_random: nn.Module, x, y, methods,
                        metrics=("spearman_abs", "spearman", "ssim"), ceiling_model: nn.Module | None = None,
                        out=None, resume: bool = True, calibrate: bool = True, seed: int = 0,
-                       quiet=None) -> CheckResult:
-    """True-label model vs permuted-label model (and vs another seed: the ceiling) on the same images."""
+                       quiet=None, output=None) -> CheckResult:
+    """True-label model vs permuted-label model (and vs another seed: the ceiling) on the same images.
+
+    :func:`train_for_data_randomization` trains the permuted-label model (and the ceiling) of any architecture.
+    ``output`` picks the logits from what the models return (see :func:`sanitas.explain.forward.select_logits`).
+    """
     models = [("true_labels", model_true), ("permuted_labels", model_random)]
     if ceiling_model is not None:
         models.append(("other_seed", ceiling_model))
     return _compare("data_randomization", models, x, y, methods, metrics, out=out, resume=resume,
-                    calibrate=calibrate, seed=seed, quiet=quiet)
+                    calibrate=calibrate, seed=seed, quiet=quiet, output=output)
+
+
+@dataclass
+class DataRandomizationModels:
+    """The models :func:`train_for_data_randomization` trained: the permuted-label one (a
+    :class:`~sanitas.models.TrainedModel`), the ceiling (or None) and what each is, in words (``notes``)."""
+
+    permuted: Any
+    ceiling: nn.Module | None
+    notes: dict[str, str]
+
+
+def train_for_data_randomization(model, dataset, *, seed: int = 0, train_size: int | None = 2000,
+                                 epochs: int = 100, lr: float = 3e-4, target_accuracy: float | None = 0.95,
+                                 ceiling: bool = True, quiet=None) -> DataRandomizationModels:
+    """Train the architecture of ``model`` (any model spec: a reference model's name, a class, a pickled module,
+    a Hugging Face directory; :mod:`sanitas.models.spec`) from a fresh initialisation on permuted labels of
+    ``dataset`` (``train_size`` examples, until ``target_accuracy`` on them or ``epochs``), and, with
+    ``ceiling``, on the true labels with seed ``seed + 1`` (sanitas' training loop: Adam, cosine schedule)."""
+    from sanitas.models import model_source, train
+
+    src = model_source(model)
+    perm = train(src, dataset, "permuted", seed=seed, train_size=train_size, epochs=epochs, lr=lr,
+                 target_accuracy=target_accuracy, quiet=quiet)
+    notes = {"permuted_labels": f"the architecture of {src.describe()}, freshly initialised and trained on "
+                                f"permuted labels of {perm.config['dataset']} by sanitas",
+             "true_labels": (f"{src.describe()} as given" if src.has_weights else
+                             f"{src.describe()} trained on the true labels by sanitas (seed {seed})")}
+    ceiling_model = None
+    if ceiling:
+        ceiling_model = train(src, dataset, seed=seed + 1, quiet=quiet).model
+        notes["other_seed"] = (f"the same architecture trained on the true labels by sanitas with seed {seed + 1}"
+                               + (" (your model's own training recipe is not known to sanitas)" if src.has_weights
+                                  else ""))
+    return DataRandomizationModels(perm, ceiling_model, notes)
 
 
 def ceiling_verdicts(result: CheckResult) -> pd.DataFrame:
@@ -170,20 +222,21 @@ def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
 
 def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
                      shift: float = 1.0, shift_baselines: bool = False, out=None, resume: bool = True,
-                     calibrate: bool = False, seed: int = 0, quiet=None) -> CheckResult:
+                     calibrate: bool = False, seed: int = 0, quiet=None, output=None) -> CheckResult:
     """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin.
 
     ``shift_baselines=True`` moves the baseline of baseline methods (IG, DeepLIFT) by the same shift
     on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline.
     """
     shift = validation.real(shift, "shift")
-    x, y = check_batch(model, x, y)
-    twin = shifted_model(model, x, shift)
-    gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
-    res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
-                   metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
-                   quiet=quiet, extra_config={"shift": shift, "shift_baselines": shift_baselines},
-                   adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)
+    with model_call(output=output):
+        x, y = check_batch(model, x, y)
+        twin = shifted_model(model, x, shift)
+        gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
+        res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
+                       metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
+                       quiet=quiet, extra_config={"shift": shift, "shift_baselines": shift_baselines},
+                       adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)
     res.meta["max_logit_difference"] = gap
     return res
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sanitas import engine
-from sanitas.checks.result import CheckResult
+from sanitas.checks.result import CheckResult, model_facts
 from sanitas.errors import ConfigError, InputError, ModelError
 from sanitas.executors import get_executor
 from sanitas.explain import get_explainer
@@ -376,12 +376,14 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
             timings["total"] = time.perf_counter() - t0
             meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
                     "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
-                    "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy}
+                    "layer_types": {l.name: l.type for l in layers},
+                    "model": {**model_facts(model, x, y), "classes": accuracy["classes"], "chance": accuracy["chance"]},
+                    "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy["accuracy"]}
             res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
                               Path(out) if out else None, references=refs)
             warn_degenerate(res, init)
             if out:
-                engine.write_outputs(Path(out), table, meta, cal, refs)
+                engine.write_outputs(Path(out), table, meta, cal, refs, images=x[:show])
     finally:
         if ex is not executor:  # an executor this call made (a Ray it started is shut down again)
             ex.close()

@@ -13,15 +13,35 @@ import torch
 
 def summarize_table(table: pd.DataFrame, by=("method", "stage", "variant", "metric"), n_boot: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
-    """Mean, bootstrap 95% CI, number of images and NaN count per group (NaN never averaged in)."""
+    """Mean, bootstrap 95% CI, number of images and NaN count per group (NaN never averaged in); with the
+    engine's ``constant_map`` column also ``constant_maps``: how many of the NaN scores come from a constant map,
+    this stage's or the reference's (:func:`sanitas.report.tables.constant_excluded`)."""
     from sanitas.utils.stats import summarize
 
     rows = []
+    if "constant_map" in table.columns and len(table):
+        from sanitas.report.tables import constant_excluded
+
+        table = table.assign(_constant=constant_excluded(table).to_numpy())
     for key, grp in table.groupby(list(by), sort=False):
-        s = summarize(grp["value"].to_numpy(dtype=float), n_boot=n_boot, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                     "n": s["n"], "nan_count": s["nan_count"]})
+        values = grp["value"].to_numpy(dtype=float)
+        s = summarize(values, n_boot=n_boot, seed=seed)
+        row = {**dict(zip(by, key)), "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+               "n": s["n"], "nan_count": s["nan_count"]}
+        if "_constant" in grp:
+            row["constant_maps"] = int(grp["_constant"].sum())
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def model_facts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """What a report says about a checked model: its class, its number of parameters, and its accuracy on the
+    explained images (from a forward pass that changes nothing)."""
+    from sanitas.utils.forward import inference_logits
+
+    correct = inference_logits(model, x).argmax(1) == y.to(x.device)
+    return {"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters())),
+            "accuracy": float(correct.double().mean()) if len(y) else float("nan"), "images": int(len(y))}
 
 
 @dataclass

@@ -36,10 +36,20 @@ def _make(name, split, x, y, classes, source) -> Dataset:
 
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits, read from the file it ships (what ``sklearn.datasets.load_digits`` reads) without
+    importing scikit-learn, whose import takes longer than the rest of a ``sanitas layers`` command."""
+    import importlib.util
+    from pathlib import Path
 
-    d = load_digits()
-    return (d.images / 16.0)[:, None], d.target
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():  # another layout: ask scikit-learn itself
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images / 16.0)[:, None], d.target
+    data = np.loadtxt(path, delimiter=",")
+    return (data[:, :-1].reshape(-1, 8, 8) / 16.0)[:, None], data[:, -1].astype(int)
 
 
 def load_digits(split: str = "train") -> Dataset:

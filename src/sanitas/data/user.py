@@ -1,9 +1,8 @@
-"""A user's own data: an ``.npz`` file with arrays ``x`` and ``y``, or a folder of images.
+"""A user's own data: an ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``classes``), or a folder
+of images (:mod:`sanitas.data.folder`).
 
 ``x`` may be ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in {1, 3, 4} (alpha is
 dropped); uint8 values are divided by 255, float values must already lie in [0, 1].
-A folder is read like torchvision's ``ImageFolder``: one sub-folder per class; a folder
-with images but no sub-folders gives a single class named after the folder.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import torch
 
 from sanitas.data.dataset import Dataset
 from sanitas.errors import DataFormatError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def to_nchw(x: np.ndarray, source: str) -> np.ndarray:
@@ -52,7 +49,9 @@ def to_nchw(x: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def load_npz(path: str | Path, split: str = "test") -> Dataset:
+def load_npz(path: str | Path, split: str = "test", classes=None) -> Dataset:
+    """An ``.npz`` dataset; both splits hold every example. ``classes`` names the labels 0, 1, ... (it
+    replaces a ``classes`` array stored in the file)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -71,57 +70,13 @@ def load_npz(path: str | Path, split: str = "test") -> Dataset:
     if len(y) and y.min() < 0:
         raise DataFormatError(f"{path}: labels must be non-negative")
     k = int(y.max()) + 1 if len(y) else 0
-    classes = names or [str(i) for i in range(k)]
+    if classes is not None:
+        names = [str(c) for c in classes]
+        if len(names) < k:
+            raise DataFormatError(f"{path}: classes= names {len(names)} classes, and the labels go up to {k - 1}; "
+                                  f"name every class 0..{k - 1}")
+    names = names or [str(i) for i in range(k)]
+    order = "classes= as given" if classes is not None else "the labels' numbers"
     return Dataset(name=path.stem, split=split, x=torch.from_numpy(x), y=torch.from_numpy(y.astype(np.int64)),
-                   classes=tuple(classes), source=str(path.resolve()))
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from skimage import io
-
-    try:
-        img = io.imread(path)
-    except Exception as exc:
-        raise DataFormatError(f"{path}: cannot read image ({exc})") from exc
-    return np.asarray(img)
-
-
-def load_folder(path: str | Path, split: str = "test", size: int | None = None) -> Dataset:
-    from skimage.transform import resize
-
-    root = Path(path)
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if subdirs:
-        groups = [(d.name, sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)) for d in subdirs]
-        groups = [(n, fs) for n, fs in groups if fs]
-    else:
-        groups = [(root.name, sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))]
-    if not any(fs for _, fs in groups):
-        raise DataFormatError(f"{root}: no images found (looked for {sorted(IMAGE_SUFFIXES)}), "
-                              "either directly or in one sub-folder per class")
-    imgs, labels = [], []
-    for label, (_, files) in enumerate(groups):
-        for f in files:
-            img = _read_image(f).astype(np.float64)
-            if img.dtype != bool and img.max() > 1:
-                img = img / (65535.0 if img.max() > 255 else 255.0)
-            if img.ndim == 3:
-                img = img[..., :3]
-            imgs.append(img)
-            labels.append(label)
-    color = any(i.ndim == 3 and i.shape[2] == 3 for i in imgs)
-    target = (size, size) if size else imgs[0].shape[:2]
-    out = []
-    for img in imgs:
-        if color and img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        elif not color and img.ndim == 3:
-            img = img[..., 0]
-        if img.shape[:2] != tuple(target):
-            img = resize(img, target, anti_aliasing=True)
-        out.append(np.clip(img, 0, 1))
-    x = np.stack(out).astype(np.float32)
-    x = x.transpose(0, 3, 1, 2) if color else x[:, None]
-    return Dataset(name=root.name, split=split, x=torch.from_numpy(np.ascontiguousarray(x)),
-                   y=torch.tensor(labels, dtype=torch.int64), classes=tuple(n for n, _ in groups),
-                   source=str(root.resolve()))
+                   classes=tuple(names), source=str(path.resolve()),
+                   info={"class_order": order, "splits": "one file: both splits hold every example"})

@@ -192,6 +192,40 @@ def zero_bias(model: nn.Module) -> nn.Module:
     return net
 
 
+#: Eq. 13 holds when every residual is below this fraction of the largest |logit| (float32 sums: ~1e-6)
+RESIDUAL_TOLERANCE = 1e-3
+
+
+def offset_without_biases(model: nn.Module, x: torch.Tensor) -> float:
+    """The largest |logit| of the zero-bias model (:func:`zero_bias`) on an all-zero input shaped like ``x``.
+
+    A ReLU network whose constants all lie in bias parameters and BatchNorm shifts gives exactly 0. Anything
+    else is a constant the decomposition of Eq. 13 does not count as a bias: input normalization
+    ``(x - mean) / std`` in ``forward`` (its shift ``-mean / std`` acts as a bias at the input), a constant
+    buffer added somewhere, an activation that is not 0 at 0.
+    """
+    from sanitas.utils.forward import inference_logits
+
+    return float(inference_logits(zero_bias(model), torch.zeros_like(x[:1])).abs().max())
+
+
+def decomposition_note(max_residual: float, max_logit: float, offset: float) -> str:
+    """Why Eq. 13 does not hold for a model ('' when it holds to :data:`RESIDUAL_TOLERANCE`)."""
+    if not max_residual > RESIDUAL_TOLERANCE * max(1.0, max_logit):  # NaN (no cutting layer): nothing to say
+        return ""
+    text = (f"Eq. 13 does not hold for this model: the largest residual {max_residual:.2g} is "
+            f"{max_residual / max(max_logit, 1e-12):.0%} of the largest logit, so the bias shares do not decompose "
+            "its logits.")
+    if offset > RESIDUAL_TOLERANCE * max(1.0, max_logit):
+        text += (f" With every bias set to zero the model still outputs {offset:.3g} on an all-zero image: its "
+                 "forward adds a constant that is not a bias parameter, e.g. input normalization (x - mean) / std, "
+                 "whose shift -mean / std is a bias the decomposition must include (move the normalization into "
+                 "the data, or into the first layer's weights and bias).")
+    else:
+        text += " The model is not piecewise linear in its biases (an activation or operation without a rule)."
+    return text
+
+
 def max_abs_bias(model: nn.Module) -> float:
     """The largest |bias| over all Conv/Linear/BatchNorm layers (BatchNorm's implicit bias) and
     any other parameter named ``bias``; 0.0 for a zero-bias network."""
@@ -591,7 +625,12 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
                "bias_share_of_logit_median": float(inp["bias_above_share"].median()),
                "top_layer_bias_share_mean": float(summ.iloc[-1]["bias_share_mean"]),
                "max_residual": float(cut["residual"].max()),
+               "offset_without_biases": offset_without_biases(net, sub.x),
                "cut_layers": int(summ["cuts"].sum()) - 1, "images": len(sub), "accuracy_images": len(acc_ds)}
+        note = decomposition_note(rec["max_residual"], float(dec["logit"].abs().max()), rec["offset_without_biases"])
+        rec["decomposition_holds"] = not note
+        if note:
+            notes[name] = note
         rows += [_row(name, "accuracy", "original", "test_accuracy", acc),
                  _row(name, "accuracy", "zero_bias", "test_accuracy", acc0)]
         rows += [_row(name, "regression", "zero_bias", k, v) for k, v in reg.as_dict().items()]
@@ -603,7 +642,7 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
         scatter[name] = (reg.logits, reg.zero_bias_logits, reg.alpha, reg.beta)
         if distill is True or (distill and name in distill):
             if not isinstance(m, str):
-                notes[name] = "distillation skipped: needs a reference model name"
+                notes[name] = f"{notes.get(name, '')} distillation skipped: needs a reference model name".strip()
             else:
                 d = distill_zero_bias(m, dataset, quiet=quiet, teacher_kwargs=train_kwargs,
                                       **(distill_kwargs or {}))

@@ -101,6 +101,7 @@ import torch
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError, ModelError
+from sanitas.explain._core import logits_of
 from sanitas.utils.progress import progress
 from sanitas.utils.seed import make_generator
 from sanitas.utils.image import gaussian_blur
@@ -380,11 +381,10 @@ class _FlipEngine:
     def _classes(self, imgs: torch.Tensor, count: bool = True) -> torch.Tensor:
         out = []
         for i in range(0, len(imgs), self.batch_size):
-            logits = self.model(imgs[i:i + self.batch_size])
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            logits = logits_of(self.model, imgs[i:i + self.batch_size])  # a tuple, dict or ModelOutput too
+            if logits.shape[1] < 2:
                 raise ModelError(f"the model must return logits shaped (batch, classes) with at least 2 classes, "
-                                 f"got {shape}")
+                                 f"got {tuple(logits.shape)}")
             out.append(logits.argmax(1))
         if count:
             self.n_evaluated += len(imgs)

@@ -133,12 +133,16 @@ def layer_methods(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
         names = [n for n in available if n in names]  # forward order
     interp = "" if interpolation == "bilinear" else f", interpolation={interpolation}"
     out: list[MethodSpec] = []
+    from sanitas.explain.registry import parse_value
+
+    # nn.Sequential layers are named 0, 1, ...: quoted, or the method name would read them as numbers
+    quoted = [n if parse_value(n) == n else f"'{n}'" for n in names]
     if per_layer:
-        for i, n in enumerate(names, 1):
-            out.append(MethodSpec(f"activity[{i}]", f"activity(layers=[{n}]{interp})", "activity", n, i))
-            out.append(MethodSpec(f"bias[{i}]", f"bias(layers=[{n}]{interp})", "bias", n, i))
+        for i, (n, q) in enumerate(zip(names, quoted), 1):
+            out.append(MethodSpec(f"activity[{i}]", f"activity(layers=[{q}]{interp})", "activity", n, i))
+            out.append(MethodSpec(f"bias[{i}]", f"bias(layers=[{q}]{interp})", "bias", n, i))
     if aggregates and len(names) >= 2:
-        joined = ", ".join(names)
+        joined = ", ".join(quoted)
         for k in range(2, len(names) + 1):
             out.append(MethodSpec(f"top-{k}", f"activity(layers=[{joined}], aggregate=top-{k}{interp})",
                                   "aggregate", "", k))

@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from sanitas.errors import ConfigError, UnknownNameError
-from sanitas.utils import validation
 
 
 def _config_dir():
@@ -78,9 +77,13 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
     cfg.pop("quick", None)
     for name, exp in cfg["experiments"].items():
         exp.setdefault("dataset", cfg.get("dataset", "fashion-mnist"))
+        if cfg.get("classes") is not None:
+            exp.setdefault("classes", cfg["classes"])
         exp.setdefault("seed", cfg.get("seed", 0))
         exp.setdefault("images", cfg.get("images", 64))
         if images is not None:
+            from sanitas.utils import validation
+
             n = validation.count(images, "images")
             exp["images"] = n if exp["check"] != "dasp" else min(n, exp["images"])
     if only:

@@ -11,7 +11,10 @@ from sanitas.utils.io import directory_lock, read_json, read_table
 
 
 def _check_dir(d: Path) -> Path:
+    import torch
+
     from sanitas.checks.result import CheckResult
+    from sanitas.engine import SHOWN_INPUTS, CellStore
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
@@ -24,10 +27,14 @@ def _check_dir(d: Path) -> Path:
     cal = read_table(d / "calibration.csv") if (d / "calibration.csv").is_file() else None
     if kind not in ("model_randomization", "data_randomization", "input_invariance"):
         raise ConfigError(f"{d}: rebuilding a {kind!r} report is not supported; re-run the command instead")
-    res = CheckResult(kind, table, cal, meta, {}, None, list(meta.get("stages", [])), d)
-    figs = check_figures(res, d)
-    figs += sorted((d / "figures").glob("maps-*.png"))
-    return check_report(res, d, figs)
+    images = None
+    if (d / SHOWN_INPUTS).is_file():
+        try:
+            images = torch.load(d / SHOWN_INPUTS, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - the maps are drawn without their inputs
+            images = None
+    res = CheckResult(kind, table, cal, meta, CellStore.shown_maps(d), images, list(meta.get("stages", [])), d)
+    return check_report(res, d, check_figures(res, d))
 
 
 def rebuild(directory: str | Path) -> tuple[Path, pd.DataFrame | None]:

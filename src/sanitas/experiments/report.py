@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from sanitas.experiments.claims import claims_count
+from sanitas.experiments.runners import model_label
 from sanitas.report.html import embed_png, render, table_html
 
 VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "inconclusive": "verdict-inconclusive",
@@ -64,7 +65,7 @@ def method_verdicts(runs) -> pd.DataFrame:
                 randomized = means[means.index > 0]
                 first, last = float(means.get(1, float("nan"))), float(means.iloc[-1])
                 avg = float(randomized.mean())
-                rows.append({"paper": run.paper, "experiment": name, "model": spec["model"], "method": method,
+                rows.append({"paper": run.paper, "experiment": name, "model": model_label(spec), "method": method,
                              "metric": metric, "first_randomized": first, "mean_randomized": avg,
                              "last_randomized": last, "input_null": null,
                              "verdict": "passes" if avg < PASS_THRESHOLD else "fails"})
@@ -75,19 +76,19 @@ def _exp_section(run, name: str, rel_to: Path) -> dict:
     spec = run.config["experiments"][name]
     oc = run.outcomes.get(name)
     sid = f"{run.paper}-{name}"
-    title = f"{run.paper} / {name}: {spec['check'].replace('_', ' ')} on {spec['model']}"
+    title = f"{run.paper} / {name}: {spec['check'].replace('_', ' ')} on {model_label(spec)}"
     if oc is None:
         return {"id": sid, "title": title, "text": f"Not run: {run.not_run.get(name, 'unknown reason')}",
                 "tables": [], "figures": []}
     tables = []
     if spec["check"] in ("model_randomization", "data_randomization", "input_invariance") and len(oc.table):
+        from sanitas.report.tables import images_counted, mean_summary, mean_table_html
+
+        means = mean_summary(oc.table)
         for metric in list(dict.fromkeys(oc.table["metric"]))[:3]:
-            t = oc.table[oc.table["metric"] == metric]
-            p = t.groupby(["method", "stage", "variant"], sort=False)["value"].mean().reset_index()
-            order = p.drop_duplicates("stage").sort_values("stage")["variant"].tolist()
-            p = p.pivot(index="method", columns="variant", values="value")[order].reset_index()
-            tables.append({"caption": f"{metric}: mean over {t['image'].nunique()} images (stage order)",
-                           "html": table_html(p)})
+            tables.append({"caption": f"{metric}: mean over the {images_counted(means, metric)} images (stage order); "
+                                      "n = the images a mean covers, and how many were excluded and why",
+                           "html": mean_table_html(means, metric)})
     elif oc.summary is not None:
         tables.append({"caption": "", "html": table_html(oc.summary)})
     if oc.scalars:
@@ -129,7 +130,7 @@ def _summary_sections(runs, claims: pd.DataFrame, seconds: float) -> list[dict]:
 
 
 def _meta_section(runs, seconds: float) -> dict:
-    from sanitas.engine import versions
+    from sanitas.utils.versions import versions
 
     cfgs = "\n---\n".join(yaml.safe_dump(r.config, sort_keys=False) for r in runs)
     timing = {r.paper: {"seconds": round(r.seconds, 1),

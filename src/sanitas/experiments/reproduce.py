@@ -29,7 +29,7 @@ import pandas as pd
 from sanitas.errors import ConfigError, SanitasError, StorageError
 from sanitas.experiments.claims import claims_table, evaluate_claim
 from sanitas.experiments.config import list_papers, load_config, resolve, validate
-from sanitas.experiments.runners import RUNNERS, Outcome
+from sanitas.experiments.runners import RUNNERS, Outcome, dataset_of, model_label, model_sources
 from sanitas.utils.hashing import config_hash
 from sanitas.utils.io import (atomic_write_json, atomic_write_table, directory_lock, ensure_dir, read_json, read_table,
                               sha256_file)
@@ -81,8 +81,10 @@ def _experiment_key(spec: dict) -> str:
     (a model.pt replaced under the same name is new work), the sanitas version and done.json's format."""
     from sanitas import __version__
 
-    models = spec.get("model") if isinstance(spec.get("model"), list) else [spec.get("model")]
-    digests = {str(v): _path_digest(v) for v in [*models, spec.get("dataset")]}
+    named = [f for src in model_sources(spec) for f in src.files()] if spec.get("model") is not None else []
+    dataset = dataset_of(spec) if spec.get("dataset") is not None else None
+    named.append(dataset.get("path") if isinstance(dataset, dict) else dataset)
+    digests = {str(v): _path_digest(v) for v in named}
     files = {k: d for k, d in digests.items() if d is not None}
     return config_hash({"spec": spec, "sanitas": __version__, "files": files, "format": DONE_FORMAT})
 
@@ -187,7 +189,7 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             log(f"[{cfg['paper']}] {name}: finished earlier ({oc.seconds:.0f} s), loaded", quiet=quiet)
             run.outcomes[name] = oc
             continue
-        log(f"[{cfg['paper']}] {name}: running {spec['check']} on {spec['model']} ({spec['images']} images)",
+        log(f"[{cfg['paper']}] {name}: running {spec['check']} on {model_label(spec)} ({spec['images']} images)",
             quiet=quiet)
         try:
             ensure_dir(exp_out)

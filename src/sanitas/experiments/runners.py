@@ -17,6 +17,13 @@ import pandas as pd
 from sanitas.errors import ConfigError
 
 
+def model_call(output=None):
+    """:func:`sanitas.explain.forward.model_call` (imported when an experiment runs: it needs torch)."""
+    from sanitas.explain.forward import model_call as call
+
+    return call(output=output)
+
+
 @dataclass
 class Outcome:
     """What one experiment produced: its tidy table, named scalars, calibration and figures."""
@@ -72,21 +79,64 @@ def build_methods(entries) -> dict[str, Any]:
     return out
 
 
-def _data(spec: dict, quiet: bool):
+def dataset_of(spec: dict):
+    """An experiment's dataset, with its ``classes:`` order when given (a dataset mapping)."""
+    dataset, classes = spec["dataset"], spec.get("classes")
+    if classes is None:
+        return dataset
+    from sanitas.data import DATASETS, dataset_spec
+
+    if isinstance(dataset, dict):
+        name, options = dataset_spec(dataset)
+        if options.get("classes") not in (None, [str(c) for c in classes]):
+            raise ConfigError(f"the experiment's classes {classes} and its dataset's classes {options['classes']} "
+                              "differ; give them once")
+        return {**dataset, "classes": list(classes)}
+    return {"name" if dataset in DATASETS else "path": dataset, "classes": list(classes)}
+
+
+def model_sources(spec: dict) -> list:
+    """The experiment's model spec(s) (:mod:`sanitas.models.spec`) with its ``output:``, parsed, not loaded."""
+    from sanitas.models import model_source
+
+    models = spec["model"] if isinstance(spec["model"], list) else [spec["model"]]
+    return [model_source(m, spec.get("output")) for m in models]
+
+
+def model_label(spec: dict) -> str:
+    """The experiment's model(s) as written in the config, for titles and log lines."""
+    from sanitas.errors import SanitasError
+
+    try:
+        return ", ".join(src.spec_string() for src in model_sources(spec))
+    except SanitasError:  # a stored config of an older sanitas: shown as written
+        return str(spec.get("model"))
+
+
+def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwargs):
     from sanitas.data import load_dataset
     from sanitas.models import load_model
+    from sanitas.models.resolve import require_python_module
 
-    net = load_model(spec["model"], spec["dataset"], quiet=quiet)
-    ds = load_dataset(spec["dataset"], "test")
+    src = model_sources(spec)[0]
+    dataset = dataset_of(spec)
+    with model_call(output=src.output):
+        net = load_model(src, dataset, quiet=quiet, **train_kwargs)
+    if needs_layers:
+        require_python_module(net, needs_layers)
+    ds = load_dataset(dataset, "test")
     n = int(spec["images"])
     ds = ds.sample(n, seed=int(spec["seed"])) if n < len(ds) else ds
-    return net, ds
+    return src, net, ds
 
 
-def _check_outcome(res, out: Path, t0: float, scalars=None) -> Outcome:
+def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outcome:
+    from sanitas.report.about import annotate
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
+    if about is not None:
+        annotate(res, out, about)
     figs = check_figures(res, out)
     report = check_report(res, out, figs)
     summary = res.summary()
@@ -102,58 +152,75 @@ _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats
 def run_model_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.checks import model_randomization
     from sanitas.explain._core import num_classes
+    from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
-    net, ds = _data(spec, quiet)
+    src, net, ds = _data(spec, quiet, "model parameter randomization")
     kw = {k: spec[k] for k in _MR_KEYS if k in spec}
-    res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                              spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
-                              out=out, resume=True, quiet=quiet, **kw)
-    k = num_classes(net, ds.x[:1])
+    if isinstance(kw.get("blocks"), (list, int)):  # layer names of nn.Sequential models are numbers in YAML
+        kw["blocks"] = [str(b) for b in (kw["blocks"] if isinstance(kw["blocks"], list) else [kw["blocks"]])]
+    with model_call(output=src.output):
+        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
+                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
+                                  out=out, resume=True, quiet=quiet, **kw)
+        k = num_classes(net, ds.x[:1])
     # the fraction of pixels the competition rule keeps when the K labels' votes are random and symmetric:
     # the chosen label's vote is the positive maximum or the negative minimum, 2/K (1 - 2^-K) (gupta2019)
     return _check_outcome(res, out, t0, {"num_classes": k, "inverse_num_classes": 1.0 / k,
-                                         "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)})
+                                         "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)}, about_run(src, ds))
 
 
 @runner("data_randomization")
 def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.checks import data_randomization
-    from sanitas.data import load_dataset
-    from sanitas.models import train
+    from sanitas.checks.data_randomization import train_for_data_randomization
+    from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
-    name, dataset, seed = spec["model"], spec["dataset"], int(spec["seed"])
-    true = train(name, dataset, seed=seed, quiet=quiet)
-    perm = train(name, dataset, "permuted", seed=seed, train_size=spec.get("train_size", 2000),
-                 epochs=spec.get("epochs", 100), lr=spec.get("lr", 3e-4),
-                 target_accuracy=spec.get("target_accuracy", 0.95), quiet=quiet)
-    ceiling = train(name, dataset, seed=seed + 1, quiet=quiet).model if spec.get("ceiling", True) else None
-    ds = load_dataset(dataset, "test")
-    n = int(spec["images"])
-    ds = ds.sample(n, seed=seed) if n < len(ds) else ds
-    res = data_randomization(true.model, perm.model, ds.x, ds.y, build_methods(spec.get("methods")),
-                             spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), ceiling_model=ceiling,
-                             out=out, seed=seed, quiet=quiet)
-    pm = perm.metrics
+    seed = int(spec["seed"])
+    src, true_model, ds = _data(spec, quiet, "data randomization (training its architecture afresh)", seed=seed)
+    with model_call(output=src.output):
+        trio = train_for_data_randomization(src, dataset_of(spec), seed=seed, train_size=spec.get("train_size", 2000),
+                                            epochs=spec.get("epochs", 100), lr=spec.get("lr", 3e-4),
+                                            target_accuracy=spec.get("target_accuracy", 0.95),
+                                            ceiling=spec.get("ceiling", True), quiet=quiet)
+        res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, build_methods(spec.get("methods")),
+                                 spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), ceiling_model=trio.ceiling,
+                                 out=out, seed=seed, quiet=quiet)
+        true_accuracy = _test_accuracy(src, true_model, dataset_of(spec), seed, quiet)
+    pm = trio.permuted.metrics
     res.meta["permuted_training"] = pm
+    res.meta["training"] = trio.notes
     scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
-               "permuted_memorized": float(bool(pm.get("memorized"))),
-               "true_test_accuracy": true.metrics["test_accuracy"]}
-    return _check_outcome(res, out, t0, scalars)
+               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy}
+    return _check_outcome(res, out, t0, scalars, about_run(src, ds))
+
+
+def _test_accuracy(src, model, dataset, seed: int, quiet: bool) -> float:
+    """The true-label model's test accuracy: from its training record, or measured for a model given with weights."""
+    from sanitas.data import load_dataset
+    from sanitas.models import accuracy, train
+
+    if not src.has_weights:
+        return train(src, dataset, seed=seed, quiet=quiet).metrics["test_accuracy"]  # the cached model
+    test = load_dataset(dataset, "test")
+    return accuracy(model, test.x, test.y)
 
 
 @runner("input_invariance")
 def run_input_invariance(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.checks import input_invariance
+    from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
-    net, ds = _data(spec, quiet)
-    res = input_invariance(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                           spec.get("metrics", ["spearman", "spearman_abs", "ssim"]),
-                           shift=float(spec.get("shift", -1.0)), shift_baselines=bool(spec.get("shift_baselines")),
-                           out=out, seed=int(spec["seed"]), quiet=quiet)
-    return _check_outcome(res, out, t0, {"max_logit_difference": res.meta["max_logit_difference"]})
+    src, net, ds = _data(spec, quiet, "input invariance (its twin model shifts the first layer)")
+    with model_call(output=src.output):
+        res = input_invariance(net, ds.x, ds.y, build_methods(spec.get("methods")),
+                               spec.get("metrics", ["spearman", "spearman_abs", "ssim"]),
+                               shift=float(spec.get("shift", -1.0)), shift_baselines=bool(spec.get("shift_baselines")),
+                               out=out, seed=int(spec["seed"]), quiet=quiet)
+    return _check_outcome(res, out, t0, {"max_logit_difference": res.meta["max_logit_difference"]},
+                          about_run(src, ds))
 
 
 @runner("completeness")
@@ -166,10 +233,11 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
-    net, ds = _data(spec, quiet)
+    src, net, ds = _data(spec, quiet)
     rows, figs, scalars, per_image = [], [], {}, []
     for name, explainer in build_methods(spec.get("methods")).items():
-        fit = completeness(explainer, net, ds.x)
+        with model_call(output=src.output):
+            fit = completeness(explainer, net, ds.x)
         fit.method = name
         rows.append(fit.as_dict())
         safe = "".join(c if c.isalnum() else "_" for c in name)
@@ -200,11 +268,19 @@ def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.evaluate.biases import bias_analysis
 
     t0 = time.perf_counter()
-    models = spec["model"] if isinstance(spec["model"], list) else [spec["model"]]
+    from sanitas.models.resolve import refuse_torchscript
+
+    sources = model_sources(spec)
+    for src in sources:
+        refuse_torchscript(src, "the bias decomposition")
+    outputs = {src.output for src in sources}
+    if len(outputs) > 1:
+        raise ConfigError(f"the models of one biases experiment take one output selector; got {sorted(map(str, outputs))}")
     distill = spec.get("distill", False)
-    res = bias_analysis(models, spec["dataset"], int(spec["images"]), out, seed=int(spec["seed"]),
-                        distill=distill, distill_kwargs=spec.get("distill_options"),
-                        accuracy_images=spec.get("accuracy_images"), quiet=quiet)
+    with model_call(output=sources[0].output):
+        res = bias_analysis([src.spec_string() for src in sources], dataset_of(spec), int(spec["images"]), out,
+                            seed=int(spec["seed"]), distill=distill, distill_kwargs=spec.get("distill_options"),
+                            accuracy_images=spec.get("accuracy_images"), quiet=quiet)
     scalars = {}
     for rec in res.models.to_dict("records"):
         for key, value in rec.items():
@@ -241,12 +317,13 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.evaluate.stats import wilcoxon_pair
 
     t0 = time.perf_counter()
-    net, ds = _data(spec, quiet)
+    src, net, ds = _data(spec, quiet)
     kw = {k: spec[k] for k in _EVAL_KEYS if k in spec}
     methods = spec.get("methods", ["gradient", "fullgrad", "random"])
     methods = methods if all(isinstance(m, str) for m in methods) else build_methods(methods)
-    res = evaluate_methods(net, ds.x, ds.y, methods,
-                           seed=int(spec["seed"]), out=out, resume=True, quiet=quiet, **kw)
+    with model_call(output=src.output):
+        res = evaluate_methods(net, ds.x, ds.y, methods,
+                               seed=int(spec["seed"]), out=out, resume=True, quiet=quiet, **kw)
     scalars: dict[str, float] = {}
     summ = res.summary()
     for r in summ.to_dict("records"):

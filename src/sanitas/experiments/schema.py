@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 
 from sanitas.errors import ConfigError, SanitasError
-from sanitas.utils import validation
 
 Checker = Callable[[Any, str], None]
 
@@ -78,16 +77,22 @@ def _flag(value, what):
         raise ConfigError(f"{what} must be true or false, got {value!r}")
 
 
+def _validation():
+    from sanitas.utils import validation  # imports torch: only when a config is checked
+
+    return validation
+
+
 def _count(minimum=1) -> Checker:
-    return lambda value, what: validation.count(value, what, minimum=minimum)
+    return lambda value, what: _validation().count(value, what, minimum=minimum)
 
 
 def _seed(value, what):
-    validation.seed(value, what)
+    _validation().seed(value, what)
 
 
 def _number(**limits) -> Checker:
-    return lambda value, what: validation.real(value, what, **limits)
+    return lambda value, what: _validation().real(value, what, **limits)
 
 
 def _texts(value, what):
@@ -100,16 +105,76 @@ def _texts(value, what):
 
 
 def _model(value, what):
-    from sanitas.models import MODELS
-
-    def one(v):
-        _string(v, what)
-        if not v.endswith((".pt", ".pth")) and v not in MODELS:
-            raise ConfigError(f"{what}: unknown model {v!r}; use one of {MODELS.names()} or a .pt file saved with "
-                              "torch.save(model, path)")
-
+    """A model spec (:mod:`sanitas.models.spec`): a string or a mapping, or a list of them (biases); its parts are
+    read (a reference model's name must exist, a file must be there) without importing or loading anything."""
     for v in (value if isinstance(value, list) else [value]):
-        one(v)
+        check_model_spec(v, what)
+
+
+def check_model_spec(value, what: str) -> None:
+    from pathlib import Path
+
+    from sanitas.models.spec import SPEC_HELP, model_source
+
+    if not isinstance(value, (str, dict)):
+        raise ConfigError(f"{what} must be a model spec ({SPEC_HELP}) or a mapping (class:, weights:, args:, "
+                          f"output:), got {value!r}")
+    try:
+        src = model_source(value)
+    except SanitasError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    if src.kind == "name":
+        from sanitas.models.resolve import reference_model
+
+        try:
+            reference_model(src.target)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+    for f in src.files():
+        if not Path(f).expanduser().exists():
+            raise ConfigError(f"{what}: no file or folder at {f} (paths are relative to the folder sanitas runs in)")
+
+
+def _output(value, what):
+    from sanitas.explain.forward import check_output_selector
+
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f"{what} must be a key or attribute name (logits) or a position (0), got {value!r}")
+    check_output_selector(value)
+
+
+def _classes(value, what):
+    if isinstance(value, str) or not isinstance(value, list) or not value:
+        raise ConfigError(f"{what} must be a list of class names (class i = the i-th), got {value!r}")
+    for v in value:
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise ConfigError(f"{what}: a class name is a text, got {v!r}")
+    names = [str(v) for v in value]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} names a class twice: {names}")
+
+
+def _dataset(value, what):
+    if isinstance(value, dict):
+        from sanitas.data import dataset_spec
+
+        try:
+            dataset_spec(value)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+        return
+    _string(value, what)
+
+
+def _names(value, what):
+    """Layer names or module prefixes: texts, or numbers (``nn.Sequential`` layers are named 0, 1, ...)."""
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, str) or not items:
+        _texts(value, what)
+        return
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise ConfigError(f"{what} must be a name or a list of layer names, got {value!r}")
 
 
 def _methods(value, what):
@@ -160,14 +225,14 @@ def _distill(value, what):
 # -- the schema ---------------------------------------------------------------------------------------
 
 COMMON: dict[str, Checker] = {
-    "check": _string, "model": _model, "dataset": _string, "images": _count(), "seed": _seed, "methods": _methods,
-    "metrics": _metrics, "description": _string, "skip": _skip,
+    "check": _string, "model": _model, "dataset": _dataset, "images": _count(), "seed": _seed, "methods": _methods,
+    "metrics": _metrics, "description": _string, "skip": _skip, "output": _output, "classes": _classes,
 }
 BY_CHECK: dict[str, dict[str, Checker]] = {
     "model_randomization": {
         "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _string,
         "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
-        "blocks": _texts, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
+        "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
         "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
     },
     "data_randomization": {
@@ -185,10 +250,11 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     },
 }
 TOP: dict[str, Checker] = {
-    "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _string,
-    "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None, "quick": _mapping,
+    "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _dataset,
+    "classes": _classes, "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None,
+    "quick": _mapping,
 }
-QUICK_TOP = {"title", "description", "dataset", "seed", "images", "experiments"}
+QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments"}
 
 
 def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial: bool = False) -> None:

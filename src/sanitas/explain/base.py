@@ -173,6 +173,12 @@ class CallableExplainer(Explainer):
 
     def _call_one(self, model, x, target):
         if hasattr(self.fn, "attribute"):  # a Captum attribution object
+            bound = getattr(self.fn, "forward_func", None)
+            if isinstance(bound, nn.Module) and bound is not model:  # it would explain its own model, silently
+                raise ConfigError(f"the Captum object {self._name} explains the model it was built with, not the "
+                                  "model it is asked to explain (a check explains copies: randomized stages, other "
+                                  "models); pass a function that builds it on the model it is given: lambda model, "
+                                  f"x, target: {type(self.fn).__name__}(model).attribute(x, target=target)")
             out = self.fn.attribute(x, target=target)
         else:
             sig = inspect.signature(self.fn)

@@ -9,11 +9,12 @@ from torch import nn
 from sanitas.errors import ModelError
 
 
-def _transformers():
+def transformers_module():
+    """The ``transformers`` package, or a :class:`ModelError` that says how to install it."""
     try:
         import transformers
     except ImportError as exc:
-        raise ModelError("this reference model is a Hugging Face transformers class; install it with "
+        raise ModelError("this model is a Hugging Face transformers model; install transformers with "
                          "pip install 'sanitas[hf]' (or pip install transformers)") from exc
     return transformers
 
@@ -23,7 +24,7 @@ def HFViT(input_shape=(1, 28, 28), num_classes=10, patch_size=7, hidden_size=64,
     """``transformers.ViTForImageClassification``: ``depth`` pre-norm blocks of width ``hidden_size`` on
     ``patch_size`` patches (16 patches of 7x7 on 28x28 images), a class token and learned position
     embeddings. Returns a ``ModelOutput`` whose ``logits`` sanitas reads."""
-    t = _transformers()
+    t = transformers_module()
     c, h, w = (int(s) for s in input_shape)
     if h != w or h % patch_size:
         raise ModelError(f"hf-vit needs square images whose side is a multiple of patch_size={patch_size}; "

@@ -12,6 +12,7 @@ model is still returned, with a warning that names the path (``TrainedModel.save
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import platform
 import time
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import sanitas
-from sanitas.data import Dataset, load_dataset
-from sanitas.errors import ConfigError, StorageError
-from sanitas.explain.forward import select_logits
-from sanitas.models.zoo import MODELS, build_model
+from sanitas.data import Dataset, dataset_label, load_dataset
+from sanitas.errors import ConfigError, ModelError, SanitasError, StorageError
+from sanitas.explain.forward import current_spec, select_logits
+from sanitas.models.resolve import architecture, reference_model
+from sanitas.models.spec import model_source
+from sanitas.models.zoo import build_model
 from sanitas.utils import validation
 from sanitas.utils.device import resolve_device
 from sanitas.utils.forward import untouched
@@ -70,37 +73,78 @@ def permute_labels(y: torch.Tensor, seed: int) -> torch.Tensor:
     return y[torch.randperm(len(y), generator=g)]
 
 
-def _dataset_key(name: str, ds: Dataset) -> str:
+def _dataset_key(name, ds: Dataset) -> str:
     """Registry datasets are identified by name; a user's files by a hash of their content."""
     from sanitas.data import DATASETS
 
-    if name in DATASETS:
+    if isinstance(name, str) and name in DATASETS:
         return DATASETS.canonical(name)
     return f"{ds.name}-{tensor_digest(ds.x)[:12]}{tensor_digest(ds.y)[:12]}"
 
 
-def training_config(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
+#: training defaults for an architecture that is not a reference model (a user's class, file, directory)
+USER_DEFAULTS = {"epochs": 5, "lr": 1e-3, "batch_size": 128}
+
+
+def training_config(model, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
                     epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
                     weight_decay: float = 0.0, train_size: int | None = None,
                     target_accuracy: float | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
-    """The full, resolved training config (defaults filled in from the model's spec)."""
-    spec = MODELS.get(model)
+    """The full, resolved training config (defaults filled in from the model's spec).
+
+    ``model`` is a model spec (:mod:`sanitas.models.spec`): a reference model's name takes its own defaults;
+    any other architecture (a class, a file, a Hugging Face directory) takes :data:`USER_DEFAULTS` and is
+    identified by the content of its files (``architecture``).
+    """
+    src = model_source(model)
+    if src.kind == "name":
+        spec = reference_model(src.target)
+        name, defaults = spec.name, {"epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size}
+    else:
+        if model_kwargs:
+            raise ConfigError(f"model_kwargs build reference models; the arguments of {src.describe()} belong in "
+                              "its spec (module:Net(width=32), or args: in a config)")
+        name, defaults = src.label, USER_DEFAULTS
     if labels not in LABEL_MODES:
         raise ConfigError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
     if target_accuracy is not None:
         target_accuracy = validation.real(target_accuracy, "target accuracy", above=0, maximum=1)
     cfg = {
-        "model": spec.name, "dataset": str(dataset), "labels": labels, "seed": validation.seed(seed),
-        "epochs": validation.count(epochs if epochs is not None else spec.epochs, "epochs"),
-        "lr": validation.real(lr if lr is not None else spec.lr, "learning rate (lr)", above=0),
-        "batch_size": validation.count(batch_size if batch_size is not None else spec.batch_size, "batch_size"),
+        "model": name, "dataset": dataset_label(dataset), "labels": labels, "seed": validation.seed(seed),
+        "epochs": validation.count(epochs if epochs is not None else defaults["epochs"], "epochs"),
+        "lr": validation.real(lr if lr is not None else defaults["lr"], "learning rate (lr)", above=0),
+        "batch_size": validation.count(batch_size if batch_size is not None else defaults["batch_size"], "batch_size"),
         "weight_decay": validation.real(weight_decay, "weight decay", minimum=0),
         "train_size": None if train_size is None else validation.count(train_size, "train_size"),
         "target_accuracy": target_accuracy,
         "optimizer": "adam", "schedule": "cosine", "model_kwargs": dict(model_kwargs or {}),
         "training_version": TRAINING_VERSION,
     }
+    if src.kind != "name":
+        cfg["architecture"] = architecture_key(src)
     return cfg
+
+
+def architecture_key(src) -> dict[str, Any]:
+    """What identifies a user's architecture in the training cache: its spec and the content of its files
+    (an edited class file or a replaced model file is a new architecture); weights are not part of it."""
+    from sanitas.utils.io import sha256_file
+
+    if src.kind == "module":
+        net = src.module
+        return {"module": type(net).__qualname__, "repr": repr(net),
+                "shapes": [[n, list(p.shape)] for n, p in net.named_parameters()]}
+    key: dict[str, Any] = {"kind": src.kind, "target": src.target, "args": src.args}
+    files = [f for f in src.files() if f != src.weights]
+    if src.kind == "class" and not files:  # an importable module: the source file of the class
+        from sanitas.models.resolve import model_class
+
+        with contextlib.suppress(TypeError, OSError):
+            files = [inspect.getsourcefile(model_class(src.target)) or ""]
+    if src.kind == "huggingface":
+        files = [str(Path(src.target).expanduser() / "config.json")]
+    key["files"] = {Path(f).name: sha256_file(f) for f in files if f and Path(f).expanduser().is_file()}
+    return key
 
 
 @torch.no_grad()
@@ -112,7 +156,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     with untouched(model):
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
-            pred = select_logits(model(xb), len(xb)).argmax(1).cpu()
+            pred = select_logits(model(xb), len(xb), current_spec().output).argmax(1).cpu()
             correct += int((pred == y[i:i + batch_size]).sum())
     return correct / max(len(x), 1)
 
@@ -124,7 +168,31 @@ def _paths(cfg: dict) -> tuple[Path, Path, str]:
     return root / f"{stem}.pt", root / f"{stem}.json", key
 
 
-def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes) -> TrainedModel | None:
+def _build(src, cfg: dict, input_shape, num_classes: int) -> nn.Module:
+    """A fresh model to train (the global RNG initialises it; the caller seeds it)."""
+    if src.kind == "name":
+        return build_model(cfg["model"], input_shape, num_classes, **cfg["model_kwargs"])
+    return architecture(src)
+
+
+def _check_fits(src, net: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """A user's architecture must take the dataset's images and have one logit per class."""
+    from sanitas.utils.forward import inference_logits
+
+    try:
+        k = inference_logits(net, x).shape[1]
+    except SanitasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's forward pass
+        raise ModelError(f"{src.describe()} cannot take the dataset's images (shape {tuple(x.shape[1:])}): "
+                         f"{type(exc).__name__}: {exc}") from None
+    if k != num_classes:
+        example = src.target if src.kind == "class" else "mymodels.py:Net"
+        raise ModelError(f"{src.describe()} has {k} outputs and the dataset {num_classes} classes; build it for "
+                         f"{num_classes} classes (e.g. '{example}(num_classes={num_classes})')")
+
+
+def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes, src=None) -> TrainedModel | None:
     if not (pt.exists() and meta_path.exists()):
         return None
     try:
@@ -139,19 +207,23 @@ def _try_load(cfg: dict, pt: Path, meta_path: Path, input_shape, num_classes) ->
              "retraining")
         return None
     with isolated_rng(0):
-        model = build_model(cfg["model"], input_shape, num_classes, **cfg["model_kwargs"])
+        model = _build(src or model_source(cfg["model"]), cfg, input_shape, num_classes)
     state = torch.load(pt, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
     return TrainedModel(model, cfg, meta["metrics"], pt, from_cache=True, history=meta.get("history", []))
 
 
-def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
+def train(model, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
           epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
           weight_decay: float = 0.0, train_size: int | None = None, target_accuracy: float | None = None,
           model_kwargs: dict | None = None, device: str | torch.device = "auto", cache: bool = True,
           force: bool = False, quiet: bool | None = None) -> TrainedModel:
-    """Train reference model ``model`` on ``dataset`` (or load it from the cache).
+    """Train ``model`` on ``dataset`` from a fresh initialisation (or load it from the cache).
+
+    ``model`` is a model spec (:mod:`sanitas.models.spec`): a reference model's name, or a user's
+    architecture (a class, a pickled module or a Hugging Face directory, re-initialised: its weights are not
+    used). ``dataset`` is a name, a path or a mapping with the class order (:func:`sanitas.data.load_dataset`).
 
     Adam with a cosine learning-rate schedule; deterministic for a given ``seed`` (the
     caller's global RNG is left untouched). ``labels="permuted"`` trains on a fixed random
@@ -159,19 +231,23 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
     stops training once the accuracy on the training labels reaches it, checked after each
     epoch; ``metrics["memorized"]`` says whether it was reached within ``epochs``.
     """
-    cfg = training_config(model, dataset, labels, seed, epochs=epochs, lr=lr, batch_size=batch_size,
+    src = model_source(model)
+    cfg = training_config(src, dataset, labels, seed, epochs=epochs, lr=lr, batch_size=batch_size,
                           weight_decay=weight_decay, train_size=train_size, target_accuracy=target_accuracy,
                           model_kwargs=model_kwargs)
     train_ds = load_dataset(dataset, "train")
     test_ds = load_dataset(dataset, "test")
-    cfg["dataset_key"] = _dataset_key(str(dataset), train_ds)
+    cfg["dataset_key"] = _dataset_key(dataset if isinstance(dataset, str) else None, train_ds)
     pt, meta_path, key = _paths(cfg)
     if cache and not force:
-        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes)
+        hit = _try_load(cfg, pt, meta_path, train_ds.input_shape, train_ds.num_classes, src)
         if hit is not None:
             return hit
 
     dev = resolve_device(device)
+    if train_ds.source == test_ds.source and len(train_ds) == len(test_ds):
+        warn(f"{dataset_label(dataset)} has no separate test split (both splits hold every image): the test accuracy "
+             "of this training is measured on the training images")
     if cfg["train_size"] is not None:
         train_ds = train_ds.sample(cfg["train_size"], seed=cfg["seed"])
     x, y_true = train_ds.x, train_ds.y
@@ -182,7 +258,9 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
     history: list[dict] = []
     start = time.perf_counter()
     with isolated_rng(cfg["seed"]):
-        net = build_model(cfg["model"], train_ds.input_shape, train_ds.num_classes, **cfg["model_kwargs"]).to(dev)
+        net = _build(src, cfg, train_ds.input_shape, train_ds.num_classes).to(dev)
+        if src.kind != "name":
+            _check_fits(src, net, x[:2].to(dev), train_ds.num_classes)
         opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
         g = make_generator(cfg["seed"])
@@ -197,7 +275,7 @@ def train(model: str, dataset: str = "fashion-mnist", labels: str = "true", seed
             for step in bar:
                 idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
                 xb, yb = x[idx].to(dev), y[idx].to(dev)
-                out = select_logits(net(xb), len(xb))
+                out = select_logits(net(xb), len(xb), current_spec().output)
                 loss = F.cross_entropy(out, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.explain import postprocess as pp
+from sanitas.report.tables import stage_labels
 
 STYLES = ("absolute", "diverging", "two_channel")
 
@@ -34,48 +35,87 @@ def _short(name: str, width: int = 14) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _cell_image(m: torch.Tensor, style: str):
+def _cell_rgb(m: torch.Tensor, style: str) -> np.ndarray:
+    """One map as an ``(H, W, 3)`` RGB array in [0, 1], in the given style."""
     v = pp.visualize(m.unsqueeze(0), style)[0]
     if style == "two_channel":  # red = positive, blue = negative
         rgb = torch.zeros(3, *v.shape[-2:])
         rgb[0], rgb[2] = v[0], v[1]
-        return rgb.permute(1, 2, 0).numpy(), {}
+        return rgb.permute(1, 2, 0).numpy()
     if style == "diverging":
-        return v.numpy(), {"cmap": "bwr", "vmin": -1, "vmax": 1}
-    return v.numpy(), {"cmap": "gray", "vmin": 0, "vmax": 1}
+        return _BWR((v.numpy() + 1) / 2)[..., :3]
+    return np.repeat(v.numpy()[..., None], 3, axis=2)
+
+
+def _input_rgb(image: torch.Tensor) -> np.ndarray:
+    """An input image as RGB in [0, 1]: grey images stretched to their own range (as imshow shows them)."""
+    img = image.detach().float().permute(1, 2, 0).numpy()
+    if img.shape[-1] != 1:
+        return np.clip(img[..., :3], 0, 1)
+    g = img[..., 0]
+    lo, hi = float(g.min()), float(g.max())
+    g = (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+class _Colormap:
+    """matplotlib's ``bwr`` colormap, fetched when first used (matplotlib is imported by the figures only)."""
+
+    def __call__(self, values):
+        from matplotlib import colormaps
+
+        return colormaps["bwr"](values)
+
+
+_BWR = _Colormap()
 
 
 def map_grid(maps: dict[tuple[int, str], torch.Tensor], stages: list[str], methods: list[str],
              image: torch.Tensor | None, path: str | Path, style: str = "absolute", index: int = 0,
              title: str | None = None) -> Path:
-    """Rows: methods; columns: the input, then each stage. The map's sum is written under each cell."""
-    ncols = len(stages) + (1 if image is not None else 0)
-    fig = new_figure((1.25 * ncols + 0.8, 1.35 * len(methods) + 0.6))
-    axes = fig.subplots(len(methods), ncols, squeeze=False)
+    """Rows: methods; columns: the input, then each stage. The map's sum is written under each cell.
+
+    One image (a mosaic of the cells) on one axes: a grid of axes per cell took seconds per figure.
+    """
+    cells: dict[tuple[int, int], tuple[np.ndarray, str]] = {}
+    shape = None
     for r, method in enumerate(methods):
-        c0 = 0
-        if image is not None:
-            img = image.permute(1, 2, 0).numpy()
-            axes[r, 0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
-            c0 = 1
-            if r == 0:
-                axes[r, 0].set_title("input", fontsize=7)
-        for c, _stage in enumerate(stages):
-            ax = axes[r, c + c0]
+        for c in range(len(stages)):
             m = maps.get((c, method))
-            if m is not None and index < len(m):
-                arr, kw = _cell_image(m[index], style)
-                ax.imshow(arr, **kw)
-                ax.set_xlabel(f"{float(m[index].sum()):.3g}", fontsize=6, labelpad=1)
-            if r == 0:
-                ax.set_title(_short(stages[c], 18), fontsize=6, rotation=30, ha="left")
-        axes[r, 0].set_ylabel(_short(method, 18), fontsize=7, rotation=0, ha="right", va="center")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+            if m is not None and index < len(m) and m[index].dim() == 3:
+                cells[(r, c)] = (_cell_rgb(m[index], style), f"{float(m[index].sum()):.3g}")
+                shape = shape or cells[(r, c)][0].shape[:2]
+    if shape is None and image is not None and image.dim() == 3:
+        shape = tuple(image.shape[-2:])
+    shape = shape or (1, 1)
+    first = 1 if image is not None else 0
+    ncols = len(stages) + first
+    h, w = shape
+    gap = max(1, round(0.08 * max(h, w)))
+    mosaic = np.ones((len(methods) * (h + gap), ncols * (w + gap), 3))
+    if image is not None and image.dim() == 3 and tuple(image.shape[-2:]) == (h, w):
+        inp = _input_rgb(image)
+        for r in range(len(methods)):
+            mosaic[r * (h + gap):r * (h + gap) + h, :w] = inp
+    for (r, c), (rgb, _) in cells.items():
+        if rgb.shape[:2] == (h, w):
+            mosaic[r * (h + gap):r * (h + gap) + h, (c + first) * (w + gap):(c + first) * (w + gap) + w] = rgb
+    fig = new_figure((1.25 * ncols + 1.4, 1.35 * len(methods) + 1.0))
+    ax = fig.add_axes((1.2 / (1.25 * ncols + 1.4), 0.25 / (1.35 * len(methods) + 1.0),
+                       1.25 * ncols / (1.25 * ncols + 1.4), 1.35 * len(methods) / (1.35 * len(methods) + 1.0)))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for c, label in enumerate((["input"] if image is not None else []) + [_short(s, 18) for s in stages]):
+        ax.text((c + 0.5) * (w + gap) - gap / 2, -0.15 * h, label, fontsize=6 if c >= first else 7,
+                rotation=30 if c >= first else 0, ha="left" if c >= first else "center", va="bottom")
+    for r, method in enumerate(methods):
+        ax.text(-0.15 * w, (r + 0.5) * (h + gap) - gap / 2, _short(method, 18), fontsize=7, ha="right", va="center")
+        for c in range(len(stages)):
+            if (r, c) in cells:
+                ax.text((c + first + 0.5) * (w + gap) - gap / 2, r * (h + gap) + h, cells[(r, c)][1], fontsize=5,
+                        ha="center", va="top")
     if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.3)
+        fig.suptitle(title, fontsize=8, y=0.995)
     return save_figure(fig, path, dpi=110)
 
 
@@ -136,17 +176,23 @@ def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -
     fig_dir = Path(out_dir) / "figures"
     methods = list(dict.fromkeys(result.table["method"])) if len(result.table) else []
     paths = []
-    for i in range(min(images, 0 if result.images is None else len(result.images))):
+    kept = max((len(m) for m in result.maps.values()), default=0)
+    shown = min(images, kept if result.images is None else min(kept, len(result.images)))
+    labels = list(stage_labels(result.meta, result.stages).values())
+    for i in range(shown):
+        image = None if result.images is None else result.images[i]
         for style in styles:
-            paths.append(map_grid(result.maps, result.stages, methods, result.images[i], fig_dir /
+            paths.append(map_grid(result.maps, labels, methods, image, fig_dir /
                                   f"maps-image{i}-{style}.png", style=style, index=i,
                                   title=f"{result.kind}: image {i} ({style})"))
     summary = result.summary()
+    labels_by_name = stage_labels(result.meta, result.stages)
     if result.kind != "model_randomization":  # two or three models: bars, not curves
         for metric in dict.fromkeys(result.table["metric"]):
             paths.append(metric_bars(summary, metric, fig_dir / f"curve-{metric}.png",
                                      title=f"{result.kind}: {metric}"))
         return paths
+    summary = summary.assign(variant=summary["variant"].astype(str).map(lambda v: labels_by_name.get(v, v)))
     for metric in dict.fromkeys(result.table["metric"]):
         paths.append(similarity_curves(summary, metric, fig_dir / f"curve-{metric}.png", result.calibration,
                                        title=f"{result.kind} ({result.meta['config'].get('mode', '')}): {metric}"))

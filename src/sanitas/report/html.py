@@ -26,6 +26,8 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
 .fig{display:inline-block;max-width:100%;vertical-align:top}.verdict-pass{color:#17693a;font-weight:600}
 .verdict-fail{color:#a3261b;font-weight:600}.verdict-skip{color:#8a6d00;font-weight:600}
 .wrap{display:inline-block;white-space:normal;min-width:9em;max-width:22em;text-align:left}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
+.n{color:#777;font-size:.8em}.excluded{color:#8a6d00;font-size:.8em}
+table.overview th{text-align:left;cursor:default}table.overview td.text{text-align:left;white-space:normal;max-width:60em}
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ subtitle }}</p>
@@ -71,39 +73,124 @@ def render(path: str | Path, title: str, sections: list[dict], subtitle: str = "
     return atomic_write_text(path, text)
 
 
+#: What a check's numbers are measured against, in plain words (the report's "how to read this").
+READING = {
+    "model_randomization": (
+        "Each number is the similarity between a method's map of the trained model and its map once the model's "
+        "layers are replaced by random weights (cumulatively from the top, for cascading), averaged over the "
+        "explained images: 1 means the map did not change. A method that explains what the model learned "
+        "should fall towards what unrelated maps score (the calibration band below) as more layers are "
+        "randomized; a method whose map stays similar shows the input, not the model."),
+    "data_randomization": (
+        "Each number is the similarity between a method's map of the model trained on the true labels and its "
+        "map of the same architecture trained on permuted labels (which can only memorize). A method that "
+        "explains what the model learned gives different maps; the model trained with another seed "
+        "(other_seed) shows how similar two equally good models' maps are: the permuted-label similarity must "
+        "fall clearly below it."),
+    "input_invariance": (
+        "Each number is the similarity between a method's map of the model on the images and its map of a twin "
+        "model that computes the same logits on the shifted images. An input-invariant method gives the same "
+        "map (similarity 1)."),
+}
+
+
+def verdict_section(result) -> dict | None:
+    """The method verdicts (with confidence intervals) shown right after the overview; None while no verdict
+    is computed for this kind of check."""
+    return None
+
+
+def overview_section(result) -> dict:
+    """The report's first section: the model, the data, the accuracy on the explained images, what the numbers
+    are measured against, and which methods were left out (and why) or resolved a layer."""
+    meta = result.meta
+    about = meta.get("about") or {}
+    facts = meta.get("model") or {}
+    rows = []
+    model = about.get("model", "")
+    if facts:
+        built = f"{facts['class']}, {facts['parameters']:,d} parameters"
+        model = f"{model} ({built})" if model else built
+    if model:
+        rows.append(("model", model))
+    if about.get("data"):
+        rows.append(("data", about["data"]))
+    if about.get("layout") or about.get("class_order"):
+        rows.append(("classes", about.get("layout") or about["class_order"]))
+    order = {str(name): i for i, name in enumerate(meta.get("stages") or [])}
+
+    def staged(d: dict) -> list:  # meta.json keeps keys sorted: show them in stage order
+        return sorted(d.items(), key=lambda kv: order.get(str(kv[0]), len(order)))
+
+    acc = meta.get("accuracy")
+    if isinstance(acc, dict):
+        rows.append(("accuracy on the explained images",
+                     ", ".join(f"{k}: {v:.1%}" for k, v in staged(acc) if v == v)))
+    elif isinstance(acc, (int, float)) and acc == acc:
+        n = facts.get("images") or (result.table["image"].nunique() if len(result.table) else 0)
+        rows.append(("accuracy on the explained images", f"{acc:.1%} of {n}"))
+    for name, note in staged(meta.get("training") or {}):
+        rows.append((f"model {name}", note))
+    pm = meta.get("permuted_training")
+    if isinstance(pm, dict) and pm.get("train_accuracy") is not None:
+        reached = {True: "reached", False: "NOT reached"}.get(pm.get("memorized"), "")
+        rows.append(("permuted-label training", f"train accuracy {pm['train_accuracy']:.1%} on the permuted labels"
+                     + (f" (target {reached} in {pm.get('epochs_run')} epochs)" if reached else "")
+                     + f", test accuracy {pm.get('test_accuracy', float('nan')):.1%}"))
+    for method, why in (meta.get("refused") or {}).items():
+        rows.append((f"{method}: left out", why))
+    for method, info in (meta.get("resolved") or {}).items():
+        if isinstance(info, dict) and info.get("layer"):
+            rows.append((f"{method}: layer", info["layer"]))
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td class=\"text\">{html.escape(str(v))}</td></tr>"
+                   for k, v in rows)
+    return {"id": "overview", "title": "Overview", "text": READING.get(result.kind, ""), "figures": [],
+            "tables": [{"caption": "", "html": f'<table class="overview"><tbody>{body}</tbody></table>'}]}
+
+
 def check_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
-    """The report of one check result: verdict-style pivots, calibration, figures, config, timings."""
+    """The report of one check result: the overview (model, data, accuracy, how to read it), the method
+    verdicts, the means per stage with the images each covers, calibration, figures, config, timings."""
+    from sanitas.report.tables import images_counted, mean_summary, mean_table_html, stage_labels
+
     out_dir = Path(out_dir)
-    summary = result.summary()
-    sections = []
-    metrics = list(dict.fromkeys(result.table["metric"]))
+    labels = stage_labels(result.meta, result.stages)
+    sections = [overview_section(result)]
+    verdicts = verdict_section(result)
+    if verdicts is not None:
+        sections.append(verdicts)
+    means = mean_summary(result.table) if len(result.table) else pd.DataFrame()
     tables = []
-    for metric in metrics:
-        p = result.pivot(metric).reset_index()
-        tables.append({"caption": f"{metric}: mean over images per stage (columns in stage order)",
-                       "html": table_html(p)})
-    sections.append({"id": "summary", "title": "Summary", "tables": tables, "figures": [],
-                     "text": ("Similarity between each method's explanation on the original model and on each "
-                              "modified model. A method passes when its similarity falls to the calibration band "
-                              "(what random maps score) once the model's parameters are destroyed.")})
+    for metric in dict.fromkeys(result.table["metric"]) if len(result.table) else []:
+        n = images_counted(means, metric)
+        tables.append({"caption": f"{metric}: mean over the {n} images per stage (columns in stage order); n = the "
+                                  "images a mean covers, with how many were excluded and why",
+                       "html": mean_table_html(means, metric, labels)})
+    sections.append({"id": "summary", "title": "Similarity per stage", "tables": tables, "figures": [],
+                     "text": ("Images whose map is constant (e.g. an all-zero GradCAM) have no ranking to compare: "
+                              "they are excluded from a mean and counted in its cell.")})
     curves = [f for f in figures if f.name.startswith("curve-")]
     sections.append({"id": "curves", "title": "Similarity across stages", "tables": [],
                      "figures": [{"src": embed_png(f), "alt": f.stem} for f in curves]})
     grids = [f for f in figures if f.name.startswith("maps-")]
     sections.append({"id": "maps", "title": "Maps", "tables": [],
                      "figures": [{"src": embed_png(f), "alt": f.stem} for f in grids],
-                     "text": "Rows: methods; columns: stages. The number under each map is the map's sum."})
+                     "text": ("Rows: methods; columns: stages. The number under each map is the map's sum." if grids
+                              else "No maps were kept for this run.")})
     if result.calibration is not None and len(result.calibration):
         sections.append({"id": "calibration", "title": "Calibration", "figures": [],
                          "tables": [{"caption": "similarity of random masks and the input-dominance null",
                                      "html": table_html(result.calibration)}]})
+    summary = result.summary()
     sections.append({"id": "table", "title": "All summary rows", "figures": [],
-                     "tables": [{"caption": "mean, bootstrap 95% CI, n and NaN count per method, stage and metric",
-                                 "html": table_html(summary)}]})
+                     "tables": [{"caption": "mean, bootstrap 95% CI, n (images scored), NaN count and constant maps "
+                                            "per method, stage and metric", "html": table_html(summary)}]})
     sections.append({"id": "meta", "title": "Configuration, versions, timings", "tables": [], "figures": [],
                      "pre": json.dumps(result.meta, indent=1, default=str)})
-    return render(out_dir / "report.html", f"sanitas: {result.kind.replace('_', ' ')}", sections,
-                  subtitle=f"{len(result.table)} rows; {result.table['image'].nunique()} images")
+    about = result.meta.get("about") or {}
+    subtitle = " · ".join(x for x in (about.get("model_spec"), about.get("data"),
+                                      f"{result.table['image'].nunique() if len(result.table) else 0} images") if x)
+    return render(out_dir / "report.html", f"sanitas: {result.kind.replace('_', ' ')}", sections, subtitle=subtitle)
 
 
 def check_report_simple(out_dir: str | Path, title: str, summary: pd.DataFrame, figures: list[Path], meta: dict,
@@ -128,7 +215,8 @@ def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
                                 "the fit f^{b=0} = alpha f + beta over images and classes, and the median share of "
                                 "the explained logit carried by all biases", "html": table_html(result.models)}],
          "text": ("Seed 002, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
-                  "are set to zero, and their outputs shrink (alpha < 1); BatchNorm networks collapse.")},
+                  "are set to zero, and their outputs shrink (alpha < 1); BatchNorm networks collapse. "
+                  + " ".join(f"{name}: {note}" for name, note in (result.meta.get("notes") or {}).items()))},
         {"id": "figures", "title": "Figures", "tables": [],
          "figures": [{"src": embed_png(f), "alt": Path(f).stem} for f in figures]},
         {"id": "layers", "title": "Per-layer decomposition (Eq. 13-14)", "figures": [],

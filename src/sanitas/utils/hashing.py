@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the functions that hash tensors: config_hash needs none
+    import torch
+    from torch import nn
 
 
 def config_hash(config: dict[str, Any], length: int = 16) -> str:
@@ -17,6 +18,8 @@ def config_hash(config: dict[str, Any], length: int = 16) -> str:
 
 
 def tensor_digest(t: torch.Tensor) -> str:
+    import torch
+
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256()
     h.update(str(t.dtype).encode())
