@@ -374,3 +374,27 @@ def test_constant_maps_are_counted_in_the_table():
     assert first["constant_map"].all() and first["value"].isna().all()
     assert cam[cam["constant_map"]]["value"].isna().all()
     assert not res.table[res.table["method"] == "gradient"]["constant_map"].any()
+
+
+def test_numeric_layer_names_of_sequential_models():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(4 * 36, 3))
+    x = torch.rand(2, 1, 6, 6)
+    assert torch.equal(explain(m, x, 0, method="gradcam(layer=2)"), explain(m, x, 0, method="gradcam", layer="2"))
+    assert explain(m, x, 0, method="activity(layers=[0, 2])").shape == x.shape
+
+
+def test_torchscript_models_get_clear_refusals():
+    from sanitas.errors import ModelError, NotApplicableError
+    from sanitas.randomize import discover_layers
+
+    torch.manual_seed(0)
+    m = torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)))
+    x = torch.rand(2, 1, 6, 6)
+    assert explain(m, x, 0, method="integrated_gradients").shape == x.shape
+    for method in ("guided_backprop", "lrp_epsilon", "deeplift", "gradcam", "fullgrad"):
+        with pytest.raises(NotApplicableError, match="TorchScript"):
+            explain(m, x, 0, method=method)
+    with pytest.raises(ModelError, match="TorchScript"):
+        discover_layers(m, x[:1])

@@ -308,29 +308,11 @@ def methods(model, dataset, classes, output):
         click.echo("\nIn Python, your own function f(model, x, target) -> maps, or a Captum attribution object "
                    "(captum.attr.Saliency(model), ...), works wherever a method name does.")
         return
-    from sanitas.explain.support import format_support
+    from sanitas.explain.support import check_support, format_support
 
     src, net, ds = _load(model, _dataset(dataset, classes), output, structure=True)
-    with _calls(src):
-        click.echo(format_support(_support(net, ds.x, src.output)))
-
-
-def _support(net, x, output):
-    """check_support, method by method; on a TorchScript model a method that hooks layers is 'no', not a crash."""
-    import torch
-
-    from sanitas.explain import EXPLAINERS
-    from sanitas.explain.support import Support, check_support
-
-    if not isinstance(net, torch.jit.ScriptModule):
-        return check_support(net, x, output=output)
-    rows = []
-    for name in EXPLAINERS.names():
-        try:
-            rows += check_support(net, x, [name], output=output)
-        except RuntimeError as exc:  # register_forward_hook is not supported on ScriptModules
-            rows.append(Support(name, False, "TorchScript: no layer hooks", str(exc)))
-    return rows
+    with _calls(src):  # a method that hooks layers refuses a TorchScript model with a NotApplicableError
+        click.echo(format_support(check_support(net, ds.x, output=src.output)))
 
 
 @main.command(epilog=MODEL_HELP)

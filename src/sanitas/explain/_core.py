@@ -40,6 +40,16 @@ def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     return x
 
 
+def check_hookable(model: nn.Module, method: str) -> None:
+    """Layer hooks (rule modes, GradCAM, layer maps) need an eager module; TorchScript takes none."""
+    if isinstance(model, torch.jit.ScriptModule):
+        from sanitas.errors import NotApplicableError
+
+        raise NotApplicableError(f"{method} reads or changes the model's layers through hooks, which a TorchScript "
+                                 "module does not take; use gradient, input_x_gradient, integrated_gradients, "
+                                 "smoothgrad or vargrad, or give the eager model (module:Class@weights)")
+
+
 def check_not_inference(model: nn.Module) -> None:
     """Autograd cannot differentiate through parameters or buffers created under torch.inference_mode()."""
     for name, t in (*model.named_parameters(), *model.named_buffers()):

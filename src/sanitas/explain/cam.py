@@ -52,6 +52,10 @@ class GradCAM(Explainer):
     tuple_inputs = False
     defaults = {"layer": None, "relu": True, "interpolation": "bilinear"}
 
+    def validate(self):
+        if self.layer is not None:  # an nn.Sequential's layer names are numbers: gradcam(layer=2)
+            self.layer = str(self.layer)
+
     def feature_layer(self, model, x) -> FeatureLayer:
         """The layer this explainer reads on ``model`` (resolved once per call)."""
         cache = call_cache()
@@ -93,6 +97,10 @@ class GuidedGradCAM(Explainer):
     per_image = True
     tuple_inputs = False
     defaults = {"layer": None, "interpolation": "bilinear"}
+
+    def validate(self):
+        if self.layer is not None:
+            self.layer = str(self.layer)
 
     def _cam(self) -> GradCAM:
         return GradCAM(layer=self.layer, interpolation=self.interpolation)

@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from sanitas.errors import ConfigError, NotApplicableError, UnknownNameError
-from sanitas.explain._core import logits_of
+from sanitas.explain._core import check_hookable, logits_of
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
@@ -41,7 +41,8 @@ _RELUS = {torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional
           torch.Tensor.relu_}
 
 
-def find_module(model: nn.Module, name: str) -> nn.Module:
+def find_module(model: nn.Module, name) -> nn.Module:
+    name = str(name)  # an nn.Sequential's layers are numbers ("gradcam(layer=2)" reads 2 as one)
     modules = dict(model.named_modules())
     if name not in modules:
         import difflib
@@ -84,6 +85,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: list[str] | None, kinds: 
     With ``rectify=True`` an output that the network passes directly to a ReLU is replaced by
     that ReLU's result.
     """
+    check_hookable(model, "a method that reads a layer's output")
     named = dict(model.named_modules())
     if layers:
         wanted = {n: find_module(model, n) for n in layers}
@@ -173,6 +175,7 @@ def as_spatial(act: torch.Tensor, layer: FeatureLayer) -> torch.Tensor:
 def _probe(model: nn.Module, x1: torch.Tensor):
     """One forward pass (with autograd) on one input, every module's tensor output recorded in
     completion order: ``(logits, [(name, module, output), ...])``."""
+    check_hookable(model, "gradcam")
     records: list[tuple[str, nn.Module, torch.Tensor]] = []
     handles = []
     for n, m in model.named_modules():

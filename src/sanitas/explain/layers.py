@@ -138,6 +138,11 @@ class _LayerMap(Explainer):
         if self.layers is not None and (isinstance(self.layers, (str, bytes)) or not list(self.layers)):
             raise ConfigError(f"{self.name}: layers must be a non-empty list of layer names, got {self.layers!r}; "
                               "leave it out (None) to use every layer")
+        # an nn.Sequential's layer names are numbers: activity(layers=[0, 3]) reads them as ints
+        if self.layer is not None:
+            self.layer = str(self.layer)
+        if self.layers is not None:
+            self.layers = [str(name) for name in self.layers]
 
     def attribute(self, model, x, G):
         size = _spatial_size(self.name, x)

@@ -43,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from sanitas.errors import UnsupportedLayerError
+from sanitas.explain._core import check_hookable
 from sanitas.explain.op_classes import (AFFINE, ATTENTION, BATCH_NORM, DIVISION, ELEMENTWISE, GRADIENT_METHODS,
                                         INPLACE_RELU, LINEAR, MAXPOOL, NORM, PRODUCT, RDIVISION, RELU, SELECT,
                                         SOFTMAX, STRUCTURAL, WITH_INDICES, fname, is_inplace)
@@ -302,6 +303,7 @@ def _match_batch(t: torch.Tensor, x: torch.Tensor | None, n: int | None = None) 
 @contextlib.contextmanager
 def rule_mode(model: nn.Module, mode: RuleMode) -> Iterator[RuleMode]:
     """Activate ``mode`` while tracking which module is running (for error messages)."""
+    check_hookable(model, mode.method)
     handles = []
     for name, module in model.named_modules():
         label = name or type(model).__name__

@@ -131,6 +131,10 @@ def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"{type(model).__name__} is a TorchScript module: its layers cannot be traced with hooks, "
+                         "nor re-initialized as modules. Give the eager model (a pickled module or "
+                         "module:Class@weights) to randomize it")
     named = list(model.named_modules())
     if not any(True for _ in model.parameters()):
         raise ModelError(
