@@ -362,7 +362,37 @@ def _finish(res, src, ds, out, metrics, table=None) -> None:
             click.echo(f"  {line}")
     if table is not None:
         click.echo(table.round(3).to_string(index=False))
+    if res.kind == "model_randomization":
+        _print_verdicts(res)
     click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
+
+
+def _print_verdicts(res) -> None:
+    """The per-method verdicts, from ``result.verdicts()`` (the report shows the same table)."""
+    v = res.verdicts()
+    if not len(v):
+        return
+    judged = v["reference"].ne("none").any()
+    click.echo("\nverdicts (95% intervals over images and draws; " + (
+        "judged against the ceiling of an independently trained model):" if judged else
+        "no ceiling: run with --model-seeds 2 or --ceiling MODEL to judge):"))
+    cols = ["method", "verdict", "variant", "estimate", "ci_low", "ci_high", "ceiling", "floor", "n", "excluded"]
+    click.echo(v[[c for c in cols if c in v]].rename(columns={"variant": "at stage"}).round(3).to_string(index=False))
+
+
+def _ceilings(src, dataset, model_seeds: int, ceiling, seed: int, output, quiet) -> list:
+    """The ceiling models of a randomization: the same architecture trained with further seeds
+    (``--model-seeds S``: S - 1 more), or a given independently trained model (``--ceiling SPEC``)."""
+    from sanitas.models import load_model, model_source, train
+    from sanitas.utils.progress import log
+
+    models = []
+    if ceiling:
+        models.append(load_model(model_source(ceiling, _output(output)), dataset, quiet=quiet))
+    for k in range(1, int(model_seeds)):
+        log(f"ceiling: {src.describe()} trained with seed {seed + k}", quiet=quiet)
+        models.append(train(src, dataset, seed=seed + k, quiet=quiet).model)
+    return models
 
 
 @main.command(epilog=MODEL_HELP)
@@ -386,21 +416,43 @@ def _finish(res, src, ds, out, metrics, table=None) -> None:
               "'prefix:N' or comma-separated prefixes")
 @click.option("--normalize", type=click.Choice(["none", "maxabs", "rms"]), default="none", show_default=True)
 @_output_option
+@click.option("--draws", default=1, show_default=True, type=COUNT,
+              help="independent random draws of every randomized stage (2 or more also measure each stage's floor)")
+@click.option("--model-seeds", default=1, show_default=True, type=COUNT,
+              help="2 or more: also train the architecture with the next seeds; their maps are the ceiling the "
+                   "verdicts judge against")
+@click.option("--ceiling", default=None, metavar="MODEL", help="an independently trained model of the same task "
+              "(any model spec) to serve as the ceiling")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="run the cells here or as tasks on a Ray cluster (pip install 'sanitas[ray]')")
+@click.option("--address", default=None, help="with --executor ray: the cluster's address ('auto' after ray start)")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="results directory")
 @click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @click.option("--no-resume", is_flag=True, help="recompute finished stages instead of reusing them")
 @_quiet_option
 def randomize(model, dataset, classes, methods, metrics, mode, order, init, target, images, seed, blocks, normalize,
-              output, out, top_classes, no_resume, quiet):
-    """Model parameter randomization test: do MODEL's explanations change when its weights are destroyed?"""
-    from sanitas.checks import model_randomization
+              output, draws, model_seeds, ceiling, executor, address, out, top_classes, no_resume, quiet):
+    """Model parameter randomization test: do MODEL's explanations change when its weights are destroyed?
 
-    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet,
+    Prints the similarity per stage and, per method, a verdict with its 95% interval (pass / fail /
+    inconclusive) against the ceiling of an independently trained model (--model-seeds 2 or --ceiling).
+    """
+    from sanitas.checks import model_randomization
+    from sanitas.executors import get_executor
+
+    data = _dataset(dataset, classes)
+    src, net, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet,
                          needs_layers="model parameter randomization")
     with _calls(src):
-        res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode,
-                                  init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
-                                  normalize=normalize, out=out, resume=not no_resume, quiet=quiet)
+        ceilings = _ceilings(src, data, model_seeds, ceiling, seed, output, quiet)
+        ex = get_executor(executor, address)
+        try:
+            res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode,
+                                      init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
+                                      normalize=normalize, out=out, resume=not no_resume, quiet=quiet, draws=draws,
+                                      ceiling_model=ceilings or None, executor=ex)
+        finally:
+            ex.close()
         _finish(res, src, ds, out, _csv(metrics)[:2])
 
 

@@ -226,7 +226,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     ``draws``: how many independent random draws of each randomized stage (seed ``seed`` for the
     first, derived seeds for the others; the table's ``draw`` column). With two or more, each stage's
     *floor* (how alike the maps of two random draws are) is measured too. ``ceiling_model``: the same
-    architecture trained independently (another seed); its maps against the model's are the *ceiling*
+    architecture trained independently (another seed; or a list of them, one per further model seed);
+    its maps against the model's are the *ceiling*
     (how alike two trained models' maps are). Floors and ceilings are in ``result.references`` and
     decide ``result.verdicts()``. ``executor``: where the cells run (``None``/``"local"``: here; ``"ray"`` or
     a :class:`~sanitas.executors.RayExecutor`: on a Ray cluster; same results, see :mod:`sanitas.executors`).
@@ -258,9 +259,12 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
     if unknown:
         raise ConfigError(f"unknown map statistic(s) {unknown}: use any of {sorted(MAP_STATS)}")
     draws = validation.count(draws, "draws")
-    if ceiling_model is not None and not isinstance(ceiling_model, nn.Module):
-        raise InputError(f"ceiling_model must be a torch.nn.Module (the architecture trained with another seed), "
-                         f"got {type(ceiling_model).__name__}")
+    ceilings = [] if ceiling_model is None else list(ceiling_model) if isinstance(ceiling_model, (list, tuple)) \
+        else [ceiling_model]
+    for c in ceilings:
+        if not isinstance(c, nn.Module):
+            raise InputError(f"ceiling_model must be a torch.nn.Module (the architecture trained with another seed) "
+                             f"or a list of them, got {type(c).__name__}")
     t0 = time.perf_counter()
     accuracy = explained_accuracy(model, x, y)
     kw: dict[str, Any] = {"init": init, "seed": seed, "blocks": blocks}
@@ -283,8 +287,7 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         total = 1 + len(groups) * draws
     elif draws > 1:
         raise ConfigError(f"draws applies to the cascading, independent and smooth modes, not to {mode!r}")
-    if ceiling_model is not None:
-        total += 1
+    total += len(ceilings)
     if mode in ("cascading", "smooth"):
         # sMPRT (Hedstrom et al. 2023): every explanation averaged over noisy copies, bottom-up
         kw["order"] = order or ("bottom_up" if mode == "smooth" else "top_down")
@@ -336,7 +339,7 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
               "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "smooth": [smooth_samples, smooth_sigma],
               "map_stats": map_stats,
               "n_images": int(x.shape[0]), "draws": draws,
-              "ceiling": model_fingerprint(ceiling_model) if ceiling_model is not None else None,
+              "ceiling": [model_fingerprint(c) for c in ceilings] or None,
               "images_digest": tensor_digest(x), "model": model_fingerprint(model)}
     stage_names: list[str] = []
 
@@ -349,8 +352,8 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
             net = reference if not st.randomized_layers and mode != "random_logit" else st.model
             yield engine.Variant(st.name, st.index, net, {"mode": mode, "randomized": ",".join(st.randomized_layers)},
                                  draw=draw)
-        if ceiling_model is not None:
-            yield engine.Variant("independently trained", 0, ceiling_model, {"mode": mode, "randomized": ""},
+        for i, c in enumerate(ceilings, 1):  # rows carry model_seed, a factor of the verdicts' bootstrap
+            yield engine.Variant("independently trained", i, c, {"mode": mode, "randomized": "", "model_seed": i},
                                  role="ceiling")
 
     cal, cal_seconds = None, 0.0

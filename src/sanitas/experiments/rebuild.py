@@ -33,7 +33,9 @@ def _check_dir(d: Path) -> Path:
             images = torch.load(d / SHOWN_INPUTS, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - the maps are drawn without their inputs
             images = None
-    res = CheckResult(kind, table, cal, meta, CellStore.shown_maps(d), images, list(meta.get("stages", [])), d)
+    refs = read_table(d / "references.parquet") if (d / "references.parquet").is_file() else None
+    res = CheckResult(kind, table, cal, meta, CellStore.shown_maps(d), images, list(meta.get("stages", [])), d,
+                      references=refs)
     return check_report(res, d, check_figures(res, d))
 
 

@@ -95,9 +95,27 @@ READING = {
 
 
 def verdict_section(result) -> dict | None:
-    """The method verdicts (with confidence intervals) shown right after the overview; None while no verdict
-    is computed for this kind of check."""
-    return None
+    """The method verdicts (with confidence intervals) shown right after the overview, from the same function as
+    the command line and the API (``result.verdicts()``); None for checks without stage verdicts."""
+    if result.kind != "model_randomization" or not len(result.table):
+        return None
+    v = result.verdicts()
+    if not len(v):
+        return None
+    shown = v[["method", "verdict", "variant", "estimate", "ci_low", "ci_high", "ceiling", "floor", "n", "excluded",
+               "why"]].rename(columns={"variant": "judged at stage"})
+    judged = v["reference"].ne("none").any()
+    text = ("A method passes when its maps on the randomized model are clearly less alike the original maps than "
+            "the maps of two independently trained models are (the ceiling: the whole 95% interval of the "
+            "difference below 0), fails when they are clearly not, and is inconclusive otherwise. The floor is how "
+            "alike two random draws of the stage are; a stage where no method's floor is below its ceiling cannot "
+            "separate methods. Each method is judged at the first randomized stage that can. Constant and "
+            "degenerate maps (the signal vanished) are excluded and counted." if judged else
+            "No verdict without a ceiling: run again with a model trained with another seed (--model-seeds 2, "
+            "or ceiling_model= in Python). The estimates with their 95% intervals are shown.")
+    return {"id": "verdicts", "title": "Verdicts", "text": text, "figures": [],
+            "tables": [{"caption": "per method: verdict, the stage it is judged at, mean similarity with its 95% "
+                                   "interval (images x draws), ceiling and floor", "html": table_html(shown.round(3))}]}
 
 
 def overview_section(result) -> dict:

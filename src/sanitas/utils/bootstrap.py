@@ -126,7 +126,10 @@ def table_mean(rows: pd.DataFrame, resampler: Resampler | None, value: str = "va
     for factor in FACTORS:
         if factor not in rows.columns:
             continue
-        labels = rows[factor].to_numpy()
+        column = rows[factor]
+        if column.isna().all():  # the factor is another kind of row's (a floor row has no model seed)
+            continue
+        labels = column.astype(object).where(column.notna(), "-").to_numpy()
         levels = tuple(sorted(set(labels.tolist()), key=str))
         if len(levels) < 2:
             continue
