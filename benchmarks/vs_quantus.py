@@ -100,8 +100,8 @@ def main():
     ap.add_argument("--own-seeds", action="store_true",
                     help="randomize with sanitas' own per-layer seeds (different random weights than Quantus)")
     ap.add_argument("--sanitas-first", action="store_true",
-                    help="run sanitas before Quantus: sanitas leaves glibc's malloc thresholds changed "
-                         "(sanitas.utils.memory), so this shows Quantus with them")
+                    help="run sanitas before Quantus: with SANITAS_HOLD_MEMORY=process (opt-in) sanitas leaves "
+                         "glibc's malloc thresholds changed (sanitas.utils.memory), so this shows Quantus with them")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     model = train("cnn", "fashion-mnist").model.eval()

@@ -147,30 +147,99 @@ def test_every_method_gives_the_same_maps_with_and_without_the_kernels(method, m
     assert model_fingerprint(net) == before
 
 
-def test_batched_vjp_falls_back_to_pytorch_for_the_conv_gradient(monkeypatch):
-    """is_grads_batched runs the backward under vmap; the one-channel kernel steps aside there."""
+def test_batched_vjp_runs_the_one_channel_kernel_under_vmap(monkeypatch):
+    """is_grads_batched runs the backward under vmap; the one-channel function batches like a torch op."""
     monkeypatch.setattr(kernels, "LINEAR_BACKEND", "onednn")
+    calls = []
+    conv = kernels.conv_input_grad_one_channel
+    monkeypatch.setattr(kernels, "conv_input_grad_one_channel", lambda *a: calls.append(1) or conv(*a))
     net = _tiny_gray_net().eval()
     x = torch.rand(3, 1, 14, 14)
     rows = get_explainer("gradient")(net, x, "all")
     monkeypatch.setattr(_core, "VJP_STRATEGY", "batched")
+    calls.clear()
     batched = get_explainer("gradient")(net, x, "all")
-    assert batched.shape == (3, 5, 1, 14, 14) and _close(batched, rows, 1e-4)
+    assert calls and batched.shape == (3, 5, 1, 14, 14) and _close(batched, rows, 1e-4)
 
 
-def test_linear_backend_is_timed_once_per_shape_and_small_products_skip_timing(monkeypatch):
-    monkeypatch.setattr(kernels, "_LINEAR_CHOICE", {})
-    x, w = torch.randn(64, 512), torch.randn(256, 512)
-    first = kernels.linear_prefers_onednn(x, w, None)
-    assert kernels._LINEAR_CHOICE == {(64, 512, 256, False): first}
-    monkeypatch.setattr(kernels, "_time_pass", lambda *a: pytest.fail("timed twice"))
-    assert kernels.linear_prefers_onednn(x, w, None) is first
-    assert kernels.linear_prefers_onednn(x[:4, :16], w[:8, :16], None) is False  # under MIN_LINEAR_MACS
-    with torch.inference_mode():
-        assert kernels.linear_prefers_onednn(torch.randn(128, 1024), torch.randn(1024, 1024), None) is False
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func.jvp loads torch.jit decompositions
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_channel_function_under_torch_func_transforms(bias):
+    """grad, vmap and jvp of the one-channel function equal those of F.conv2d: no private check of
+    functorch wrappers is needed to step aside."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 1, 9, 9, generator=g)
+    w = torch.randn(20, 1, 5, 5, generator=g)
+    b = torch.randn(20, generator=g) if bias else None
+    xt, wt = torch.randn(x.shape, generator=g), torch.randn(w.shape, generator=g)
+    bt = torch.randn(20, generator=g) if bias else None
+
+    def ours(x, w, b):
+        return kernels._OneChannelConv2d.apply(x, w, b, (2, 2))
+
+    def plain(x, w, b):
+        return F.conv2d(x, w, b, 1, (2, 2))
+
+    for fn in (ours, plain):
+        fn.grads = torch.func.grad(lambda *a: fn(*a).square().sum(), argnums=(0, 1))(x, w, b)
+        fn.vm = torch.func.vmap(lambda xi: fn(xi.unsqueeze(0), w, b))(x)
+        fn.jvp = torch.func.jvp(fn, (x, w) + ((b,) if bias else ()), (xt, wt) + ((bt,) if bias else ()))[1] \
+            if bias else torch.func.jvp(lambda x, w: fn(x, w, None), (x, w), (xt, wt))[1]
+        fn.bias_only = torch.func.jvp(lambda b: fn(x, w, b), (b,), (bt,))[1] if bias else None
+    for got, want in zip(ours.grads, plain.grads):
+        assert _close(got, want)
+    assert _close(ours.vm, plain.vm) and _close(ours.jvp, plain.jvp)
+    if bias:
+        assert ours.bias_only.shape == plain.bias_only.shape and _close(ours.bias_only, plain.bias_only)
 
 
-def test_the_mode_is_entered_only_for_models_with_a_layer_it_speeds_up():
+def test_without_the_private_engine_query_the_maps_are_bitwise_equal(monkeypatch):
+    """The one private call (torch._C._will_engine_execute_node) only saves time: without it the
+    weight gradients are computed too, and the explanation does not change by a bit."""
+    net = build_model("cnn").eval()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    explainer = get_explainer("integrated_gradients", steps=4)
+    want = explainer(net, x, 3)
+    weight_grads = []
+    conv_weight = torch.nn.grad.conv2d_weight
+    monkeypatch.setattr(torch.nn.grad, "conv2d_weight", lambda *a, **k: weight_grads.append(1) or conv_weight(*a, **k))
+    assert explainer(net, x, 3).equal(want) and not weight_grads
+    monkeypatch.delattr(torch._C, "_will_engine_execute_node")
+    assert explainer(net, x, 3).equal(want) and weight_grads
+
+
+def test_linear_rule(monkeypatch):
+    monkeypatch.setattr(kernels, "blas_lacks_avx512", lambda: True)
+    prefers = lambda m, k, n: kernels.linear_prefers_onednn(torch.empty(m, k), torch.empty(n, k))  # noqa: E731
+    assert prefers(140, 3136, 1024) and prefers(1284, 784, 2500) and prefers(4 * 64, 1024, 1024)
+    assert not prefers(kernels.LINEAR_MIN_ROWS - 1, 3136, 1024)  # too few rows
+    assert not prefers(140, 1152, 256) and not prefers(140, 1024, 10)  # weights too small
+    assert not prefers(110, 1024, 1024) and prefers(140, 1024, 1024)  # too few multiply-adds, then enough
+    assert kernels.linear_prefers_onednn(torch.empty(2, 32, 3136), torch.empty(1024, 3136))  # rows over leading dims
+    monkeypatch.setattr(kernels, "blas_lacks_avx512", lambda: False)  # e.g. an Intel CPU: MKL has AVX-512 there
+    assert not prefers(140, 3136, 1024)
+    monkeypatch.setattr(kernels, "LINEAR_BACKEND", "onednn")
+    assert prefers(2, 3, 4)
+
+
+def test_cpu_facts_are_read_not_measured(monkeypatch):
+    kernels.blas_lacks_avx512.cache_clear()
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: "GenuineIntel")
+    assert kernels.blas_lacks_avx512() is False
+    kernels.blas_lacks_avx512.cache_clear()
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert kernels.blas_lacks_avx512() is (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available())
+    kernels.blas_lacks_avx512.cache_clear()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert kernels.blas_lacks_avx512() is False
+    monkeypatch.undo()
+    kernels.blas_lacks_avx512.cache_clear()
+    assert kernels.cpu_vendor() is None or isinstance(kernels.cpu_vendor(), str)
+
+
+def test_the_mode_is_entered_only_for_models_with_a_layer_it_speeds_up(monkeypatch):
+    monkeypatch.setattr(kernels, "blas_lacks_avx512", lambda: True)
     assert kernels.applies_to(build_model("cnn")) and kernels.applies_to(build_model("mlp"))
     assert kernels.applies_to(_tiny_gray_net())
     assert not kernels.applies_to(build_model("resnet-small"))  # 1->16 3x3 stem, 64->10 head
@@ -178,6 +247,8 @@ def test_the_mode_is_entered_only_for_models_with_a_layer_it_speeds_up():
     assert not kernels.applies_to(small)
     assert isinstance(kernels.cpu_kernels("cpu", build_model("cnn")), kernels.CPUKernels)
     assert not isinstance(kernels.cpu_kernels("cpu", small), kernels.CPUKernels)
+    monkeypatch.setattr(kernels, "blas_lacks_avx512", lambda: False)  # the linear kernel never applies
+    assert kernels.applies_to(build_model("cnn")) and not kernels.applies_to(build_model("mlp"))
 
 
 def test_kernels_switch():
@@ -187,70 +258,3 @@ def test_kernels_switch():
     assert not any(env_switch("SANITAS_X", {"SANITAS_X": v}) for v in ("0", "false", "OFF", " no "))
     assert isinstance(kernels.cpu_kernels("cpu"), kernels.CPUKernels)
     assert not isinstance(kernels.cpu_kernels("meta"), kernels.CPUKernels)
-
-
-class _FakeGlibc:
-    def __init__(self):
-        self.calls = []
-
-    def mallopt(self, param, value):
-        self.calls.append(("mallopt", param, value))
-        return 1
-
-
-def test_freed_memory_is_held_for_the_outermost_scope_then_glibc_trims_as_usual(monkeypatch):
-    from sanitas.utils import memory
-
-    fake = _FakeGlibc()
-    monkeypatch.setattr(memory, "glibc", lambda: fake)
-    monkeypatch.setattr(memory, "ENABLED", True)
-    with memory.hold_freed_memory():
-        assert fake.calls == [("mallopt", memory.M_MMAP_THRESHOLD, 32 * 2**20),
-                              ("mallopt", memory.M_TRIM_THRESHOLD, memory.HOLD_BYTES)]
-        with memory.hold_freed_memory():  # nested scopes change nothing
-            pass
-        assert len(fake.calls) == 2
-    assert fake.calls[2:] == [("mallopt", memory.M_TRIM_THRESHOLD, 64 * 2**20)]
-    with pytest.raises(ValueError), memory.hold_freed_memory():  # restored on errors too
-        raise ValueError
-    assert fake.calls[-1] == ("mallopt", memory.M_TRIM_THRESHOLD, 64 * 2**20) and memory._depth == 0
-
-
-def test_explanations_and_the_engine_hold_memory_once(monkeypatch):
-    from sanitas.checks import model_randomization
-    from sanitas.utils import memory
-
-    fake = _FakeGlibc()
-    monkeypatch.setattr(memory, "glibc", lambda: fake)
-    net = _tiny_gray_net().eval()
-    x = torch.rand(2, 1, 14, 14)
-    get_explainer("gradient")(net, x, 1)
-    assert [c[2] for c in fake.calls] == [32 * 2**20, memory.HOLD_BYTES, 64 * 2**20]
-    fake.calls.clear()
-    model_randomization(net, x, torch.tensor([1, 2]), ["gradient", "gradcam"], ["spearman"], calibrate=False,
-                        quiet=True)
-    assert [c[2] for c in fake.calls] == [32 * 2**20, memory.HOLD_BYTES, 64 * 2**20]  # one scope around all cells
-    monkeypatch.setattr(memory, "ENABLED", False)
-    fake.calls.clear()
-    get_explainer("gradient")(net, x, 1)
-    assert fake.calls == []
-
-
-def test_malloc_settings_of_the_user_are_left_alone():
-    from sanitas.utils.memory import _user_tunes_malloc
-
-    assert not _user_tunes_malloc({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.pthread.rseq=0"})
-    assert _user_tunes_malloc({"MALLOC_TRIM_THRESHOLD_": "1"})
-    assert _user_tunes_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"})
-
-
-def test_real_glibc_lookup_is_safe():
-    from sanitas.utils import memory
-
-    lib = memory.glibc()
-    assert lib is None or hasattr(lib, "mallopt")
-    with memory.hold_freed_memory():
-        torch.randn(1000, 1000).sum()
-    assert memory._depth == 0
-    with memory.hold_freed_memory("meta"):  # accelerators keep their own allocator: nothing to do
-        assert memory._depth == 0

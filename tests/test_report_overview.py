@@ -33,7 +33,7 @@ def test_overview_first_then_means_with_counts(tmp_path):
     assert "spearman_abs (mean over 6 images)" in r.output
     html = (out / "report.html").read_text()
     sections = re.findall(r'<section id="([\w-]+)">', html)
-    assert sections[:2] == ["overview", "summary"]
+    assert sections[:3] == ["overview", "verdicts", "summary"]  # the verdicts come right after the overview
     import html as html_module
 
     top = html_module.unescape(_section(html, "overview"))

@@ -105,7 +105,7 @@ class Explainer:
                     tgt = resolve_target(target, None, n=x.shape[0], k=None, device=x.device)
                     k = int(tgt.max()) + 1
                 G = selection(tgt, x.shape[0], k, x.device, x.dtype)
-                with hold_freed_memory(x.device), \
+                with hold_freed_memory(x.device, reserve=0), \
                         cpu_kernels(x.device, model) if self.fast_kernels else contextlib.nullcontext():
                     maps = self._attribute_in_passes(model, x, G)
                 check_finite_maps(maps, self, model, x)  # never a silent NaN: the error names the cause
