@@ -64,3 +64,58 @@ def test_the_executor_can_be_named(small, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown executor"):
         _run(small, tmp_path / "x", "dask")
+
+
+def test_run_takes_the_ray_executor(tiny_config, tmp_path):
+    """`sanitas run CONFIG --executor ray` computes the model randomization cells on Ray; the tables equal
+    those of the local run, and the Ray the command started is shut down. (Both runs here, with this
+    test's thread count: a session fixture is built before the one-thread fixture applies, and a float
+    reduction may round differently with another thread count.)"""
+    from click.testing import CliRunner
+
+    from sanitas.cli import main
+
+    if ray.is_initialized():  # the module's executor fixture may still hold a Ray: the command must start its own
+        ray.shutdown()
+    out, local = tmp_path / "on-ray", tmp_path / "local"
+    for where, executor in ((out, "ray"), (local, "local")):
+        res = CliRunner().invoke(main, ["run", str(tiny_config), "--quick", "--out", str(where), "-q",
+                                        "--executor", executor], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert not ray.is_initialized()
+    local = local / "cascading"
+    for name in ("results.csv", "results.parquet"):
+        assert (out / "cascading" / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_an_address_needs_the_ray_executor(tiny_config, tmp_path):
+    from click.testing import CliRunner
+
+    from sanitas.cli import main
+
+    res = CliRunner().invoke(main, ["run", str(tiny_config), "--out", str(tmp_path / "x"), "--address", "auto"])
+    assert res.exit_code != 0
+    assert "--executor ray" in res.output
+
+
+def test_use_executor_is_scoped(small, tmp_path):
+    """Checks inside a use_executor block run there; after the block (also after an error) they run here."""
+    from sanitas.executors import LocalExecutor, executor_for, use_executor
+
+    class Counting(LocalExecutor):
+        submitted = 0
+
+        def submit(self, fn, *args, gpus: float = 0):
+            Counting.submitted += 1
+            return super().submit(fn, *args, gpus=gpus)
+
+    ex = Counting()
+    with use_executor(ex):
+        assert executor_for(None) == (ex, False)
+        _run(small, tmp_path / "a", None)
+    assert Counting.submitted > 0
+    with pytest.raises(RuntimeError):
+        with use_executor(ex):
+            raise RuntimeError("boom")
+    current, owned = executor_for(None)
+    assert current is not ex and owned

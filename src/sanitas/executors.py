@@ -15,11 +15,17 @@ results store: a run can be interrupted under one executor and resumed under the
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 from sanitas.errors import ConfigError
 
 EXECUTORS = ("local", "ray")
+
+#: The executor of the enclosing :func:`use_executor` block (``sanitas run/reproduce --executor``):
+#: checks given no ``executor=`` run their cells there. A context variable, so it ends with the block.
+_CURRENT: ContextVar[Any] = ContextVar("sanitas_executor", default=None)
 
 
 class LocalExecutor:
@@ -85,6 +91,35 @@ class RayExecutor:
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+@contextmanager
+def use_executor(executor: str | Any = "local", address: str | None = None,
+                 num_cpus: int | None = None) -> Iterator[Any]:
+    """Run the cells of every check inside the block on ``executor`` (a name or an executor object).
+
+    An executor made here from a name is closed when the block ends (a Ray it started is shut down);
+    one passed in is left open for its owner."""
+    ex = get_executor(executor, address, num_cpus)
+    token = _CURRENT.set(ex)
+    try:
+        yield ex
+    finally:
+        _CURRENT.reset(token)
+        if ex is not executor:
+            ex.close()
+
+
+def executor_for(executor: str | Any | None) -> tuple[Any, bool]:
+    """The executor a check uses for its ``executor=`` argument, and whether the check owns it (made it
+    from a name, so it must close it). ``None`` means the enclosing :func:`use_executor`, else local."""
+    if executor is None:
+        current = _CURRENT.get()
+        if current is not None:
+            return current, False
+        return LocalExecutor(), True
+    ex = get_executor(executor)
+    return ex, ex is not executor
 
 
 def get_executor(executor: str | Any = "local", address: str | None = None, num_cpus: int | None = None):

@@ -18,7 +18,7 @@ from torch import nn
 from sanitas import engine
 from sanitas.checks.result import CheckResult, model_facts
 from sanitas.errors import ConfigError, InputError, ModelError
-from sanitas.executors import get_executor
+from sanitas.executors import executor_for
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, model_device
 from sanitas.explain.forward import model_call
@@ -229,7 +229,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y, methods, metrics=(
     architecture trained independently (another seed; or a list of them, one per further model seed);
     its maps against the model's are the *ceiling*
     (how alike two trained models' maps are). Floors and ceilings are in ``result.references`` and
-    decide ``result.verdicts()``. ``executor``: where the cells run (``None``/``"local"``: here; ``"ray"`` or
+    decide ``result.verdicts()``. ``executor``: where the cells run (``None``: the enclosing
+    :func:`~sanitas.executors.use_executor` block, else here; ``"local"``: here; ``"ray"`` or
     a :class:`~sanitas.executors.RayExecutor`: on a Ray cluster; same results, see :mod:`sanitas.executors`).
     """
     with model_call(output=output):
@@ -366,7 +367,7 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         cal_seconds = time.perf_counter() - t
     refused: dict[str, str] = {}
     references: list = []
-    ex = get_executor(executor if executor is not None else "local")
+    ex, owned = executor_for(executor)
     try:
         with engine.CellStore(out, config, resume=resume) as store:
             table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store,
@@ -388,6 +389,6 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
             if out:
                 engine.write_outputs(Path(out), table, meta, cal, refs, images=x[:show])
     finally:
-        if ex is not executor:  # an executor this call made (a Ray it started is shut down again)
+        if owned:  # an executor this call made (a Ray it started is shut down again)
             ex.close()
     return res

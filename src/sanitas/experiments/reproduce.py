@@ -17,6 +17,7 @@ combined ``DIR/report.html`` and ``DIR/claims.csv`` on top.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -156,11 +157,16 @@ def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
 
 
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
-               only: list[str] | None = None, quiet: bool = False, report: bool = True) -> PaperRun:
+               only: list[str] | None = None, quiet: bool = False, report: bool = True,
+               executor: str | Any | None = None, address: str | None = None) -> PaperRun:
     """Run every experiment of a config into ``out`` (resuming), then judge its claims.
 
     A failed experiment does not stop the others; it is listed in ``PaperRun.failed`` (the command
     line exits non-zero). ``out`` is locked against a second writer for the whole run.
+    ``executor`` (``"local"``, ``"ray"`` with ``address``, or an executor object; default: the
+    enclosing :func:`~sanitas.executors.use_executor`, else local) runs the cells of the model
+    randomization experiments; the others run here. Results are the same whichever runs them, and a
+    run interrupted under one executor resumes under the other.
     """
     if isinstance(config, dict):
         validate(config)
@@ -168,8 +174,19 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
     else:
         cfg = load_config(config)
     cfg = resolve(cfg, quick=quick, images=images, only=only)
-    with directory_lock(out) as directory:
+    with directory_lock(out) as directory, _executor_scope(executor, address):
         return _run_locked(cfg, directory, quiet, report)
+
+
+def _executor_scope(executor, address):
+    """A :func:`use_executor` block for an executor choice; no block (the caller's, or local) for None."""
+    if executor is None:
+        if address:
+            raise ConfigError("an address applies to the ray executor; add --executor ray")
+        return contextlib.nullcontext()
+    from sanitas.executors import use_executor
+
+    return use_executor(executor, address)
 
 
 def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
@@ -223,8 +240,10 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
 
 
 def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reproduce", *, quick: bool = False,
-              images: int | None = None, quiet: bool = False) -> tuple[list[PaperRun], pd.DataFrame, Path]:
-    """Run the shipped configs (``"all"`` or paper names); returns (runs, claims table, combined report)."""
+              images: int | None = None, quiet: bool = False, executor: str | Any | None = None,
+              address: str | None = None) -> tuple[list[PaperRun], pd.DataFrame, Path]:
+    """Run the shipped configs (``"all"`` or paper names); returns (runs, claims table, combined report).
+    ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper)."""
     from sanitas.experiments.report import combined_report
 
     names = list_papers() if papers == "all" or papers == ["all"] else (
@@ -233,7 +252,7 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     if unknown:
         raise ConfigError(f"unknown paper(s) {unknown}: choose from {list_papers()} or 'all'")
     t0 = time.perf_counter()
-    with directory_lock(out) as directory:
+    with directory_lock(out) as directory, _executor_scope(executor, address):
         runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet) for name in names]
         claims = pd.concat([r.claims for r in runs], ignore_index=True)
         write_claims(directory, claims)
