@@ -34,9 +34,20 @@ def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use x.float()")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise InputError(f"{name} contains {bad} NaN or infinite values; clean the inputs before explaining them")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise InputError(f"{name} contains {int(bad.sum())} NaN or infinite values (first in image {first}); clean "
+                         "the inputs before explaining them")
+    return x
+
+
+def check_image_batch(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """:func:`check_images` for images proper: the shape must be ``(N, C, H, W)``."""
+    check_images(x, name)
+    if x.dim() != 4:
+        raise InputError(f"{name} must be shaped (N, C, H, W), got shape {tuple(x.shape)}; add a batch dimension "
+                         "with x.unsqueeze(0) for a single image")
     return x
 
 
@@ -60,12 +71,13 @@ def check_not_inference(model: nn.Module) -> None:
                              "for k, v in state.items()}) outside it")
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, default: torch.device | None = torch.device("cpu")) -> torch.device | None:
+    """The device of the model's first parameter (else its first buffer, else ``default``)."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
         return t.device
-    return torch.device("cpu")
+    return default
 
 
 @contextlib.contextmanager
