@@ -44,7 +44,7 @@ def cutting_layers(model: nn.Module, x: torch.Tensor, layers: list[str] | None =
 
 
 def bias_decomposition(model: nn.Module, x: torch.Tensor, target="predicted", batch_size: int = 256) -> pd.DataFrame:
-    """Gross sums of seed 002's Eq. 14 and the check of Eq. 13, one row per image x layer.
+    """Gross sums of grabska2020's Eq. 14 and the check of Eq. 13, one row per image x layer.
 
     Columns: ``image`` (position in ``x``), ``stage`` (0 = the input, then Conv/Linear/BatchNorm
     layers in forward order), ``layer``, ``kind`` (module class), ``cuts`` (see

@@ -1,4 +1,4 @@
-"""The role of bias parameters (seed 002, sections 2.3 and 3, supplement B and C).
+"""The role of bias parameters (grabska2020, sections 2.3 and 3, supplement B and C).
 
 * :func:`bias_decomposition` -- per image and layer the gross sums A^{h,l}, A^{b,l} (Eq. 14),
   the bias carried by the layers above, and the residual of Eq. 13,
@@ -86,7 +86,7 @@ def bias_analysis(models, dataset: str = "fashion-mnist", images: int = 512, out
                   seed: int = 0, distill: bool | list[str] = False, distill_kwargs: dict | None = None,
                   train_kwargs: dict | None = None, accuracy_images: int | None = None,
                   quiet: bool | None = None) -> BiasAnalysis:
-    """The zero-bias analysis of seed 002 for each model (names of reference models, or modules).
+    """The zero-bias analysis of grabska2020 for each model (names of reference models, or modules).
 
     Per model: test accuracy with and without biases (on the whole test split, or
     ``accuracy_images`` of it), the regression f^{b=0} = alpha f + beta, and the per-layer

@@ -1,4 +1,4 @@
-"""The decision-flip perturbation metric of seed 002 (Grabska-Barwinska, section 4, Eqs. 17-20).
+"""The decision-flip perturbation metric of grabska2020 (section 4, Eqs. 17-20).
 
 For an image ``x`` and a saliency map ``s``, pixels are removed one at a time in the order of
 ``s`` until the predicted class changes; the metric is the relative amount of signal removed,
@@ -10,7 +10,7 @@ where ``x_s`` is the image at the flip. Definitions used throughout this module:
 Pixels and the map
     A *pixel* is a spatial position (i, j); removing it replaces all of its channels at once.
     A map of shape ``(N, C', H, W)`` is reduced over channels to ``(N, H, W)`` by ``channel_reduce``
-    (default ``"sum"``: the signed sum over channels, as in seed 002 Eq. 5; ``"abs_sum"``,
+    (default ``"sum"``: the signed sum over channels, as in grabska2020 Eq. 5; ``"abs_sum"``,
     ``"max"``, ``"mean"`` or a callable are the alternatives). ``(N, H, W)`` maps are used as given.
     The map is used as is: pass ``abs(...)`` yourself if you want magnitudes.
 
@@ -111,7 +111,7 @@ __all__ = ["ORDERS", "REMOVALS", "SEARCHES", "METRICS", "HIGHER_IS_BETTER", "Fli
            "find_flips", "delta_e", "perturbation_scores", "shuffle_pool", "removal_reference", "gaussian_blur",
            "reduce_map", "removal_order", "perturb"]
 
-#: metric name -> description (seed 002 Eqs. 17-20 and supplement F).
+#: metric name -> description (grabska2020 Eqs. 17-20 and supplement F).
 METRICS = {
     "e_minus": "e(x, -s): signal removed, least salient first, until the decision flips (Eq. 19)",
     "e_plus": "e(x, +s): signal removed, most salient first, until the decision flips",
@@ -125,7 +125,7 @@ METRICS = {
 }
 
 #: Whether a larger value means a better saliency map (None: a diagnostic of the method's
-#: artefacts, not a quality score; seed 002 plots e_plus with a reversed axis for this reason).
+#: artefacts, not a quality score; grabska2020 plots e_plus with a reversed axis for this reason).
 HIGHER_IS_BETTER: dict[str, bool | None] = {
     "e_minus": True, "e_plus": False, "e_delta": True,
     "e_minus_xi": None, "e_plus_xi": None, "e_delta_xi": None,
@@ -207,7 +207,7 @@ def find_flips(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str
 
 def decision_flip(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", removal="zero",
                   **kwargs) -> torch.Tensor:
-    """``e(x, s)`` (seed 002 Eq. 17) per image, float64 ``Tensor[N]``; see :func:`find_flips`."""
+    """``e(x, s)`` (grabska2020 Eq. 17) per image, float64 ``Tensor[N]``; see :func:`find_flips`."""
     return find_flips(model, x, maps, order, removal, **kwargs).e
 
 
@@ -262,7 +262,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
     (:func:`shuffle_pool`; the same pairing for every method, so methods stay paired per image).
 
     Rows: one per (method, image, metric); columns ``method`` (only for a dict), ``image``
-    (index in ``x``), ``metric``, ``value``. Metrics (seed 002 Eqs. 17-20, supplement F):
+    (index in ``x``), ``metric``, ``value``. Metrics (grabska2020 Eqs. 17-20, supplement F):
     ``e_minus`` = e(x, -s), ``e_plus`` = e(x, +s), ``e_delta`` = e_minus - e_plus; ``*_xi`` the mean
     over xi of the same with xi as the map; ``delta_e_minus`` = e_minus - e_minus_xi (Eq. 20),
     ``delta_e_plus`` = e_plus - e_plus_xi, ``delta_e_delta`` = delta_e_minus - delta_e_plus. Higher
@@ -347,7 +347,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
 
 def delta_e(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", *, n_shuffles: int = 10,
             seed: int = 0, **kwargs) -> torch.Tensor:
-    """delta e = e(x, s) - mean_xi e(x, xi) per image (seed 002 Eq. 18/20), float64 ``Tensor[N]``.
+    """delta e = e(x, s) - mean_xi e(x, xi) per image (grabska2020 Eq. 18/20), float64 ``Tensor[N]``.
 
     The xi are maps of the same method for other images (:func:`shuffle_pool`). Keyword arguments
     as for :func:`perturbation_scores`.

@@ -1,4 +1,4 @@
-"""Explanation quality of several methods on one model: seed 002's evaluation (sections 4-5).
+"""Explanation quality of several methods on one model: grabska2020's evaluation (sections 4-5).
 
 >>> res = evaluate_methods(model, x, methods=["gradient", "fullgrad", "random"], layers="all",
 ...                        out="runs/quality")                                   # doctest: +SKIP
@@ -13,14 +13,14 @@ supplement F). Methods are then compared per image with Wilcoxon signed-rank tes
 
 Saliency
     Maps are reduced to one value per pixel with ``channel_reduce="abs_sum"`` (default): the sum
-    over channels of ``|map|``. This is seed 002's gradient baseline ``sum_RGB |df/dx|`` and, for
+    over channels of ``|map|``. This is grabska2020's gradient baseline ``sum_RGB |df/dx|`` and, for
     the layer maps below, ``|a|``. Pass ``channel_reduce="sum"`` to rank pixels by signed values.
 
 Layer methods (``layers=`` or the method tokens ``"layers"`` / ``"aggregates"``)
     The *layers* of a model are its parameterized spatial layers whose output carries a bias,
     in forward order: every ``Conv2d`` with a bias and every ``BatchNorm2d`` (a ``Conv2d``
     without bias followed by BatchNorm, as in ResNets, is represented by the BatchNorm, whose
-    output ``h^l = W h^{l-1} + b^l`` contains the bias, as in seed 002's notation). A ResNet's
+    output ``h^l = W h^{l-1} + b^l`` contains the bias, as in grabska2020's notation). A ResNet's
     shortcut BatchNorm is a layer too; it comes after the block's main path in forward order.
     :func:`layer_methods` names, for layer ``i`` (1-based):
 
@@ -29,7 +29,7 @@ Layer methods (``layers=`` or the method tokens ``"layers"`` / ``"aggregates"``)
     * ``top-k`` = ``activity(layers=[...], aggregate=top-k)``: the top-down aggregate of Eq. 16
       over the last ``k`` layers (``k = 2..L``; ``top-1`` ranks pixels exactly as
       ``activity[L]`` and is not repeated), and ``all+input`` (all layers plus the input
-      attributions, seed 002's cyan curve). Psi rescales each layer's map to [0, 1] before the
+      attributions, grabska2020's cyan curve). Psi rescales each layer's map to [0, 1] before the
       sum (Eq. 10), so the single-layer maps rank pixels as bilinearUpsample(|a|) does.
 
 The best aggregate is the candidate (``activity[L]`` as the one-layer aggregate, every

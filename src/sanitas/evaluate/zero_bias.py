@@ -101,7 +101,7 @@ class BiasRegression:
     """f^{b=0}_c(x) = alpha f_c(x) + beta fitted over all images and classes (supplement B.3).
 
     ``per_class``: one fit per class over images; ``per_image``: one fit per image over classes
-    (seed 002's supplementary Fig. 5 fits per image). ``logits`` and ``zero_bias_logits`` are (N, K).
+    (grabska2020's supplementary Fig. 5 fits per image). ``logits`` and ``zero_bias_logits`` are (N, K).
     """
 
     alpha: float

@@ -27,7 +27,7 @@ DECAYS = ("linear", "exponential")
 def decay_factor(step: int, decay_steps: int, stages: int, decay: str = "linear") -> float:
     """The multiplier applied to the original biases at ``step`` (0 from ``decay_steps`` on).
 
-    The biases are re-scaled in ``stages`` equal stages (seed 002 re-scales every 200 steps):
+    The biases are re-scaled in ``stages`` equal stages (grabska2020 re-scales every 200 steps):
     stage k = 1..stages multiplies them by ``1 - k / stages`` (linear; the last stage is already
     at zero) or by ``0.5 ** k`` (exponential); after the decay they are held at exactly zero.
     """
@@ -84,7 +84,7 @@ def distill_zero_bias(model: str, dataset: str = "fashion-mnist", T: float = 100
     The teacher is ``train(model, dataset, **teacher_kwargs)`` (trained or loaded from the
     cache). A copy (the student) is fine-tuned with Adam on the training images to match the
     teacher's outputs softened at temperature ``T`` (Hinton et al.: KL divergence between
-    softmax(teacher / T) and softmax(student / T), times T^2; seed 002 uses T = 100). By default no
+    softmax(teacher / T) and softmax(student / T), times T^2; grabska2020 uses T = 100). By default no
     labels are used; ``label_weight`` > 0 adds that multiple of the cross-entropy with the true
     training labels (Hinton et al.'s second objective). Meanwhile the
     biases (every ``bias`` parameter, and BatchNorm's running mean and beta, whose combination

@@ -232,7 +232,7 @@ def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
          "tables": [{"caption": "per model: test accuracy, accuracy with every bias and BatchNorm shift set to zero, "
                                 "the fit f^{b=0} = alpha f + beta over images and classes, and the median share of "
                                 "the explained logit carried by all biases", "html": table_html(result.models)}],
-         "text": ("Seed 002, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
+         "text": ("grabska2020, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
                   "are set to zero, and their outputs shrink (alpha < 1); BatchNorm networks collapse. "
                   + " ".join(f"{name}: {note}" for name, note in (result.meta.get("notes") or {}).items()))},
         {"id": "figures", "title": "Figures", "tables": [],
@@ -291,5 +291,5 @@ def quality_report(res, out_dir: Path) -> Path:
                      "pre": json.dumps({"config": cfg, "methods": res.meta["methods"],
                                         "timings": res.meta["timings"]}, indent=1, default=str)})
     n_img = res.table["image"].nunique()
-    return render(out_dir / "report.html", "Explanation quality (decision-flip metric, seed 002)", sections,
+    return render(out_dir / "report.html", "Explanation quality (decision-flip metric, grabska2020)", sections,
                   subtitle=f"{len(res.specs)} methods, {n_img} images")

@@ -44,7 +44,7 @@ def _finish_axis(ax, metric: str) -> None:
 
 
 def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("delta_e_minus", "e_minus")) -> Path | None:
-    """Seed 002 Fig. 5: activity (blue) vs bias (red) maps per layer, gradient in grey; Holm p-values."""
+    """grabska2020 Fig. 5: activity (blue) vs bias (red) maps per layer, gradient in grey; Holm p-values."""
     from sanitas.evaluate.plots import p_label
     from sanitas.report.figures import new_figure, save_figure
 
@@ -81,7 +81,7 @@ def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("del
 
 
 def aggregates_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("delta_e_minus", "e_minus")) -> Path | None:
-    """Seed 002 Fig. 6: single layers (blue) and top-down aggregates (cyan) by layer, with FullGrad
+    """grabska2020 Fig. 6: single layers (blue) and top-down aggregates (cyan) by layer, with FullGrad
     (purple), the input gradient (grey) and random maps (black) as bands; the best aggregate starred."""
     from sanitas.report.figures import new_figure, save_figure
 
@@ -130,13 +130,13 @@ def aggregates_figure(res: QualityResult, path: Path, metrics: Sequence[str] = (
         if k == len(metrics):
             ax.set_xlabel("layer l (single) / first layer l0 of the top-down aggregate")
         ax.legend(fontsize=6, loc="best", ncol=2)
-    fig.suptitle("single layers vs top-down aggregates (seed 002 Fig. 6)", fontsize=9)
+    fig.suptitle("single layers vs top-down aggregates (grabska2020 Fig. 6)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
 
 def quality_figures(res: QualityResult, fig_dir: Path) -> list[Path]:
-    """All figures of a quality run: per-metric box plots of every method (seed 002 Figs. 14-16),
+    """All figures of a quality run: per-metric box plots of every method (grabska2020 Figs. 14-16),
     the activity-vs-bias layer figure (Fig. 5) and the aggregates figure (Fig. 6)."""
     from sanitas.evaluate.plots import boxplot_metrics
 
