@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.errors import InputError
-from sanitas.report.figures import save_figure
+from sanitas.report.figures import new_figure, save_figure
 from sanitas.evaluate.perturbation import HIGHER_IS_BETTER
 from sanitas.evaluate.stats import pairwise_wilcoxon
 
@@ -98,8 +97,7 @@ def boxplot_scores(df: pd.DataFrame, metric: str, *, path: str | Path | None = N
     Saves a PNG at ``path`` (parent folders created) and returns the figure.
     """
     n = len(methods) if methods is not None else (df[method_col].nunique() if method_col in df.columns else 1)
-    fig = Figure(figsize=figsize or (max(3.5, 0.6 * n + 1.5), 3.6), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize or (max(3.5, 0.6 * n + 1.5), 3.6), dpi=dpi)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, df, metric, methods, reference, reverse_y, method_col, value, colors)
     if title:
@@ -119,8 +117,7 @@ def boxplot_metrics(df: pd.DataFrame, metrics: Sequence[str] = ("delta_e_minus",
     if not metrics:
         raise InputError("metrics is empty; name at least one metric to plot")
     n = len(methods) if methods is not None else (df[method_col].nunique() if method_col in df.columns else 1)
-    fig = Figure(figsize=(max(3.5, 0.6 * n + 1.5), 2.8 * len(metrics)), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(3.5, 0.6 * n + 1.5), 2.8 * len(metrics)), dpi=dpi)
     for i, metric in enumerate(metrics, 1):
         _draw(fig.add_subplot(len(metrics), 1, i), df, metric, methods, reference, None, method_col, value, colors)
     fig.tight_layout()

@@ -16,9 +16,9 @@ from sanitas.report.tables import stage_labels
 STYLES = ("absolute", "diverging", "two_channel")
 
 
-def new_figure(figsize) -> Figure:
+def new_figure(figsize, dpi: float | None = None) -> Figure:
     """A matplotlib figure that renders with Agg without pyplot (the user's backend is left alone)."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from sanitas.evaluate.perturbation import HIGHER_IS_BETTER
+from sanitas.evaluate.plots import _LABELS, boxplot_metrics, p_label
 from sanitas.evaluate.quality_result import QualityResult
+from sanitas.report.figures import new_figure, save_figure
 
 
 def _values(res: QualityResult, method: str, metric: str) -> np.ndarray:
@@ -29,9 +31,17 @@ def _reference_band(ax, res: QualityResult, method: str, metric: str, color: str
     ax.axhline(med, color=color, lw=1.2, label=f"{label} (median, IQR)")
 
 
-def _finish_axis(ax, metric: str) -> None:
-    from sanitas.evaluate.plots import _LABELS
+def _boxes(ax, data: list[np.ndarray], positions: np.ndarray, color: str, label: str) -> None:
+    """Box plots (5th-95th percentile whiskers, no fliers) in one colour, labelled once for the legend."""
+    bp = ax.boxplot(data, positions=positions, widths=0.32, whis=(5, 95), showfliers=False, patch_artist=True,
+                    medianprops={"color": "black"}, manage_ticks=False)
+    for p in bp["boxes"]:
+        p.set_facecolor(color)
+        p.set_alpha(0.7)
+    bp["boxes"][0].set_label(label)
 
+
+def _finish_axis(ax, metric: str) -> None:
     if metric.startswith("delta"):
         ax.axhline(0.0, color="grey", lw=0.6, ls=":")
     hib = HIGHER_IS_BETTER.get(metric)
@@ -45,9 +55,6 @@ def _finish_axis(ax, metric: str) -> None:
 
 def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("delta_e_minus", "e_minus")) -> Path | None:
     """grabska2020 Fig. 5: activity (blue) vs bias (red) maps per layer, gradient in grey; Holm p-values."""
-    from sanitas.evaluate.plots import p_label
-    from sanitas.report.figures import new_figure, save_figure
-
     lt = res.layer_table(metrics)
     if lt.empty:
         return None
@@ -58,13 +65,8 @@ def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("del
         ax = fig.add_subplot(len(metrics), 1, k)
         _reference_band(ax, res, "gradient", metric, "grey", "gradient")
         for off, fam, color in ((-0.18, "activity", "tab:blue"), (0.18, "bias", "tab:red")):
-            data = [_values(res, f"{fam}[{i}]", metric) for i in idx]
-            bp = ax.boxplot(data, positions=np.array(idx) + off, widths=0.32, whis=(5, 95), showfliers=False,
-                            patch_artist=True, medianprops={"color": "black"}, manage_ticks=False)
-            for p in bp["boxes"]:
-                p.set_facecolor(color)
-                p.set_alpha(0.7)
-            bp["boxes"][0].set_label(f"{fam} $|a^{{{'h' if fam == 'activity' else 'b'},l}}|$")
+            _boxes(ax, [_values(res, f"{fam}[{i}]", metric) for i in idx], np.array(idx) + off, color,
+                   f"{fam} $|a^{{{'h' if fam == 'activity' else 'b'},l}}|$")
         ax.set_xticks(idx, [str(i) for i in idx])
         ax.set_xlim(min(idx) - 0.6, max(idx) + 0.6)
         _finish_axis(ax, metric)
@@ -83,8 +85,6 @@ def layers_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("del
 def aggregates_figure(res: QualityResult, path: Path, metrics: Sequence[str] = ("delta_e_minus", "e_minus")) -> Path | None:
     """grabska2020 Fig. 6: single layers (blue) and top-down aggregates (cyan) by layer, with FullGrad
     (purple), the input gradient (grey) and random maps (black) as bands; the best aggregate starred."""
-    from sanitas.report.figures import new_figure, save_figure
-
     single = sorted((s.layer_index, s.label) for s in res.specs if s.family == "activity")
     aggr = [s for s in res.specs if s.family == "aggregate"]
     if not single and not aggr:
@@ -99,23 +99,13 @@ def aggregates_figure(res: QualityResult, path: Path, metrics: Sequence[str] = (
                               ("random", "black", "random")):
             _reference_band(ax, res, m, metric, color, lab)
         if single:
-            pos = np.array([i for i, _ in single], dtype=float) - 0.18
-            bp = ax.boxplot([_values(res, m, metric) for _, m in single], positions=pos, widths=0.32, whis=(5, 95),
-                            showfliers=False, patch_artist=True, medianprops={"color": "black"}, manage_ticks=False)
-            for p in bp["boxes"]:
-                p.set_facecolor("tab:blue")
-                p.set_alpha(0.7)
-            bp["boxes"][0].set_label("single layer l")
+            _boxes(ax, [_values(res, m, metric) for _, m in single],
+                   np.array([i for i, _ in single], dtype=float) - 0.18, "tab:blue", "single layer l")
         # top-k aggregates start at layer l0 = L - k + 1; all+input is drawn at l0 = 0
         ag = [(0 if s.label == "all+input" else L - s.layer_index + 1, s.label) for s in aggr]
         if ag:
-            bp = ax.boxplot([_values(res, m, metric) for _, m in ag], positions=np.array([p for p, _ in ag]) + 0.18,
-                            widths=0.32, whis=(5, 95), showfliers=False, patch_artist=True,
-                            medianprops={"color": "black"}, manage_ticks=False)
-            for p in bp["boxes"]:
-                p.set_facecolor("tab:cyan")
-                p.set_alpha(0.7)
-            bp["boxes"][0].set_label("aggregate of layers l..L (0: + input)")
+            _boxes(ax, [_values(res, m, metric) for _, m in ag], np.array([p for p, _ in ag]) + 0.18, "tab:cyan",
+                   "aggregate of layers l..L (0: + input)")
         if best is not None:
             if best.startswith("activity["):
                 bx = [i for i, m in single if m == best][0] - 0.18
@@ -138,8 +128,6 @@ def aggregates_figure(res: QualityResult, path: Path, metrics: Sequence[str] = (
 def quality_figures(res: QualityResult, fig_dir: Path) -> list[Path]:
     """All figures of a quality run: per-metric box plots of every method (grabska2020 Figs. 14-16),
     the activity-vs-bias layer figure (Fig. 5) and the aggregates figure (Fig. 6)."""
-    from sanitas.evaluate.plots import boxplot_metrics
-
     fig_dir = Path(fig_dir)
     paths: list[Path] = []
     present = set(res.table.metric)
