@@ -9,6 +9,7 @@ from torch import nn
 from sanitas.errors import ConfigError, InputError, ModelError
 from sanitas.evaluate.removal import perturb
 from sanitas.explain._core import logits_of
+from sanitas.utils import validation
 from sanitas.utils.progress import progress
 
 SEARCHES = ("multilevel", "scan")
@@ -26,8 +27,7 @@ class FlipEngine:
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, batch_size: int, quiet):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = validation.count(batch_size, "batch_size")
         self.model, self.x, self.batch_size, self.quiet = model, x, batch_size, quiet
         n, _, h, w = x.shape
         self.P = h * w
@@ -183,7 +183,5 @@ def check_search_options(search: str, levels_per_round: int | None, no_flip: str
         raise ConfigError(f"unknown no_flip {no_flip!r}: use 'max' (e at full removal) or 'nan'")
     if levels_per_round is None:
         return DEFAULT_LEVELS_PER_ROUND[search]
-    if not isinstance(levels_per_round, int) or isinstance(levels_per_round, bool) or levels_per_round < 1:
-        raise ConfigError(f"levels_per_round must be a positive integer, got {levels_per_round!r}")
-    return levels_per_round
+    return validation.count(levels_per_round, "levels_per_round")
 

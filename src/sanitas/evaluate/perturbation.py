@@ -104,6 +104,7 @@ from sanitas.evaluate.flip_search import SEARCHES, FlipEngine, check_search_opti
 from sanitas.evaluate.removal import (ORDERS, REMOVALS, check_maps, check_order, perturb, rank_table, reduce_map,
                                       removal_name, removal_order, removal_reference)
 from sanitas.explain._core import check_image_batch, eval_mode, model_device
+from sanitas.utils import validation
 from sanitas.utils.image import gaussian_blur
 from sanitas.utils.seed import make_generator
 
@@ -220,8 +221,7 @@ def shuffle_pool(n: int, n_shuffles: int, seed: int = 0) -> torch.Tensor:
     and ``n_shuffles`` distinct random offsets in ``1..n-1``; image at position ``p`` borrows the map
     at position ``p + offset`` (mod n). Needs ``n >= 2`` and ``n_shuffles <= n - 1``.
     """
-    if not isinstance(n_shuffles, int) or isinstance(n_shuffles, bool) or n_shuffles < 0:
-        raise ConfigError(f"n_shuffles must be a non-negative integer, got {n_shuffles!r}")
+    n_shuffles = validation.count(n_shuffles, "n_shuffles", minimum=0)
     if n_shuffles == 0:
         return torch.empty((n, 0), dtype=torch.long)
     if n < 2:
