@@ -1,4 +1,4 @@
-"""Data randomization test (seed 000, section 4) and the input invariance test (Kindermans et al. 2017).
+"""Data randomization test (adebayo2018, section 4) and the input invariance test (Kindermans et al. 2017).
 
 Both compare explanations of the same images on two models through the engine:
 

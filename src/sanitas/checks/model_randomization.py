@@ -1,4 +1,4 @@
-"""Model parameter randomization test (seed 000, section 3): cascading and independent.
+"""Model parameter randomization test (adebayo2018, section 3): cascading and independent.
 
 >>> res = sanitas.model_randomization(model, x, y, ["gradient", "guided_backprop"],
 ...                                   ["spearman_abs", "ssim"], mode="cascading")
@@ -164,8 +164,8 @@ def _map_sum(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 
 # Statistics of one map (not a comparison of two), recorded per stage as extra "metrics":
-# the sparsity of competitive maps (seed 001 section 4: about 1/K on a randomized net) and the
-# attribution sum shown under each map (seed 003 section 3.2: IG's sum follows the logit).
+# the sparsity of competitive maps (gupta2019 section 4: about 1/K on a randomized net) and the
+# attribution sum shown under each map (sundararajan2019 section 3.2: IG's sum follows the logit).
 MAP_STATS = {"nonzero_fraction": _nonzero_fraction, "nonzero_fraction_nz": _nonzero_fraction_nz,
              "map_sum": _map_sum}
 

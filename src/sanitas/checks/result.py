@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -88,8 +87,3 @@ class CheckResult:
         n_img = self.table["image"].nunique() if len(self.table) else 0
         return (f"CheckResult({self.kind}: {self.table['method'].nunique() if len(self.table) else 0} methods, "
                 f"{len(self.stages)} stages, {n_img} images, {len(self.table)} rows)")
-
-    def nan_report(self) -> pd.DataFrame:
-        t = self.table
-        bad = t[np.isnan(t["value"].to_numpy(dtype=float))]
-        return bad.groupby(["method", "metric"]).size().rename("nan_count").reset_index()

@@ -53,7 +53,7 @@ class CompletenessFit:
                 "max_residual": self.max_residual, "exact_by_design": self.exact, "exact_gap": self.exact_gap}
 
     def plot(self, path: str | Path) -> Path:
-        """Scatter of sum-of-map vs logit with the fitted line (seed 001, figure 3)."""
+        """Scatter of sum-of-map vs logit with the fitted line (gupta2019, figure 3)."""
         from sanitas.report.figures import new_figure, save_figure
 
         fig = new_figure((3.6, 3.2))

@@ -1,4 +1,4 @@
-"""The decision-flip perturbation metric of seed 002 (Grabska-Barwinska, section 4, Eqs. 17-20).
+"""The decision-flip perturbation metric of grabska2020 (section 4, Eqs. 17-20).
 
 For an image ``x`` and a saliency map ``s``, pixels are removed one at a time in the order of
 ``s`` until the predicted class changes; the metric is the relative amount of signal removed,
@@ -10,7 +10,7 @@ where ``x_s`` is the image at the flip. Definitions used throughout this module:
 Pixels and the map
     A *pixel* is a spatial position (i, j); removing it replaces all of its channels at once.
     A map of shape ``(N, C', H, W)`` is reduced over channels to ``(N, H, W)`` by ``channel_reduce``
-    (default ``"sum"``: the signed sum over channels, as in seed 002 Eq. 5; ``"abs_sum"``,
+    (default ``"sum"``: the signed sum over channels, as in grabska2020 Eq. 5; ``"abs_sum"``,
     ``"max"``, ``"mean"`` or a callable are the alternatives). ``(N, H, W)`` maps are used as given.
     The map is used as is: pass ``abs(...)`` yourself if you want magnitudes.
 
@@ -91,7 +91,6 @@ training flag is restored afterwards.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -100,24 +99,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sanitas.errors import ConfigError, InputError, ModelError
-from sanitas.explain._core import logits_of
-from sanitas.utils.progress import progress
-from sanitas.utils.seed import make_generator
+from sanitas.errors import ConfigError, InputError
+from sanitas.evaluate.flip_search import SEARCHES, FlipEngine, check_search_options
+from sanitas.evaluate.removal import (ORDERS, REMOVALS, check_maps, check_order, perturb, rank_table, reduce_map,
+                                      removal_name, removal_order, removal_reference)
+from sanitas.explain._core import check_image_batch, eval_mode, model_device
+from sanitas.utils import validation
 from sanitas.utils.image import gaussian_blur
+from sanitas.utils.seed import make_generator
 
 __all__ = ["ORDERS", "REMOVALS", "SEARCHES", "METRICS", "HIGHER_IS_BETTER", "FlipResult", "decision_flip",
            "find_flips", "delta_e", "perturbation_scores", "shuffle_pool", "removal_reference", "gaussian_blur",
            "reduce_map", "removal_order", "perturb"]
 
-ORDERS = ("-s", "+s")
-REMOVALS = ("zero", "mean", "blur")
-SEARCHES = ("multilevel", "scan")
-CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max", "mean")
-#: levels evaluated per image per round when ``levels_per_round=None``
-DEFAULT_LEVELS_PER_ROUND = {"multilevel": 15, "scan": 64}
-
-#: metric name -> description (seed 002 Eqs. 17-20 and supplement F).
+#: metric name -> description (grabska2020 Eqs. 17-20 and supplement F).
 METRICS = {
     "e_minus": "e(x, -s): signal removed, least salient first, until the decision flips (Eq. 19)",
     "e_plus": "e(x, +s): signal removed, most salient first, until the decision flips",
@@ -131,13 +126,12 @@ METRICS = {
 }
 
 #: Whether a larger value means a better saliency map (None: a diagnostic of the method's
-#: artefacts, not a quality score; seed 002 plots e_plus with a reversed axis for this reason).
+#: artefacts, not a quality score; grabska2020 plots e_plus with a reversed axis for this reason).
 HIGHER_IS_BETTER: dict[str, bool | None] = {
     "e_minus": True, "e_plus": False, "e_delta": True,
     "e_minus_xi": None, "e_plus_xi": None, "e_delta_xi": None,
     "delta_e_minus": True, "delta_e_plus": False, "delta_e_delta": True,
 }
-
 
 
 @dataclass
@@ -171,362 +165,6 @@ class FlipResult:
     def fraction_removed(self) -> torch.Tensor:
         return self.level.double() / self.n_pixels
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"image": np.arange(len(self.e)), "e": self.e.double().numpy(),
-                             "level": self.level.numpy(), "flipped": self.flipped.numpy(),
-                             "original_class": self.original_class.numpy(),
-                             "flip_class": self.flip_class.numpy(), "nonmonotone": self.nonmonotone.numpy()})
-
-
-# --------------------------------------------------------------------------------------------
-# validation and building blocks
-
-
-def _check_images(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"images must be a torch.Tensor shaped (N, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise InputError(f"images must be shaped (N, C, H, W), got shape {tuple(x.shape)}; "
-                         "add a batch dimension with x.unsqueeze(0) for a single image")
-    if x.shape[0] == 0:
-        raise InputError("empty batch: the images tensor has N = 0 images; pass at least one image")
-    if not x.is_floating_point():
-        raise InputError(f"images must be floating point, got {x.dtype}; convert with x.float()")
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        first = int(bad.flatten(1).any(1).nonzero()[0])
-        raise InputError(f"images contain {int(bad.sum())} NaN or infinite values (first in image {first})")
-    return x
-
-
-def reduce_map(maps: torch.Tensor, channel_reduce: str | Callable = "sum") -> torch.Tensor:
-    """Reduce ``(N, C, H, W)`` maps to one saliency value per pixel, ``(N, H, W)``.
-
-    ``"sum"`` (default): signed sum over channels; ``"abs_sum"``: sum of absolute values;
-    ``"max"``: maximum over channels; ``"mean"``: mean (same ordering as ``"sum"``); or a callable
-    ``(N, C, H, W) -> (N, H, W)``. ``(N, H, W)`` maps are returned unchanged.
-    """
-    if maps.dim() == 3:
-        return maps
-    if callable(channel_reduce):
-        out = channel_reduce(maps)
-        if not isinstance(out, torch.Tensor) or out.shape != (maps.shape[0], *maps.shape[2:]):
-            raise ConfigError(f"channel_reduce callable must map (N, C, H, W) to (N, H, W) = "
-                              f"{(maps.shape[0], *maps.shape[2:])}, got "
-                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-        return out
-    if channel_reduce == "sum":
-        return maps.sum(1)
-    if channel_reduce == "abs_sum":
-        return maps.abs().sum(1)
-    if channel_reduce == "max":
-        return maps.amax(1)
-    if channel_reduce == "mean":
-        return maps.mean(1)
-    raise ConfigError(f"unknown channel_reduce {channel_reduce!r}: use one of {CHANNEL_REDUCTIONS} or a callable")
-
-
-def _check_maps(maps, x: torch.Tensor, channel_reduce, what: str = "maps") -> torch.Tensor:
-    """Validated ``(N, H, W)`` float64 saliency on x's device."""
-    if not isinstance(maps, torch.Tensor):
-        raise InputError(f"{what} must be a torch.Tensor shaped (N, C, H, W) or (N, H, W), got {type(maps).__name__}")
-    n, c, h, w = x.shape
-    if maps.dim() not in (3, 4):
-        raise InputError(f"{what} must be shaped (N, C, H, W) or (N, H, W) like the images {tuple(x.shape)}, "
-                         f"got shape {tuple(maps.shape)}")
-    if maps.shape[0] != n or tuple(maps.shape[-2:]) != (h, w):
-        raise InputError(f"{what} shape {tuple(maps.shape)} does not match the images {tuple(x.shape)}: need "
-                         f"{n} maps of spatial size {h}x{w} (upsample lower-resolution maps to the image size first)")
-    if maps.dim() == 4 and maps.shape[1] not in (1, c):
-        raise InputError(f"{what} have {maps.shape[1]} channels but the images have {c}; pass maps with {c} "
-                         "channels, one channel, or shaped (N, H, W)")
-    if maps.is_complex() or maps.dtype == torch.bool:
-        raise InputError(f"{what} must be real numbers, got {maps.dtype}")
-    maps = maps.detach().to(device=x.device, dtype=torch.float64)
-    bad = ~torch.isfinite(maps)
-    if bad.any():
-        first = int(bad.flatten(1).any(1).nonzero()[0])
-        raise InputError(f"{what} contain {int(bad.sum())} NaN or infinite values (first in map {first}); "
-                         "fix the attribution method or replace them, e.g. torch.nan_to_num(maps)")
-    s = reduce_map(maps, channel_reduce)
-    if not torch.isfinite(s).all():
-        raise InputError(f"{what} become non-finite after channel reduction {channel_reduce!r}")
-    return s
-
-
-def _check_order(order: str) -> str:
-    if order not in ORDERS:
-        raise ConfigError(f"unknown order {order!r}: use '-s' (least salient first) or '+s' (most salient first)")
-    return order
-
-
-def removal_order(s: torch.Tensor, order: str = "-s") -> torch.Tensor:
-    """Pixel ranks ``(N, H*W)`` (int64): ``rank[n, p]`` is the step at which pixel ``p`` is removed.
-
-    Stable: equal saliency is removed in raster order in both orders (see the module docstring).
-    """
-    _check_order(order)
-    flat = s.flatten(1)
-    key = flat if order == "-s" else -flat
-    perm = torch.sort(key, dim=1, stable=True).indices
-    ranks = torch.empty_like(perm)
-    ranks.scatter_(1, perm, torch.arange(flat.shape[1], device=flat.device).expand_as(perm))
-    return ranks
-
-
-def _removal_name(removal) -> str:
-    if isinstance(removal, str):
-        return removal
-    if isinstance(removal, torch.Tensor):
-        return "tensor"
-    return f"constant({float(removal)})"
-
-
-def removal_reference(x: torch.Tensor, removal="zero", blur_sigma: float | None = None) -> torch.Tensor:
-    """What each pixel becomes when removed: a tensor broadcastable to ``x`` (see module docstring)."""
-    if isinstance(removal, str):
-        if removal == "zero":
-            return torch.zeros((1, 1, 1, 1), dtype=x.dtype, device=x.device)
-        if removal == "mean":
-            return x.mean(dim=(2, 3), keepdim=True)
-        if removal == "blur":
-            sigma = min(x.shape[2], x.shape[3]) / 14.0 if blur_sigma is None else float(blur_sigma)
-            return gaussian_blur(x, sigma)
-        raise ConfigError(f"unknown removal {removal!r}: use one of {REMOVALS}, a number, or a reference tensor")
-    if isinstance(removal, torch.Tensor):
-        try:
-            torch.broadcast_shapes(removal.shape, x.shape)
-        except RuntimeError as exc:
-            raise InputError(f"removal reference of shape {tuple(removal.shape)} does not broadcast to the images "
-                             f"{tuple(x.shape)}") from exc
-        ref = removal.detach().to(device=x.device, dtype=x.dtype)
-        if not torch.isfinite(ref).all():
-            raise InputError("removal reference tensor contains NaN or infinite values")
-        while ref.dim() < 4:
-            ref = ref.unsqueeze(0)
-        return ref
-    if isinstance(removal, (int, float)) and not isinstance(removal, bool) and math.isfinite(removal):
-        return torch.full((1, 1, 1, 1), float(removal), dtype=x.dtype, device=x.device)
-    raise ConfigError(f"removal must be one of {REMOVALS}, a finite number or a tensor, got {removal!r}")
-
-
-def perturb(x: torch.Tensor, ref: torch.Tensor, ranks: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    """Images at the given levels: ``x`` with pixels of rank ``< level`` replaced by ``ref``.
-
-    ``x``: ``(B, C, H, W)``; ``ref``: broadcastable to it; ``ranks``: ``(B, H*W)``; ``level``: ``(B,)``.
-    """
-    b, c, h, w = x.shape
-    mask = (ranks < level.view(-1, 1).to(ranks.dtype)).view(b, 1, h, w)
-    return torch.where(mask, ref, x)
-
-
-def _device_of(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-class _EvalMode:
-    """Eval mode for the duration of a block; every module's own training flag restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# the engine: shared forward passes, multilevel search and reference scan
-
-
-class _FlipEngine:
-    """Runs flip searches for many jobs against one batch of images.
-
-    A job is a pair (image index, row of the rank table): the row is the removal ordering of one
-    map, so a map borrowed as noise xi by several images is sorted once. The forward passes on
-    ``x`` (original classes) and on the fully removed images (level ``P``) are done once here and
-    shared by every job, map, order and shuffle.
-    """
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, batch_size: int, quiet):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.model, self.x, self.batch_size, self.quiet = model, x, batch_size, quiet
-        n, _, h, w = x.shape
-        self.P = h * w
-        self.ref_full = ref.expand_as(x)
-        self.n_evaluated = 0
-        self.norm_x = x.flatten(1).double().norm(dim=1)
-        zero = (self.norm_x == 0).nonzero().flatten()
-        if len(zero):
-            raise InputError(f"image {int(zero[0])} is all zeros: e(x, s) = 1 - ||x_s|| / ||x|| is undefined for "
-                             "||x|| = 0; drop such images")
-        self.original = self._classes(x)
-        self.full_flip = self._classes(self.ref_full) != self.original
-        self.ranks = torch.empty((0, self.P), dtype=torch.int32, device=x.device)
-
-    def _classes(self, imgs: torch.Tensor, count: bool = True) -> torch.Tensor:
-        out = []
-        for i in range(0, len(imgs), self.batch_size):
-            logits = logits_of(self.model, imgs[i:i + self.batch_size])  # a tuple, dict or ModelOutput too
-            if logits.shape[1] < 2:
-                raise ModelError(f"the model must return logits shaped (batch, classes) with at least 2 classes, "
-                                 f"got {tuple(logits.shape)}")
-            out.append(logits.argmax(1))
-        if count:
-            self.n_evaluated += len(imgs)
-        return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=imgs.device)
-
-    def _images(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return perturb(self.x[img], self.ref_full[img], self.ranks[row], level)
-
-    def _flips(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor, desc: str = "") -> torch.Tensor:
-        """Whether each (image, ordering, level) triple flips; level P is answered from the cache."""
-        res = torch.zeros(len(img), dtype=torch.bool, device=self.x.device)
-        full = level >= self.P
-        res[full] = self.full_flip[img[full]]
-        todo = (~full).nonzero().flatten()
-        chunks = range(0, len(todo), self.batch_size)
-        for i in progress(chunks, desc=desc, quiet=self.quiet) if len(chunks) > 4 else chunks:
-            sel = todo[i:i + self.batch_size]
-            res[sel] = self._classes(self._images(img[sel], row[sel], level[sel])) != self.original[img[sel]]
-        return res
-
-    def search(self, img: torch.Tensor, row: torch.Tensor, levels_per_round: int):
-        """Multilevel search (see module docstring). Returns (level, flipped, nonmonotone) per job."""
-        dev, P, L = self.x.device, self.P, levels_per_round
-        J = len(img)
-        lo = torch.zeros(J, dtype=torch.long, device=dev)
-        hi = torch.full((J,), P, dtype=torch.long, device=dev)
-        hi_flip = self.full_flip[img].clone()
-        result = torch.full((J,), P, dtype=torch.long, device=dev)
-        flipped = torch.zeros(J, dtype=torch.bool, device=dev)
-        nonmono = torch.zeros(J, dtype=torch.bool, device=dev)
-        active = torch.ones(J, dtype=torch.bool, device=dev)
-        steps = torch.arange(1, L + 1, device=dev)
-        rnd = 0
-        while True:
-            # an interval of width 1 is resolved: hi is the flip, or nothing flips
-            done = active & (hi - lo == 1)
-            result[done & hi_flip] = hi[done & hi_flip]
-            flipped[done] = hi_flip[done]
-            active &= ~done
-            a = active.nonzero().flatten()
-            if len(a) == 0:
-                break
-            lo_a, hi_a = lo[a], hi[a]
-            gap = (hi_a - lo_a).view(-1, 1)
-            interior = gap - 1
-            cand = torch.where(interior <= L, lo_a.view(-1, 1) + steps, lo_a.view(-1, 1) + (steps * gap) // (L + 1))
-            valid = steps.view(1, -1) <= interior
-            r, col = valid.nonzero(as_tuple=True)
-            fl = torch.zeros_like(valid)
-            fl[r, col] = self._flips(img[a[r]], row[a[r]], cand[r, col], desc=f"decision flip, round {rnd + 1}")
-            any_f = fl.any(1)
-            first = fl.int().argmax(1)
-            n_valid = valid.sum(1)
-            # evidence of a non-monotone decision: an evaluated level above a flip that does not flip
-            back = (valid & ~fl & (steps.view(1, -1) > (first + 1).view(-1, 1))).any(1) & any_f
-            back |= any_f & ~hi_flip[a]
-            nonmono[a[back]] = True
-            # flipped somewhere: (lo, hi] <- (evaluated level before the first flip, first flip)
-            rows = any_f.nonzero().flatten()
-            f = first[rows]
-            lo[a[rows]] = torch.where(f > 0, cand[rows, (f - 1).clamp(min=0)], lo_a[rows])
-            hi[a[rows]] = cand[rows, f]
-            hi_flip[a[rows]] = True
-            # nothing flipped among the candidates: lo <- last candidate (hi unchanged) ...
-            rows = (~any_f).nonzero().flatten()
-            lo[a[rows]] = cand[rows, n_valid[rows] - 1]
-            # ... and if hi does not flip either (only level P, in the first round): no flip found
-            never = a[rows][~hi_flip[a[rows]]]
-            active[never] = False
-            rnd += 1
-        return result, flipped, nonmono
-
-    def scan(self, img: torch.Tensor, row: torch.Tensor, block: int):
-        """Exact first flip: levels 1..B, B+1..2B, ... (B = ``block`` per job per round), stopping at
-        the first flip. ``block=1`` is the one-level-per-forward reference scan."""
-        dev, P = self.x.device, self.P
-        J = len(img)
-        result = torch.full((J,), P, dtype=torch.long, device=dev)
-        flipped = torch.zeros(J, dtype=torch.bool, device=dev)
-        nonmono = torch.zeros(J, dtype=torch.bool, device=dev)
-        active = torch.arange(J, device=dev)
-        offs = torch.arange(block, device=dev)
-        for start in range(1, P + 1, block):
-            if len(active) == 0:
-                break
-            width = min(block, P + 1 - start)
-            lev = (start + offs[:width]).repeat(len(active))
-            job = active.repeat_interleave(width)
-            fl = self._flips(img[job], row[job], lev, desc=f"decision flip scan, levels {start}+").view(-1, width)
-            any_f = fl.any(1)
-            first = fl.int().argmax(1)
-            back = any_f & (~fl & (offs[:width].view(1, -1) > first.view(-1, 1))).any(1)
-            hit = active[any_f]
-            result[hit] = start + first[any_f]
-            flipped[hit] = True
-            nonmono[active[back]] = True
-            active = active[~any_f]
-        return result, flipped, nonmono
-
-    def run(self, img: torch.Tensor, row: torch.Tensor, search: str, levels_per_round: int):
-        if search == "scan":
-            return self.scan(img, row, levels_per_round)
-        return self.search(img, row, levels_per_round)
-
-    def outcome(self, img: torch.Tensor, row: torch.Tensor, level: torch.Tensor, flipped: torch.Tensor,
-                no_flip: str, with_class: bool = False):
-        """e (float64) per job from the images at the flip; optionally the class there.
-
-        The class at ``x_s`` needs one more forward pass per flipped job; it is not counted in
-        ``n_evaluated`` (the search already knew it differs from the original class).
-        """
-        e = torch.empty(len(img), dtype=torch.float64, device=self.x.device)
-        cls = self.original[img].clone()
-        for i in range(0, len(img), self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            xs = self._images(img[sl], row[sl], level[sl])
-            e[sl] = 1.0 - xs.flatten(1).double().norm(dim=1) / self.norm_x[img[sl]]
-            if with_class:
-                fl = flipped[sl]
-                if fl.any():
-                    cls[sl][fl] = self._classes(xs[fl], count=False)
-        if no_flip == "nan":
-            e[~flipped] = float("nan")
-        return e, cls
-
-
-def _rank_table(ranks: torch.Tensor) -> torch.Tensor:
-    return ranks.to(torch.int32) if ranks.shape[1] < 2 ** 31 else ranks
-
-
-def _check_common(search: str, levels_per_round: int | None, no_flip: str) -> int:
-    """Validate the shared options; returns the effective levels_per_round."""
-    if search not in SEARCHES:
-        raise ConfigError(f"unknown search {search!r}: use 'multilevel' (fast) or 'scan' (exact first flip)")
-    if no_flip not in ("max", "nan"):
-        raise ConfigError(f"unknown no_flip {no_flip!r}: use 'max' (e at full removal) or 'nan'")
-    if levels_per_round is None:
-        return DEFAULT_LEVELS_PER_ROUND[search]
-    if not isinstance(levels_per_round, int) or isinstance(levels_per_round, bool) or levels_per_round < 1:
-        raise ConfigError(f"levels_per_round must be a positive integer, got {levels_per_round!r}")
-    return levels_per_round
-
 
 # --------------------------------------------------------------------------------------------
 # public API
@@ -547,22 +185,22 @@ def find_flips(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str
     one-pixel-per-forward reference). Semantics (flip, ties, no flip, which flip each search
     finds) are in the module docstring.
     """
-    _check_order(order)
-    levels_per_round = _check_common(search, levels_per_round, no_flip)
-    dev = _device_of(model, device)
-    x = _check_images(x).detach().to(dev)
-    s = _check_maps(maps, x, channel_reduce)
-    with torch.no_grad(), _EvalMode(model):
+    check_order(order)
+    levels_per_round = check_search_options(search, levels_per_round, no_flip)
+    dev = model_device(model) if device is None else torch.device(device)
+    x = check_image_batch(x).detach().to(dev)
+    s = check_maps(maps, x, channel_reduce)
+    with torch.no_grad(), eval_mode(model):
         ref = removal_reference(x, removal, blur_sigma)
-        engine = _FlipEngine(model, x, ref, batch_size, quiet)
-        engine.ranks = _rank_table(removal_order(s, order))
+        engine = FlipEngine(model, x, ref, batch_size, quiet)
+        engine.ranks = rank_table(removal_order(s, order))
         img = torch.arange(len(x), device=dev)
         level, flipped, nonmono = engine.run(img, img, search, levels_per_round)
         n_eval = engine.n_evaluated
         e, flip_class = engine.outcome(img, img, level, flipped, no_flip, with_class=True)
     return FlipResult(e=e.cpu(), level=level.cpu(), flipped=flipped.cpu(), original_class=engine.original.cpu(),
                       flip_class=flip_class.cpu(), nonmonotone=nonmono.cpu(), n_pixels=engine.P,
-                      n_evaluated=n_eval, order=order, removal=_removal_name(removal), search=search,
+                      n_evaluated=n_eval, order=order, removal=removal_name(removal), search=search,
                       config={"levels_per_round": levels_per_round, "batch_size": batch_size,
                               "channel_reduce": channel_reduce if isinstance(channel_reduce, str) else "callable",
                               "blur_sigma": blur_sigma, "no_flip": no_flip})
@@ -570,7 +208,7 @@ def find_flips(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str
 
 def decision_flip(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", removal="zero",
                   **kwargs) -> torch.Tensor:
-    """``e(x, s)`` (seed 002 Eq. 17) per image, float64 ``Tensor[N]``; see :func:`find_flips`."""
+    """``e(x, s)`` (grabska2020 Eq. 17) per image, float64 ``Tensor[N]``; see :func:`find_flips`."""
     return find_flips(model, x, maps, order, removal, **kwargs).e
 
 
@@ -583,8 +221,7 @@ def shuffle_pool(n: int, n_shuffles: int, seed: int = 0) -> torch.Tensor:
     and ``n_shuffles`` distinct random offsets in ``1..n-1``; image at position ``p`` borrows the map
     at position ``p + offset`` (mod n). Needs ``n >= 2`` and ``n_shuffles <= n - 1``.
     """
-    if not isinstance(n_shuffles, int) or isinstance(n_shuffles, bool) or n_shuffles < 0:
-        raise ConfigError(f"n_shuffles must be a non-negative integer, got {n_shuffles!r}")
+    n_shuffles = validation.count(n_shuffles, "n_shuffles", minimum=0)
     if n_shuffles == 0:
         return torch.empty((n, 0), dtype=torch.long)
     if n < 2:
@@ -625,7 +262,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
     (:func:`shuffle_pool`; the same pairing for every method, so methods stay paired per image).
 
     Rows: one per (method, image, metric); columns ``method`` (only for a dict), ``image``
-    (index in ``x``), ``metric``, ``value``. Metrics (seed 002 Eqs. 17-20, supplement F):
+    (index in ``x``), ``metric``, ``value``. Metrics (grabska2020 Eqs. 17-20, supplement F):
     ``e_minus`` = e(x, -s), ``e_plus`` = e(x, +s), ``e_delta`` = e_minus - e_plus; ``*_xi`` the mean
     over xi of the same with xi as the map; ``delta_e_minus`` = e_minus - e_minus_xi (Eq. 20),
     ``delta_e_plus`` = e_plus - e_plus_xi, ``delta_e_delta`` = delta_e_minus - delta_e_plus. Higher
@@ -643,13 +280,13 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
     if len(orders) == 0 or len(set(orders)) != len(orders):
         raise ConfigError(f"orders must be a non-empty subset of {ORDERS} without repeats, got {orders!r}")
     for o in orders:
-        _check_order(o)
-    levels_per_round = _check_common(search, levels_per_round, no_flip)
+        check_order(o)
+    levels_per_round = check_search_options(search, levels_per_round, no_flip)
     method_maps, named = _as_method_dict(maps)
-    dev = _device_of(model, device)
-    x = _check_images(x).detach().to(dev)
+    dev = model_device(model) if device is None else torch.device(device)
+    x = check_image_batch(x).detach().to(dev)
     n = len(x)
-    sal = {m: _check_maps(v, x, channel_reduce, what=f"maps of method {m!r}" if named else "maps")
+    sal = {m: check_maps(v, x, channel_reduce, what=f"maps of method {m!r}" if named else "maps")
            for m, v in method_maps.items()}
     xi = shuffle_pool(n, n_shuffles, seed).to(dev)
     R = xi.shape[1]
@@ -660,10 +297,10 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
     img_own = torch.arange(n, device=dev)
     img_blk = torch.cat([img_own, img_own.repeat_interleave(R)])
     src_blk = torch.cat([img_own, xi.flatten()])
-    with torch.no_grad(), _EvalMode(model):
+    with torch.no_grad(), eval_mode(model):
         ref = removal_reference(x, removal, blur_sigma)
-        engine = _FlipEngine(model, x, ref, batch_size, quiet)
-        engine.ranks = _rank_table(torch.cat([removal_order(sal[m], o) for m, o in blocks]))
+        engine = FlipEngine(model, x, ref, batch_size, quiet)
+        engine.ranks = rank_table(torch.cat([removal_order(sal[m], o) for m, o in blocks]))
         img = img_blk.repeat(len(blocks))
         row = torch.cat([src_blk + b * n for b in range(len(blocks))])
         level, flipped, nonmono = engine.run(img, row, search, levels_per_round)
@@ -698,7 +335,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
             rows.append(frame)
     df = pd.concat(rows, ignore_index=True)
     df.attrs["sanitas"] = {
-        "metric": "decision_flip", "orders": list(orders), "removal": _removal_name(removal),
+        "metric": "decision_flip", "orders": list(orders), "removal": removal_name(removal),
         "n_shuffles": R, "seed": seed, "search": search, "levels_per_round": levels_per_round,
         "channel_reduce": channel_reduce if isinstance(channel_reduce, str) else "callable",
         "blur_sigma": blur_sigma, "no_flip": no_flip, "n_evaluated": engine.n_evaluated,
@@ -710,12 +347,12 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
 
 def delta_e(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, order: str = "-s", *, n_shuffles: int = 10,
             seed: int = 0, **kwargs) -> torch.Tensor:
-    """delta e = e(x, s) - mean_xi e(x, xi) per image (seed 002 Eq. 18/20), float64 ``Tensor[N]``.
+    """delta e = e(x, s) - mean_xi e(x, xi) per image (grabska2020 Eq. 18/20), float64 ``Tensor[N]``.
 
     The xi are maps of the same method for other images (:func:`shuffle_pool`). Keyword arguments
     as for :func:`perturbation_scores`.
     """
-    _check_order(order)
+    check_order(order)
     if isinstance(maps, Mapping):
         raise InputError("delta_e takes the maps of one method as a tensor; use perturbation_scores for a dict")
     if n_shuffles < 1:

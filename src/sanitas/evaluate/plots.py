@@ -1,4 +1,4 @@
-"""Box plots of per-image scores per method, like seed 002's figures 5, 6 and 14-16.
+"""Box plots of per-image scores per method, like grabska2020's figures 5, 6 and 14-16.
 
 Figures are drawn on matplotlib's Agg canvas without pyplot, so importing this module never
 changes the user's matplotlib backend and works on machines without a display.
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sanitas.errors import InputError
-from sanitas.report.figures import save_figure
+from sanitas.report.figures import new_figure, save_figure
 from sanitas.evaluate.perturbation import HIGHER_IS_BETTER
 from sanitas.evaluate.stats import pairwise_wilcoxon
 
@@ -90,16 +89,15 @@ def boxplot_scores(df: pd.DataFrame, metric: str, *, path: str | Path | None = N
                    reverse_y: bool | None = None, title: str | None = None, method_col: str = "method",
                    value: str = "value", colors: Sequence[str] | None = None, figsize=None, dpi: int = 120) -> Figure:
     """One box per method of the per-image values of ``metric`` (boxes: 25th-75th percentiles,
-    line: median, whiskers: 5th-95th percentiles, as in seed 002).
+    line: median, whiskers: 5th-95th percentiles, as in grabska2020).
 
     ``reference``: annotate each other method with its Wilcoxon signed-rank p-value against it
     (Holm-adjusted). ``reverse_y``: default reverses the axis for metrics where lower is better
-    (``e_plus``, ``delta_e_plus``), so that up always means better, as in seed 002's figure 14.
+    (``e_plus``, ``delta_e_plus``), so that up always means better, as in grabska2020's figure 14.
     Saves a PNG at ``path`` (parent folders created) and returns the figure.
     """
     n = len(methods) if methods is not None else (df[method_col].nunique() if method_col in df.columns else 1)
-    fig = Figure(figsize=figsize or (max(3.5, 0.6 * n + 1.5), 3.6), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize or (max(3.5, 0.6 * n + 1.5), 3.6), dpi=dpi)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, df, metric, methods, reference, reverse_y, method_col, value, colors)
     if title:
@@ -114,13 +112,12 @@ def boxplot_metrics(df: pd.DataFrame, metrics: Sequence[str] = ("delta_e_minus",
                     *, path: str | Path | None = None, methods: Sequence[str] | None = None,
                     reference: str | None = None, method_col: str = "method", value: str = "value",
                     colors: Sequence[str] | None = None, dpi: int = 120) -> Figure:
-    """One panel per metric, stacked (seed 002 figures 14-16); axes reversed where lower is better."""
+    """One panel per metric, stacked (grabska2020 figures 14-16); axes reversed where lower is better."""
     metrics = list(metrics)
     if not metrics:
         raise InputError("metrics is empty; name at least one metric to plot")
     n = len(methods) if methods is not None else (df[method_col].nunique() if method_col in df.columns else 1)
-    fig = Figure(figsize=(max(3.5, 0.6 * n + 1.5), 2.8 * len(metrics)), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(3.5, 0.6 * n + 1.5), 2.8 * len(metrics)), dpi=dpi)
     for i, metric in enumerate(metrics, 1):
         _draw(fig.add_subplot(len(metrics), 1, i), df, metric, methods, reference, None, method_col, value, colors)
     fig.tight_layout()

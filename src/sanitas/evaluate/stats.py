@@ -1,6 +1,6 @@
 """Paired statistics for per-image scores: which saliency method is better, and by how much.
 
-Seed 002 advises pairwise tests because perturbation metrics vary widely from image to image
+grabska2020 advises pairwise tests because perturbation metrics vary widely from image to image
 (section 4): methods are compared on the *same* images with the Wilcoxon signed-rank test.
 
 >>> table = pairwise_wilcoxon(df, metric="delta_e_minus")            # doctest: +SKIP

@@ -34,9 +34,20 @@ def check_images(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; use x.float()")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise InputError(f"{name} contains {bad} NaN or infinite values; clean the inputs before explaining them")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise InputError(f"{name} contains {int(bad.sum())} NaN or infinite values (first in image {first}); clean "
+                         "the inputs before explaining them")
+    return x
+
+
+def check_image_batch(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """:func:`check_images` for images proper: the shape must be ``(N, C, H, W)``."""
+    check_images(x, name)
+    if x.dim() != 4:
+        raise InputError(f"{name} must be shaped (N, C, H, W), got shape {tuple(x.shape)}; add a batch dimension "
+                         "with x.unsqueeze(0) for a single image")
     return x
 
 
@@ -60,12 +71,13 @@ def check_not_inference(model: nn.Module) -> None:
                              "for k, v in state.items()}) outside it")
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, default: torch.device | None = torch.device("cpu")) -> torch.device | None:
+    """The device of the model's first parameter (else its first buffer, else ``default``)."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
         return t.device
-    return torch.device("cpu")
+    return default
 
 
 @contextlib.contextmanager
@@ -166,11 +178,9 @@ def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G:
         return tuple(g.unsqueeze(0) for g in grads)
     strategy = VJP_STRATEGY if VJP_STRATEGY != "auto" else ("rows" if outputs.device.type == "cpu" else "batched")
     if strategy == "rows":
-        # One forward, then one backward per row on the shared graph. On CPU this beats
-        # is_grads_batched, whose legacy vmap has no batching rule for convolution_backward and
-        # max_pool2d_with_indices_backward and falls back to a slower per-sample loop: all 10 class
-        # gradients of 256 images cost 6.5x / 6.1x / 4.9x one gradient on cnn / vgg-small /
-        # resnet-small this way, against 8.6x / 9.9x / 12.8x batched (2 cores).
+        # One forward, then one backward per row on the shared graph: on CPU is_grads_batched's legacy
+        # vmap has no batching rule for convolution_backward and max_pool2d_with_indices_backward and
+        # falls back to a slower per-sample loop.
         rows = []
         for b in range(G.shape[0]):
             keep = retain_graph or b < G.shape[0] - 1
@@ -184,16 +194,14 @@ def vjp(outputs: torch.Tensor, inputs: torch.Tensor | Sequence[torch.Tensor], G:
 
 
 # Inputs per forward/backward pass of the path- and noise-based methods (and of single-pass methods
-# on large batches) when ``batch_size`` is not given. On CPU, small inputs run in passes of about
-# 48 MiB of module outputs: past about 80 MB glibc handed the freed blocks back to the kernel after
-# every pass and the next pass page-faulted them in again (IG on 256 images of 28x28, 2 cores:
-# cnn 140 inputs per pass, vgg-small 66, resnet-small 62). Large inputs are different: one 224x224
-# image of a ResNet-18 already holds 28.5 MiB of activations, and one-image passes ran IG 1.8x and
-# the gradient 2x slower than passes of 32 (8 images x 16 steps: 1 per pass ~47 s, 16 ~35 s, 32 ~28 s,
-# 64 ~28 s, 128 ~32 s under load), where page faults are a small part of the work. So a pass holds
-# at least 32 inputs while they fit in 2 GiB of activations. The size is measured once per model and
-# input shape by a probe forward pass on one input; the fallback, when a probe is impossible, is 256
-# inputs of 28x28 elements. Accelerators keep large passes.
+# on large batches) when ``batch_size`` is not given (DEVELOPERS.md, "Pass sizes follow the device").
+# On CPU, small inputs run in passes of about 48 MiB of module outputs: past about 80 MB glibc handed
+# the freed blocks back to the kernel after every pass and the next pass page-faulted them in again.
+# Large inputs (one 224x224 ResNet-18 image alone holds 28.5 MiB of activations) get at least 32
+# inputs per pass while they fit in 2 GiB of activations, because one-image passes made the gradient
+# 2x slower. The size is measured once per model and input shape by a probe forward pass on one
+# input; the fallback, when a probe is impossible, is 256 inputs of 28x28 elements. Accelerators
+# keep large passes.
 CPU_ACTIVATION_BYTES_PER_PASS = 48 * 2**20
 CPU_MIN_INPUTS_PER_PASS = 32
 CPU_MAX_BYTES_PER_PASS = 2 * 2**30

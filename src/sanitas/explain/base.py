@@ -67,11 +67,6 @@ class Explainer:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{self.name}({opts})" if opts else self.name
 
-    @property
-    def label(self) -> str:
-        """Stable display name including non-default options."""
-        return repr(self)
-
     # -- the public call -----------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], target: TargetLike = "predicted",
                  *, output: OutputSelector = None, additional_forward_args: Any = None):

@@ -1,4 +1,4 @@
-"""Competition for pixels (seed 001, section 3): the competitive version of any method.
+"""Competition for pixels (gupta2019, section 3): the competitive version of any method.
 
 For the chosen label y and every element i of the map, with S_c the base method's map for
 class c:
@@ -32,7 +32,7 @@ def competition_mask(chosen: torch.Tensor, max_all: torch.Tensor, min_all: torch
 
 
 class Competitive(WrapperExplainer):
-    """Competitive version of a method (CGI = competitive(input_x_gradient), CLRP, ...), seed 001."""
+    """Competitive version of a method (CGI = competitive(input_x_gradient), CLRP, ...), gupta2019."""
 
     name = "competitive"
     needs_num_classes = True  # every class competes

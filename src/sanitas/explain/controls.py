@@ -1,4 +1,4 @@
-"""Model-free controls: edge detectors and random maps (seed 000 compares methods against them)."""
+"""Model-free controls: edge detectors and random maps (adebayo2018 compares methods against them)."""
 
 from __future__ import annotations
 

@@ -61,9 +61,9 @@ def clip_percentile(maps: torch.Tensor, q: float = 99.0, dims: int = 3) -> torch
 def visualize(maps: torch.Tensor, style: str = "absolute", channel_reduce: str = "sum", q: float = 99.0):
     """Display-ready maps (N, H, W) or (N, 2, H, W):
 
-    * 'absolute': |channel-sum|, clipped at the q-th percentile, scaled to [0, 1] (seed 000);
+    * 'absolute': |channel-sum|, clipped at the q-th percentile, scaled to [0, 1] (adebayo2018);
     * 'diverging': signed channel-sum divided by its clipped max-abs, in [-1, 1];
-    * 'two_channel': positive and negative parts as two [0, 1] channels (seed 003's
+    * 'two_channel': positive and negative parts as two [0, 1] channels (sundararajan2019's
       sign-preserving visualization).
     """
     m = reduce_channels(maps, channel_reduce)[..., 0, :, :]

@@ -29,7 +29,7 @@ class _Described(nn.Module):
 class PaperCNN(_Described):
     """The sanity-checks CNN: conv5x5-32, maxpool2, conv5x5-64, maxpool2, fc1024, fc(classes), ReLU.
 
-    Seed 000, appendix B ("SAME" padding as in the TensorFlow original).
+    adebayo2018, appendix B ("SAME" padding as in the TensorFlow original).
     """
 
     def __init__(self, input_shape=(1, 28, 28), num_classes=10):
@@ -49,7 +49,7 @@ class PaperCNN(_Described):
 
 
 class MLP(_Described):
-    """The sanity-checks MLP: fully connected 2500-1500-500-(classes), ReLU (seed 000, appendix B)."""
+    """The sanity-checks MLP: fully connected 2500-1500-500-(classes), ReLU (adebayo2018, appendix B)."""
 
     def __init__(self, input_shape=(1, 28, 28), num_classes=10, hidden=(2500, 1500, 500)):
         super().__init__(input_shape, num_classes)
@@ -170,7 +170,7 @@ class ResNetSmall(_Described):
 
 
 class LinearModel(_Described):
-    """A linear classifier f(x) = W x + b (seed 000, section 5.3; seed 002, Fig. 1)."""
+    """A linear classifier f(x) = W x + b (adebayo2018, section 5.3; grabska2020, Fig. 1)."""
 
     def __init__(self, input_shape=(1, 28, 28), num_classes=10, bias=True):
         super().__init__(input_shape, num_classes)
@@ -182,7 +182,7 @@ class LinearModel(_Described):
 
 
 class SumPoolConv(_Described):
-    """One 3x3 convolution, ReLU, and a sum over all positions (seed 000, section 5.3).
+    """One 3x3 convolution, ReLU, and a sum over all positions (adebayo2018, section 5.3).
 
     ``l(x) = sum_ij relu(w * x)_ij``; one filter per class (one class in the paper's analysis).
     """

@@ -1,12 +1,17 @@
-"""Reference models built from Hugging Face ``transformers`` classes (an optional dependency:
-``pip install 'sanitas[hf]'``). Pretrained weights cannot be fetched on every machine; these are
-small configurations trained here, like the other reference models."""
+"""Hugging Face ``transformers`` models (an optional dependency: ``pip install 'sanitas[hf]'``): loading a
+model directory, and reference models built from its classes. Pretrained weights cannot be fetched on every
+machine; the reference models are small configurations trained here, like the other reference models."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 from torch import nn
 
 from sanitas.errors import ModelError
+from sanitas.models.spec import SPEC_HELP
 
 
 def transformers_module():
@@ -35,3 +40,49 @@ def HFViT(input_shape=(1, 28, 28), num_classes=10, patch_size=7, hidden_size=64,
     model = t.ViTForImageClassification(cfg)
     model.input_shape, model.num_classes = (c, h, w), int(num_classes)
     return model
+
+
+def _hf_class(path: str):
+    t = transformers_module()
+    root = Path(path).expanduser()
+    if not (root / "config.json").is_file():
+        raise ModelError(f"{root} is a folder without config.json: a Hugging Face model directory is what "
+                         f"save_pretrained writes; otherwise give {SPEC_HELP}")
+    try:
+        config = t.AutoConfig.from_pretrained(str(root), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{root / 'config.json'} cannot be read by transformers ({type(exc).__name__}: {exc})") from None
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(t, names[0], None) if names else None
+    return (cls or t.AutoModelForImageClassification), config, root
+
+
+@contextlib.contextmanager
+def _no_hf_progress(t) -> Iterator[None]:
+    """transformers' own loading bar off for the call (sanitas says what it loads), restored afterwards."""
+    hf_logging = t.utils.logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def load_huggingface(path: str) -> nn.Module:
+    """The model a Hugging Face directory (what ``save_pretrained`` writes) holds, with its weights."""
+    cls, _, root = _hf_class(path)
+    try:
+        with _no_hf_progress(transformers_module()):
+            return cls.from_pretrained(str(root), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load the Hugging Face model in {root} ({type(exc).__name__}: {exc})") from None
+
+
+def fresh_huggingface(path: str) -> nn.Module:
+    """The architecture of a Hugging Face directory, freshly initialised from its config."""
+    cls, config, _ = _hf_class(path)
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config)
+    return cls(config)

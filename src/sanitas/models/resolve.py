@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sanitas.errors import ModelError, SanitasError, UnknownNameError
+from sanitas.models.hf import fresh_huggingface, load_huggingface
 from sanitas.models.spec import SPEC_HELP, ModelSource, model_source
 
 
@@ -47,7 +48,7 @@ def load_model(model, dataset: str = "fashion-mnist", *, output=None, **train_kw
     if src.kind == "file":
         net = _load_file(_existing(src.target, "model file"))
     elif src.kind == "huggingface":
-        net = _load_huggingface(src.target)
+        net = load_huggingface(src.target)
     else:
         net = _load_class_weights(src)
     return net.eval()
@@ -78,7 +79,7 @@ def architecture(model, input_shape=None, num_classes: int | None = None) -> nn.
     if src.kind == "class":
         return construct(src)
     if src.kind == "huggingface":
-        return _fresh_huggingface(src.target)
+        return fresh_huggingface(src.target)
     base = src.module if src.kind == "module" else _load_file(_existing(src.target, "model file"))
     if isinstance(base, torch.jit.ScriptModule):
         raise ModelError(f"{src.target} is a TorchScript file: its layers cannot be re-initialised for training. "
@@ -362,53 +363,3 @@ def load_weights(net: nn.Module, state: Mapping, path) -> nn.Module:
                          f"{', '.join(p for p in parts if p)}. Check the class and its constructor arguments")
     net.load_state_dict(state)
     return net
-
-
-# -- Hugging Face ------------------------------------------------------------------------------------
-
-def _hf_class(path: str):
-    from sanitas.models.hf import transformers_module
-
-    t = transformers_module()
-    root = Path(path).expanduser()
-    if not (root / "config.json").is_file():
-        raise ModelError(f"{root} is a folder without config.json: a Hugging Face model directory is what "
-                         f"save_pretrained writes; otherwise give {SPEC_HELP}")
-    try:
-        config = t.AutoConfig.from_pretrained(str(root), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{root / 'config.json'} cannot be read by transformers ({type(exc).__name__}: {exc})") from None
-    names = list(getattr(config, "architectures", None) or [])
-    cls = getattr(t, names[0], None) if names else None
-    return (cls or t.AutoModelForImageClassification), config, root
-
-
-@contextlib.contextmanager
-def _no_hf_progress(t) -> Iterator[None]:
-    """transformers' own loading bar off for the call (sanitas says what it loads), restored afterwards."""
-    hf_logging = t.utils.logging
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
-
-
-def _load_huggingface(path: str) -> nn.Module:
-    from sanitas.models.hf import transformers_module
-
-    cls, _, root = _hf_class(path)
-    try:
-        with _no_hf_progress(transformers_module()):
-            return cls.from_pretrained(str(root), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot load the Hugging Face model in {root} ({type(exc).__name__}: {exc})") from None
-
-
-def _fresh_huggingface(path: str) -> nn.Module:
-    cls, config, _ = _hf_class(path)
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config)
-    return cls(config)

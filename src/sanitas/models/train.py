@@ -27,6 +27,7 @@ from torch import nn
 import sanitas
 from sanitas.data import Dataset, dataset_label, load_dataset
 from sanitas.errors import ConfigError, ModelError, SanitasError, StorageError
+from sanitas.explain._core import model_device
 from sanitas.explain.forward import current_spec, select_logits
 from sanitas.models.resolve import architecture, reference_model
 from sanitas.models.spec import model_source
@@ -151,7 +152,7 @@ def architecture_key(src) -> dict[str, Any]:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
              device: torch.device | None = None) -> float:
     """Top-1 accuracy of ``model`` in eval mode (every module's mode restored, the RNG untouched)."""
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     correct = 0
     with untouched(model):
         for i in range(0, len(x), batch_size):
@@ -161,11 +162,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
-def _paths(cfg: dict) -> tuple[Path, Path, str]:
+def _paths(cfg: dict, tag: str | None = None) -> tuple[Path, Path, str]:
+    """Checkpoint, metrics JSON and key of a config; ``tag`` (default: the labels) names the kind of training."""
     key = config_hash(cfg)
-    stem = f"{cfg['model']}-{cfg['dataset_key'][:40]}-{cfg['labels']}-s{cfg['seed']}-{key}"
+    stem = f"{cfg['model']}-{cfg['dataset_key'][:40]}-{cfg['labels'] if tag is None else tag}-s{cfg['seed']}-{key}"
     root = models_dir()
     return root / f"{stem}.pt", root / f"{stem}.json", key
+
+
+def _save(net: nn.Module, cfg: dict, pt: Path, meta_path: Path, key: str, metrics: dict, history: list) -> bool:
+    """Write the checkpoint and its metrics JSON (with the checkpoint's SHA-256); False, with a warning, when the
+    cache cannot take them (minutes of training are not thrown away for a full disk)."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    try:
+        digest = atomic_torch_save(pt, state)
+        atomic_write_json(meta_path, {
+            "config": cfg, "key": key, "metrics": metrics, "history": history, "checkpoint_sha256": digest,
+            "versions": {"sanitas": sanitas.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        })
+        return True
+    except StorageError as exc:
+        with contextlib.suppress(OSError):
+            pt.unlink(missing_ok=True)
+        warn(f"the trained {cfg['model']} could not be saved ({exc}); it is kept in memory for this run only "
+             f"and will be trained again next time (set SANITAS_CACHE to a directory with space)")
+        return False
 
 
 def _build(src, cfg: dict, input_shape, num_classes: int) -> nn.Module:
@@ -306,21 +328,6 @@ def train(model, dataset: str = "fashion-mnist", labels: str = "true", seed: int
     }
     if labels == "permuted":
         metrics["train_accuracy_true_labels"] = accuracy(net, x, y_true, device=dev)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     net = net.cpu()
-    saved = False
-    if cache:
-        try:
-            digest = atomic_torch_save(pt, state)
-            atomic_write_json(meta_path, {
-                "config": cfg, "key": key, "metrics": metrics, "history": history, "checkpoint_sha256": digest,
-                "versions": {"sanitas": sanitas.__version__, "torch": torch.__version__,
-                             "python": platform.python_version()},
-            })
-            saved = True
-        except StorageError as exc:  # minutes of training are not thrown away for a full disk
-            with contextlib.suppress(OSError):
-                pt.unlink(missing_ok=True)
-            warn(f"the trained {cfg['model']} could not be saved ({exc}); it is kept in memory for this run only "
-                 f"and will be trained again next time (set SANITAS_CACHE to a directory with space)")
+    saved = _save(net, cfg, pt, meta_path, key, metrics, history) if cache else False
     return TrainedModel(net, cfg, metrics, pt, from_cache=False, history=history, saved=saved)

@@ -1,4 +1,4 @@
-"""Layer discovery and model parameter randomization (seed 000, sections 2.2 and 3, appendix B).
+"""Layer discovery and model parameter randomization (adebayo2018, sections 2.2 and 3, appendix B).
 
 * :func:`discover_layers` lists a model's parameterized layers in forward (execution) order;
   :func:`format_layers` prints them (``sanitas layers MODEL``).

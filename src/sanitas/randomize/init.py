@@ -9,7 +9,7 @@ Registered schemes (:data:`INIT_SCHEMES`):
 
 ``truncated_normal``
     Normal(0, 0.01) cut at 2 standard deviations (values in [-0.02, 0.02]), for weights and
-    biases: the paper's scheme (seed 000, appendix B). The resulting standard deviation is
+    biases: the paper's scheme (adebayo2018, appendix B). The resulting standard deviation is
     0.01 x 0.8796 = 0.0088.
 ``uniform``
     Uniform on [-0.02, 0.02]: the same support as ``truncated_normal`` (the paper reports a

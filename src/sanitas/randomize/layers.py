@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from sanitas.errors import ModelError
+from sanitas.explain._core import eval_mode, model_device
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,6 @@ def _to_device(example_input: Any, device: torch.device | None) -> Any:
     return example_input
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return None
-
-
 def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
     """The parameterized layers of ``model`` in the order a forward pass on ``example_input`` uses them.
 
@@ -165,16 +160,15 @@ def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
             shapes[id(mod)] = _shape_of(out)
 
     handles = []
-    training = {id(m): m.training for _, m in named}
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         for _, m in named:
             handles.append(m.register_forward_pre_hook(pre_hook))
             handles.append(m.register_forward_hook(post_hook))
-        model.eval()
+        example_input = _to_device(example_input, model_device(model, default=None))  # before tracing starts
         # fork_rng: a forward pass that samples (noise layers) must not move the caller's RNG.
-        example_input = _to_device(example_input, _model_device(model))  # before tracing starts
-        with torch.random.fork_rng(devices=cuda), torch.no_grad(), _ParamUse(watched, clock, first_use):
+        with eval_mode(model), torch.random.fork_rng(devices=cuda), torch.no_grad(), \
+                _ParamUse(watched, clock, first_use):
             try:
                 run_model(model, example_input)
             except Exception as e:  # noqa: BLE001 - re-raised with context
@@ -185,8 +179,6 @@ def discover_layers(model: nn.Module, example_input: Any) -> list[LayerInfo]:
     finally:
         for h in handles:
             h.remove()
-        for _, m in named:
-            m.training = training[id(m)]
 
     # A layer sits where its weights first act. Parameters shared by several modules (tied
     # weights) do not decide the position, unless a module has nothing else.

@@ -1,6 +1,6 @@
 """Randomization variants: the stages of the model parameter randomization test.
 
-``cascading`` (seed 000, section 3.1)
+``cascading`` (adebayo2018, section 3.1)
     Stage 0 is the original model; stage k has the top k blocks randomized (``order="top_down"``,
     the paper's: the output layer first, then cumulatively down to the input) or the bottom k
     (``order="bottom_up"``, as sMPRT). The last stage is the fully randomized model.

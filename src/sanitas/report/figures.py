@@ -16,9 +16,9 @@ from sanitas.report.tables import stage_labels
 STYLES = ("absolute", "diverging", "two_channel")
 
 
-def new_figure(figsize) -> Figure:
+def new_figure(figsize, dpi: float | None = None) -> Figure:
     """A matplotlib figure that renders with Agg without pyplot (the user's backend is left alone)."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
@@ -150,7 +150,7 @@ def similarity_curves(summary: pd.DataFrame, metric: str, path: str | Path, cali
 
 
 def metric_bars(summary: pd.DataFrame, metric: str, path: str | Path, title: str | None = None) -> Path:
-    """Bars of a metric per method, one bar per compared model, with 95% bootstrap CIs (seed 000, fig. 6)."""
+    """Bars of a metric per method, one bar per compared model, with 95% bootstrap CIs (adebayo2018, fig. 6)."""
     s = summary[(summary["metric"] == metric) & (summary["stage"] > 0)]
     methods = list(dict.fromkeys(s["method"]))
     variants = list(dict.fromkeys(s.sort_values("stage")["variant"]))
@@ -200,7 +200,7 @@ def check_figures(result, out_dir: str | Path, styles=STYLES, images: int = 2) -
 
 
 def bias_share_bars(layers: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
-    """Per model, bars of the mean |A^{b,l}| / |f_c| per layer (seed 002, Eq. 14), one bar per variant.
+    """Per model, bars of the mean |A^{b,l}| / |f_c| per layer (grabska2020, Eq. 14), one bar per variant.
 
     ``layers`` is :func:`sanitas.evaluate.biases.bias_summary` per model with ``model`` and
     ``variant`` columns (the input, which has no bias, is left out).

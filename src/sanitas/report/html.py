@@ -232,7 +232,7 @@ def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
          "tables": [{"caption": "per model: test accuracy, accuracy with every bias and BatchNorm shift set to zero, "
                                 "the fit f^{b=0} = alpha f + beta over images and classes, and the median share of "
                                 "the explained logit carried by all biases", "html": table_html(result.models)}],
-         "text": ("Seed 002, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
+         "text": ("grabska2020, supplement B: networks without BatchNorm keep most of their accuracy when their biases "
                   "are set to zero, and their outputs shrink (alpha < 1); BatchNorm networks collapse. "
                   + " ".join(f"{name}: {note}" for name, note in (result.meta.get("notes") or {}).items()))},
         {"id": "figures", "title": "Figures", "tables": [],
@@ -250,3 +250,46 @@ def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
     ]
     return render(out_dir / "report.html", "sanitas: the role of biases", sections,
                   subtitle=f"{len(result.models)} model(s); {result.meta['config']['images']} images")
+
+
+def quality_report(res, out_dir: Path) -> Path:
+    """The report of :func:`sanitas.evaluate.evaluate_methods` (a :class:`~sanitas.evaluate.QualityResult`)."""
+    sections = []
+    piv = res.pivot(("delta_e_minus", "e_minus", "delta_e_plus", "e_plus", "delta_e_delta")).reset_index()
+    sections.append({"id": "summary", "title": "Summary (mean over images)", "tables": [
+        {"caption": "delta_e_* compare each map with maps of the same method for other images (higher delta_e_minus "
+                    "and delta_e_delta, lower delta_e_plus are better); bootstrap CIs in summary.csv",
+         "html": table_html(piv)}]})
+    lt = res.layer_table()
+    if not lt.empty:
+        names = lt.drop_duplicates("layer_index")[["layer_index", "layer"]]
+        n_act = int(((lt.metric == res.select_metric) & (lt.winner == "activity")).sum())
+        n_all = int((lt.metric == res.select_metric).sum())
+        sections.append({"id": "layers", "title": "Activity vs bias attributions per layer",
+                         "text": f"On {res.select_metric}, activity maps beat bias maps in {n_act} of {n_all} layers "
+                                 "(Wilcoxon signed-rank test paired per image, Holm-adjusted over layers; "
+                                 "rank_biserial > 0 favours activity).",
+                         "tables": [{"caption": "per-layer tests", "html": table_html(lt, "{:.3g}")},
+                                    {"caption": "layer names", "html": table_html(names)}]})
+    rk = res.aggregate_ranking()
+    if not rk.empty:
+        cmp_ = res.comparison()
+        sections.append({"id": "aggregates", "title": f"Best aggregate: {res.best_aggregate}",
+                         "text": f"Candidates ranked by mean {res.select_metric}; the best is compared with the "
+                                 "others by Wilcoxon tests (positive median_difference: the best aggregate is higher).",
+                         "tables": [{"caption": "ranking", "html": table_html(rk, "{:.4f}")},
+                                    {"caption": "comparison", "html": table_html(cmp_, "{:.3g}")}]})
+    if not res.wilcoxon.empty:
+        w = res.wilcoxon[res.wilcoxon.metric == res.select_metric]
+        sections.append({"id": "wilcoxon", "title": f"Pairwise Wilcoxon tests ({res.select_metric})",
+                         "text": "All pairs and metrics are in wilcoxon.csv (Holm-adjusted per metric).",
+                         "tables": [{"caption": "", "html": table_html(w, "{:.3g}")}]})
+    sections.append({"id": "figures", "title": "Figures", "figures": [{"src": embed_png(p), "alt": p.name}
+                                                                       for p in res.figures]})
+    cfg = {k: v for k, v in res.meta["config"].items()}
+    sections.append({"id": "config", "title": "Configuration and timings",
+                     "pre": json.dumps({"config": cfg, "methods": res.meta["methods"],
+                                        "timings": res.meta["timings"]}, indent=1, default=str)})
+    n_img = res.table["image"].nunique()
+    return render(out_dir / "report.html", "Explanation quality (decision-flip metric, grabska2020)", sections,
+                  subtitle=f"{len(res.specs)} methods, {n_img} images")

@@ -5,9 +5,9 @@ maps ``a``, ``b`` shaped ``(N, C, H, W)`` or ``(N, H, W)`` (see :mod:`sanitas.si
 registered by name:
 
 ==================== =============================================================================
-``spearman_abs``     Spearman rank correlation of ``|a|`` and ``|b|`` over all elements (seed 000)
+``spearman_abs``     Spearman rank correlation of ``|a|`` and ``|b|`` over all elements (adebayo2018)
 ``spearman``         Spearman rank correlation of the signed maps
-``spearman_nz``      ``spearman_abs`` over the pixels where ``x`` differs from the baseline (seed 003)
+``spearman_nz``      ``spearman_abs`` over the pixels where ``x`` differs from the baseline (sundararajan2019)
 ``pearson``          Pearson correlation of the signed maps
 ``ssim``             SSIM of the maps as 2-D images (window 5, channel sum, min-max to [0, 1])
 ``hog``              Pearson correlation of HOG features (cells scaled to the image size)

@@ -1,6 +1,6 @@
 """Calibration: what a "low" or "high" similarity means for each metric on the data at hand.
 
-Seed 000 (appendix B) calibrates its metrics with random masks, and section 5.2 shows that
+adebayo2018 (appendix B) calibrates its metrics with random masks, and section 5.2 shows that
 "input times gradient" methods keep looking like the input even when the gradient is noise. For
 every metric :func:`calibrate` measures these reference values (baselines):
 
@@ -17,7 +17,7 @@ every metric :func:`calibrate` measures these reference values (baselines):
 The first four say what "unrelated" looks like; a method whose maps on a randomized model score
 near them has lost its dependence on the model. The input-dominance null is the floor a
 gradient-times-input method (x * grad, IG, LRP, DeepLIFT) reaches when its gradient is pure noise:
-a score near it means "only the input is left", however high the number looks (seed 003 measures
+a score near it means "only the input is left", however high the number looks (sundararajan2019 measures
 about 0.42 for ``spearman_nz`` on MNIST).
 
 Masks are drawn on the CPU from private generators (one per baseline, derived from ``seed``),

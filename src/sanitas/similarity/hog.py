@@ -1,6 +1,6 @@
 """Pearson correlation of histogram-of-oriented-gradients (HOG) features of two maps.
 
-Seed 000 (appendix B) uses ``skimage.feature.hog`` with 16 x 16-pixel cells on 299 x 299 inputs
+adebayo2018 (appendix B) uses ``skimage.feature.hog`` with 16 x 16-pixel cells on 299 x 299 inputs
 normalised to [-1, +1]. :func:`hog_features` computes the same features as
 ``skimage.feature.hog(image, orientations, pixels_per_cell, cells_per_block, block_norm)``, batched
 in torch:

@@ -2,7 +2,7 @@
 
 Three steps, in this order, each an option of the metrics that use it:
 
-1. ``absolute``: take ``|map|`` element-wise (default off: seed 000 computes SSIM and HOG "without
+1. ``absolute``: take ``|map|`` element-wise (default off: adebayo2018 computes SSIM and HOG "without
    absolute values").
 2. ``reduce``: channel reduction to one 2-D map per image: ``"sum"`` (default; signed sum over
    channels, what a diverging visualisation shows), ``"mean"``, ``"max_abs"`` (largest ``|value|``
@@ -10,7 +10,7 @@ Three steps, in this order, each an option of the metrics that use it:
    SSIM then averages over channels like skimage's ``channel_axis``, HOG takes the channel with the
    largest gradient like skimage's multichannel HOG).
 3. ``rescale``: per map, over all its pixels (and channels): ``"minmax"`` to [0, 1],
-   ``"symmetric"`` min-max to [-1, 1] (the range seed 000 gives for its HOG inputs and random
+   ``"symmetric"`` min-max to [-1, 1] (the range adebayo2018 gives for its HOG inputs and random
    masks), ``"maxabs"`` divides by max ``|value|`` (zero stays zero, result in [-1, 1]), or
    ``"none"``.
 

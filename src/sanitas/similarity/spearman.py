@@ -5,9 +5,9 @@ Spearman's rho is the Pearson correlation of the average ranks (ties averaged ex
 Both batches are ranked in one sort of their ``(2, N, M)`` stack; nothing of size ``N x N`` or
 ``2N x 2N`` is ever formed.
 
-* ``spearman``: signed values (seed 000's "without absolute value"/diverging variant);
-* ``spearman_abs``: ``|a|`` vs ``|b|`` (seed 000's main metric);
-* ``spearman_nz`` (seed 003, Sundararajan & Taly): ``|a|`` vs ``|b|`` over only the positions
+* ``spearman``: signed values (adebayo2018's "without absolute value"/diverging variant);
+* ``spearman_abs``: ``|a|`` vs ``|b|`` (adebayo2018's main metric);
+* ``spearman_nz`` (sundararajan2019): ``|a|`` vs ``|b|`` over only the positions
   where the input differs from the baseline. Integrated Gradients gives exactly zero where
   ``x == baseline`` (black pixels for a black baseline), and shared zeros alone push
   ``spearman_abs`` towards 1 whatever the model; ``spearman_nz`` leaves them out.
@@ -70,7 +70,7 @@ def _check_bool(option: str, value: object) -> bool:
 
 @register_similarity
 class Spearman(Similarity):
-    """Spearman rank correlation of the signed maps over all elements (seed 000, diverging)."""
+    """Spearman rank correlation of the signed maps over all elements (adebayo2018, diverging)."""
 
     name = "spearman"
     description = "Spearman rank correlation of the signed maps over all elements"
@@ -91,7 +91,7 @@ class Spearman(Similarity):
 
 @register_similarity
 class SpearmanAbs(Spearman):
-    """Spearman rank correlation of |a| and |b| over all elements (seed 000's main metric)."""
+    """Spearman rank correlation of |a| and |b| over all elements (adebayo2018's main metric)."""
 
     name = "spearman_abs"
     description = "Spearman rank correlation of |a| and |b| over all elements"
@@ -103,7 +103,7 @@ class SpearmanNZ(Spearman):
     """Spearman rank correlation of |a| and |b| over the pixels where the input differs from the baseline."""
 
     name = "spearman_nz"
-    description = "Spearman of |a| and |b| over pixels where the input differs from the baseline (seed 003)"
+    description = "Spearman of |a| and |b| over pixels where the input differs from the baseline (sundararajan2019)"
     needs_input = True
     _default_absolute = True
 

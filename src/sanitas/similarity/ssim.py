@@ -1,13 +1,13 @@
 """Structural similarity (SSIM) of two maps as 2-D images, batched with separable ``conv2d``.
 
-Seed 000 (appendix B) uses skimage's SSIM with a window of 5 on maps "without absolute values".
+adebayo2018 (appendix B) uses skimage's SSIM with a window of 5 on maps "without absolute values".
 sanitas computes the same quantity as ``skimage.metrics.structural_similarity`` on 2-D images,
 never on flattened 1-D vectors (a known fault of Quantus' MPRT, where the "window" then runs
 along a raster line and mixes unrelated pixels).
 
 Preprocessing (see :mod:`sanitas.similarity.preprocess`), defaults: no absolute value and a
-signed sum over channels (seed 000: SSIM "without absolute values"), then each map min-max
-rescaled to [0, 1] with ``data_range=1``. Seed 000 does not state how it scaled maps for SSIM
+signed sum over channels (adebayo2018: SSIM "without absolute values"), then each map min-max
+rescaled to [0, 1] with ``data_range=1``. adebayo2018 does not state how it scaled maps for SSIM
 (it gives [-1, 1] for its HOG inputs and random masks); [0, 1] is sanitas' choice, and
 ``rescale="symmetric"`` gives [-1, 1] with ``data_range=2`` (only SSIM's luminance term differs).
 Some rescaling is needed: without it the score depends on a map's overall scale (a randomized
@@ -86,7 +86,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float, window: int = 5
 
 @register_similarity
 class SSIM(Similarity):
-    """Structural similarity of the maps as images (window 5 as seed 000; signed channel sum, min-max to [0, 1])."""
+    """Structural similarity of the maps as images (window 5 as adebayo2018; signed channel sum, min-max to [0, 1])."""
 
     name = "ssim"
     needs_images = True
