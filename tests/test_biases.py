@@ -1,4 +1,4 @@
-"""Biases (seed 002): Eq. 13, zero-bias networks, the f^{b=0} regression, bias decay by distillation."""
+"""Biases (grabska2020): Eq. 13, zero-bias networks, the f^{b=0} regression, bias decay by distillation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Calibration baselines: random masks and the input-dominance null of seed 000 section 5.2."""
+"""Calibration baselines: random masks and the input-dominance null of adebayo2018 section 5.2."""
 
 from __future__ import annotations
 

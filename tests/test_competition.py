@@ -136,7 +136,7 @@ def test_sparsity_on_random_network_near_one_over_k():
     cgi = explain(m, x, y, method="competitive(input_x_gradient)")
     # With votes ~ exchangeable across labels, the chosen label holds the largest vote of a pixel with
     # probability 1/K, and the smallest with probability 1/K: 1/K of the elements survive as positive
-    # scores, 1/K as negative ones (seed 001 section 4 counts one sign: "zero with probability 1 - 1/k").
+    # scores, 1/K as negative ones (gupta2019 section 4 counts one sign: "zero with probability 1 - 1/k").
     pos = (cgi > 0).float().mean().item()
     neg = (cgi < 0).float().mean().item()
     assert abs(pos - 0.1) < 0.05 and abs(neg - 0.1) < 0.05, (pos, neg)

@@ -157,7 +157,7 @@ def test_boxplots_write_png_without_touching_the_backend(tmp_path):
     data = (tmp_path / "sub" / "e_plus.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     ax = fig.axes[0]
-    assert ax.yaxis_inverted()  # lower is better for e_plus: reversed as in seed 002 fig. 14
+    assert ax.yaxis_inverted()  # lower is better for e_plus: reversed as in grabska2020 fig. 14
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
     assert sum(t.get_text().startswith("p") for t in ax.texts) == 2  # b and c against a (Holm-adjusted)
     assert not boxplot_scores(df, "delta_e_minus").axes[0].yaxis_inverted()

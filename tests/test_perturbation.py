@@ -1,4 +1,4 @@
-"""The decision-flip perturbation metric (seed 002 Eqs. 17-20): exactness, conventions, errors."""
+"""The decision-flip perturbation metric (grabska2020 Eqs. 17-20): exactness, conventions, errors."""
 
 from __future__ import annotations
 

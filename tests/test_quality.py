@@ -1,4 +1,4 @@
-"""evaluate_methods: seed 002's evaluation of several methods (tables, statistics, resume, layers, CLI)."""
+"""evaluate_methods: grabska2020's evaluation of several methods (tables, statistics, resume, layers, CLI)."""
 
 from collections import OrderedDict
 
