@@ -82,14 +82,25 @@ def plain_ig(model, x, y, steps=32, per_pass=32):
     return x * (g * weights.view(-1, 1, 1, 1, 1)).sum(0)
 
 
-def best_of(fns: dict, repeats: int) -> dict[str, float]:
+def best_of(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall time and best CPU time (all threads of this process) of each function. The CPU time
+    is the steadier figure on a machine shared with other jobs."""
     best = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():  # alternated, so that load affects every tool alike
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             best[name] = min(best[name], time.perf_counter() - t)
-    return best
+            cpu[name] = min(cpu[name], time.process_time() - c)
+    return best, cpu
+
+
+def line(label: str, timed: tuple[dict[str, float], dict[str, float]]) -> str:
+    t, c = timed
+    return (f"{label:<14}" + ", ".join(f"{k} {t[k]:.2f} s (cpu {c[k]:.2f})" for k in t)
+            + f"   sanitas / plain {t['sanitas'] / t['plain autograd']:.2f} (cpu {c['sanitas'] / c['plain autograd']:.2f})"
+            + f", captum / sanitas {t['captum'] / t['sanitas']:.2f} (cpu {c['captum'] / c['sanitas']:.2f})")
 
 
 def quantus_mprt(model, x, y):
@@ -128,7 +139,7 @@ def main():
         x = torch.rand(args.images, 3, 224, 224, generator=g)
         y = torch.randint(0, 1000, (args.images,), generator=g)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"\n== {name} ({n_params:.1f} M parameters)")
+        print(f"\n== {name} ({n_params:.1f} M parameters)", flush=True)
         ref = plain_gradient(model, x, y)
         # sanitas' CPU kernels round differently from the plain ones (1e-5 of the largest value at most)
         assert torch.allclose(explain(model, x, y, method="gradient"), ref, rtol=1e-4,
@@ -136,29 +147,26 @@ def main():
         t = best_of({"plain autograd": lambda: plain_gradient(model, x, y),
                      "captum": lambda: Saliency(logits).attribute(x, target=y, abs=False),
                      "sanitas": lambda: explain(model, x, y, method="gradient")}, args.repeats)
-        print("gradient:      " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
-              + f"   sanitas / plain {t['sanitas'] / t['plain autograd']:.2f}, captum / sanitas "
-                f"{t['captum'] / t['sanitas']:.2f}")
+        print(line("gradient:", t), flush=True)
         t = best_of({"plain autograd": lambda: plain_ig(model, x, y),
                      "captum": lambda: IntegratedGradients(logits).attribute(x, target=y, n_steps=32,
                                                                             method="gausslegendre",
                                                                             internal_batch_size=32),
                      "sanitas": lambda: explain(model, x, y, method="integrated_gradients", steps=32)},
                     max(1, args.repeats - 1))
-        print("IG-32:         " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
-              + f"   sanitas / plain {t['sanitas'] / t['plain autograd']:.2f}, captum / sanitas "
-                f"{t['captum'] / t['sanitas']:.2f}")
+        print(line("IG-32:", t), flush=True)
         if args.no_cascade:
             continue
-        start = time.perf_counter()
+        start, c = time.perf_counter(), time.process_time()
         res = model_randomization(model, x, y, ["gradient"], ["spearman_abs"], init="default", calibrate=False,
                                   quiet=True)
-        t_sanitas = time.perf_counter() - start
-        start = time.perf_counter()
+        t_sanitas, c_sanitas = time.perf_counter() - start, time.process_time() - c
+        start, c = time.perf_counter(), time.process_time()
         n_layers = quantus_mprt(logits, x, y)
-        t_quantus = time.perf_counter() - start
+        t_quantus, c_quantus = time.perf_counter() - start, time.process_time() - c
         print(f"cascading MPRT (gradient, {len(res.stages) - 1} stages; Quantus {n_layers} layers): Quantus+Captum "
-              f"{t_quantus:.1f} s, sanitas {t_sanitas:.1f} s, ratio {t_quantus / t_sanitas:.2f}")
+              f"{t_quantus:.1f} s (cpu {c_quantus:.1f}), sanitas {t_sanitas:.1f} s (cpu {c_sanitas:.1f}), ratio "
+              f"{t_quantus / t_sanitas:.2f} (cpu {c_quantus / c_sanitas:.2f})", flush=True)
 
 
 if __name__ == "__main__":
