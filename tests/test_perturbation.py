@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sanitas.errors import ConfigError, InputError, ModelError, SanitasError
-from sanitas.evaluate import (HIGHER_IS_BETTER, METRICS, decision_flip, delta_e, find_flips, gaussian_blur,
+from sanitas.evaluate import (HIGHER_IS_BETTER, FLIP_METRICS, decision_flip, delta_e, find_flips, gaussian_blur,
                               perturbation_scores, removal_order, removal_reference, shuffle_pool)
 
 
@@ -400,11 +400,11 @@ def test_perturbation_scores_uses_other_images_maps_and_matches_direct_computati
     xi = torch.tensor(meta["xi_index"])
     assert not (xi == torch.arange(6).view(-1, 1)).any()
     assert set(df.columns) == {"method", "image", "metric", "value"}
-    assert set(df.metric) == set(METRICS)
-    assert len(df) == 2 * 6 * len(METRICS)
+    assert set(df.metric) == set(FLIP_METRICS)
+    assert len(df) == 2 * 6 * len(FLIP_METRICS)
     for m, s in maps.items():
         v = {k: torch.tensor(df[(df.method == m) & (df.metric == k)].sort_values("image").value.to_numpy())
-             for k in METRICS}
+             for k in FLIP_METRICS}
         for order, name in (("-s", "minus"), ("+s", "plus")):
             e_s = decision_flip(model, x, s, order, levels_per_round=5)
             e_xi = torch.stack([decision_flip(model, x, s[xi[:, r]], order, levels_per_round=5)

@@ -9,7 +9,7 @@ from torch import nn
 
 from sanitas import SanitasError
 from sanitas.errors import ConfigError
-from sanitas.evaluate import METRICS, evaluate_methods, layer_methods, spatial_layers
+from sanitas.evaluate import FLIP_METRICS, evaluate_methods, layer_methods, spatial_layers
 from sanitas.explain import get_explainer
 from sanitas.explain.registry import parse_method
 
@@ -57,7 +57,7 @@ def test_table_summary_and_wilcoxon(data):
                            test_method="asymptotic")
     t = res.table
     assert {"method", "variant", "stage", "metric", "image", "value", "target", "family"} <= set(t.columns)
-    assert len(t) == 3 * len(x) * len(METRICS)
+    assert len(t) == 3 * len(x) * len(FLIP_METRICS)
     assert t.groupby(["method", "metric"]).size().eq(len(x)).all()
     s = res.summary()
     assert {"mean", "ci_low", "ci_high", "median", "n"} <= set(s.columns)

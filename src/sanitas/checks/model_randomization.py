@@ -28,7 +28,7 @@ from sanitas.utils.forward import inference_logits
 from sanitas.utils.hashing import model_fingerprint, tensor_digest
 from sanitas.utils.progress import warn
 
-MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
+RANDOMIZATION_MODES = ("cascading", "independent", "smooth", "efficient", "random_logit")
 TARGETS = ("label", "original", "predicted")
 
 
@@ -244,8 +244,8 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
                          ceiling_model, executor):
     from sanitas import randomize
 
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}: use one of {MODES}")
+    if mode not in RANDOMIZATION_MODES:
+        raise ConfigError(f"unknown mode {mode!r}: use one of {RANDOMIZATION_MODES}")
     seed = validation.seed(seed)
     show = validation.count(show, "show", minimum=0)
     if mode == "smooth":

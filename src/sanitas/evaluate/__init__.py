@@ -10,8 +10,8 @@
 >>> from sanitas.evaluate.plots import boxplot_scores                   # doctest: +SKIP
 """
 
-from sanitas.evaluate.perturbation import (HIGHER_IS_BETTER, METRICS, ORDERS, REMOVALS, FlipResult, decision_flip,
-                                           delta_e, find_flips, gaussian_blur, perturbation_scores, removal_order,
+from sanitas.evaluate.perturbation import (FLIP_METRICS, HIGHER_IS_BETTER, REMOVAL_ORDERS, REMOVALS, FlipResult,
+                                           decision_flip, delta_e, find_flips, gaussian_blur, perturbation_scores, removal_order,
                                            removal_reference, shuffle_pool)
 from sanitas.evaluate.biases import (BiasAnalysis, BiasRegression, bias_analysis, bias_decomposition, bias_regression,
                                       bias_summary, cutting_layers, distill_zero_bias, max_abs_bias, zero_bias,
@@ -20,7 +20,7 @@ from sanitas.evaluate.completeness import CompletenessFit, completeness
 from sanitas.evaluate.stats import holm, pairwise_wilcoxon, rank_biserial, summarize, wilcoxon_pair
 from sanitas.evaluate.quality import MethodSpec, QualityResult, evaluate_methods, layer_methods, spatial_layers
 
-__all__ = ["HIGHER_IS_BETTER", "METRICS", "ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
+__all__ = ["HIGHER_IS_BETTER", "FLIP_METRICS", "REMOVAL_ORDERS", "REMOVALS", "FlipResult", "decision_flip", "delta_e",
            "find_flips", "gaussian_blur", "perturbation_scores", "removal_order", "removal_reference", "shuffle_pool",
            "CompletenessFit", "completeness", "holm", "pairwise_wilcoxon", "rank_biserial", "summarize", "wilcoxon_pair",
            "MethodSpec", "QualityResult", "evaluate_methods", "layer_methods", "spatial_layers",

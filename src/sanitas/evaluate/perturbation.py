@@ -101,19 +101,19 @@ from torch import nn
 
 from sanitas.errors import ConfigError, InputError
 from sanitas.evaluate.flip_search import SEARCHES, FlipEngine, check_search_options
-from sanitas.evaluate.removal import (ORDERS, REMOVALS, check_maps, check_order, perturb, rank_table, reduce_map,
-                                      removal_name, removal_order, removal_reference)
+from sanitas.evaluate.removal import (REMOVAL_ORDERS, REMOVALS, check_maps, check_order, perturb, rank_table,
+                                      reduce_map, removal_name, removal_order, removal_reference)
 from sanitas.explain._core import check_image_batch, eval_mode, model_device
 from sanitas.utils import validation
 from sanitas.utils.image import gaussian_blur
 from sanitas.utils.seed import make_generator
 
-__all__ = ["ORDERS", "REMOVALS", "SEARCHES", "METRICS", "HIGHER_IS_BETTER", "FlipResult", "decision_flip",
+__all__ = ["REMOVAL_ORDERS", "REMOVALS", "SEARCHES", "FLIP_METRICS", "HIGHER_IS_BETTER", "FlipResult", "decision_flip",
            "find_flips", "delta_e", "perturbation_scores", "shuffle_pool", "removal_reference", "gaussian_blur",
            "reduce_map", "removal_order", "perturb"]
 
 #: metric name -> description (grabska2020 Eqs. 17-20 and supplement F).
-METRICS = {
+FLIP_METRICS = {
     "e_minus": "e(x, -s): signal removed, least salient first, until the decision flips (Eq. 19)",
     "e_plus": "e(x, +s): signal removed, most salient first, until the decision flips",
     "e_delta": "e_minus - e_plus (supplement F.1)",
@@ -251,7 +251,7 @@ def _as_method_dict(maps) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: int = 10, seed: int = 0,
-                        orders: Sequence[str] = ORDERS, removal="zero", batch_size: int = 256,
+                        orders: Sequence[str] = REMOVAL_ORDERS, removal="zero", batch_size: int = 256,
                         levels_per_round: int | None = None, search: str = "multilevel",
                         channel_reduce: str | Callable = "sum", blur_sigma: float | None = None,
                         no_flip: str = "max", device=None, quiet: bool | None = None) -> pd.DataFrame:
@@ -278,7 +278,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
     """
     orders = tuple(orders)
     if len(orders) == 0 or len(set(orders)) != len(orders):
-        raise ConfigError(f"orders must be a non-empty subset of {ORDERS} without repeats, got {orders!r}")
+        raise ConfigError(f"orders must be a non-empty subset of {REMOVAL_ORDERS} without repeats, got {orders!r}")
     for o in orders:
         check_order(o)
     levels_per_round = check_search_options(search, levels_per_round, no_flip)
@@ -325,7 +325,7 @@ def perturbation_scores(model: nn.Module, x: torch.Tensor, maps, *, n_shuffles: 
             if R:
                 metric_vals["e_delta_xi"] = metric_vals["e_minus_xi"] - metric_vals["e_plus_xi"]
                 metric_vals["delta_e_delta"] = metric_vals["delta_e_minus"] - metric_vals["delta_e_plus"]
-        for metric in METRICS:
+        for metric in FLIP_METRICS:
             if metric not in metric_vals:
                 continue
             frame = pd.DataFrame({"image": np.arange(n), "metric": metric,

@@ -57,7 +57,7 @@ from torch import nn
 
 from sanitas import engine
 from sanitas.errors import ConfigError, InputError
-from sanitas.evaluate.perturbation import METRICS, ORDERS, perturbation_scores, reduce_map
+from sanitas.evaluate.perturbation import FLIP_METRICS, REMOVAL_ORDERS, perturbation_scores, reduce_map
 from sanitas.evaluate.quality_methods import MethodSpec, expand_methods, layer_methods, spatial_layers
 from sanitas.evaluate.quality_result import QualityResult
 from sanitas.evaluate.stats import pairwise_wilcoxon
@@ -97,7 +97,7 @@ def _maps(explainer, model, x, target, batch_size: int) -> torch.Tensor:
 
 def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = ("gradient", "fullgrad", "random"),
                      *, layers: str | Sequence[str] | None = None, target: Any = "predicted",
-                     orders: Sequence[str] = ORDERS, removal: Any = "zero", n_shuffles: int = 10, seed: int = 0,
+                     orders: Sequence[str] = REMOVAL_ORDERS, removal: Any = "zero", n_shuffles: int = 10, seed: int = 0,
                      channel_reduce: str = "abs_sum", interpolation: str = "bilinear", search: str = "multilevel",
                      levels_per_round: int | None = None, batch_size: int = 256,
                      stats_metrics: Sequence[str] = STATS_METRICS, select_metric: str = "delta_e_minus",
@@ -123,11 +123,11 @@ def evaluate_methods(model: nn.Module, x: torch.Tensor, y=None, methods: Any = (
     check_image_batch(x)
     if len(x) < 2 and n_shuffles > 0:
         raise InputError("the shuffled-map baseline needs at least 2 images (xi come from other images)")
-    if select_metric not in METRICS:
-        raise ConfigError(f"unknown select_metric {select_metric!r}: use one of {list(METRICS)}")
-    unknown = [m for m in stats_metrics if m not in METRICS]
+    if select_metric not in FLIP_METRICS:
+        raise ConfigError(f"unknown select_metric {select_metric!r}: use one of {list(FLIP_METRICS)}")
+    unknown = [m for m in stats_metrics if m not in FLIP_METRICS]
     if unknown:
-        raise ConfigError(f"unknown metric(s) {unknown} in stats_metrics; metrics: {list(METRICS)}")
+        raise ConfigError(f"unknown metric(s) {unknown} in stats_metrics; metrics: {list(FLIP_METRICS)}")
     dev = model_device(model)
     x = x.detach().to(dev)
     tgt = _resolve_target(target, model, x, y)

@@ -11,7 +11,7 @@ import torch
 from sanitas.errors import ConfigError, InputError
 from sanitas.utils.image import gaussian_blur
 
-ORDERS = ("-s", "+s")
+REMOVAL_ORDERS = ("-s", "+s")
 REMOVALS = ("zero", "mean", "blur")
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max", "mean")
 
@@ -72,7 +72,7 @@ def check_maps(maps, x: torch.Tensor, channel_reduce, what: str = "maps") -> tor
 
 
 def check_order(order: str) -> str:
-    if order not in ORDERS:
+    if order not in REMOVAL_ORDERS:
         raise ConfigError(f"unknown order {order!r}: use '-s' (least salient first) or '+s' (most salient first)")
     return order
 

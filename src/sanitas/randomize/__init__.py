@@ -14,10 +14,10 @@ from sanitas.randomize.blocks import Block, group_layers
 from sanitas.randomize.init import (BN_STATS, INIT_SCHEMES, Default, InitScheme, Permute, TruncatedNormal, Uniform,
                                     layer_seed, randomize_module, resolve_init)
 from sanitas.randomize.layers import LayerInfo, discover_layers, format_layers
-from sanitas.randomize.variants import (ORDERS, Stage, StageSequence, cascading, count_stages, independent,
+from sanitas.randomize.variants import (LAYER_ORDERS, Stage, StageSequence, cascading, count_stages, independent,
                                         randomize)
 
 __all__ = ["LayerInfo", "discover_layers", "format_layers", "Block", "group_layers", "INIT_SCHEMES", "InitScheme",
            "TruncatedNormal", "Uniform", "Default", "Permute", "BN_STATS", "layer_seed", "randomize_module",
            "resolve_init", "Stage", "StageSequence", "cascading", "independent", "count_stages", "randomize",
-           "ORDERS"]
+           "LAYER_ORDERS"]

@@ -43,8 +43,8 @@ from sanitas.randomize.init import (_STAT_BUFFERS, InitScheme, has_running_stats
 from sanitas.randomize.layers import LayerInfo, discover_layers
 from sanitas.utils.device import prefer_fast_layout
 
-ORDERS = ("top_down", "bottom_up")
-MODES = ("cascading", "independent")
+LAYER_ORDERS = ("top_down", "bottom_up")
+SEQUENCE_MODES = ("cascading", "independent")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Stage:
 
 def _check_order(order: str) -> str:
     o = str(order).strip().lower().replace("-", "_")
-    if o not in ORDERS:
+    if o not in LAYER_ORDERS:
         raise ConfigError(f"order must be 'top_down' (the output layer first, as in the paper) or 'bottom_up', "
                           f"got {order!r}")
     return o
@@ -99,8 +99,8 @@ class StageSequence:
     def __init__(self, mode: str, model: nn.Module, example_input: Any, *, order: str = "top_down",
                  init: str | InitScheme = "truncated_normal", seed: int = 0, blocks: Any = None,
                  bn_stats: str = "auto", copy: bool = False, draws: int = 1):
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in SEQUENCE_MODES:
+            raise ConfigError(f"mode must be one of {', '.join(SEQUENCE_MODES)}, got {mode!r}")
         self.mode = mode
         self.order = _check_order(order)
         self.init = resolve_init(init)

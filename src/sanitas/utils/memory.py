@@ -60,7 +60,7 @@ TRIM_AFTER = 2 * MMAP_THRESHOLD_MAX
 RESERVE_BLOCK = 120 * 2**10
 #: the reserve the engine holds around a check: a few 48 MiB passes (explain._core.inputs_per_pass)
 RUN_RESERVE = 128 * 2**20
-MODES = ("scope", "process", "off")
+HOLD_MODES = ("scope", "process", "off")
 
 
 def _user_tunes_malloc(env: Mapping[str, str]) -> bool:
