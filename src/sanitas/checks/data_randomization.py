@@ -16,7 +16,7 @@ A check writes three things and leaves the loop to :func:`sanitas.engine.run`:
 1. its *variants*, the models whose maps are compared with the reference model's:
    ``engine.Variant(name, index, model)``, index 0 being the reference model itself (its cell is the
    reference maps). A variant explained on other inputs or with a changed method says so:
-   ``Variant(..., inputs=x + c, adapt=lambda e: moved_baseline(e))`` (``input_invariance`` below);
+   ``Variant(..., inputs=x + c, adapt=lambda e: _shift_baseline(e, c))`` (``input_invariance`` below);
 2. its *target rule*: the class explained for the reference (``reference_target``) and for each variant
    (``target_for(variant)``); here the true labels ``y`` for every model;
 3. the call: ``engine.run(reference, variants, x, explainers, metrics, target_for, store,
@@ -246,8 +246,7 @@ def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "
     shift = validation.real(shift, "shift")
     with model_call(output=output):
         x, y = check_batch(model, x, y)
-        twin = shifted_model(model, x, shift)
-        x, y = _prepare([("original", model), (f"shifted_by_{shift:g}", twin)], x, y)
+        twin = shifted_model(model, x, shift)  # the same classes by construction
         gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
         variants = [engine.Variant("original", 0, model),
                     engine.Variant(f"shifted_by_{shift:g}", 1, twin, inputs=x + shift,
