@@ -1,5 +1,7 @@
 """Data randomization and input invariance: pipeline end to end on tiny models, and the expected pattern."""
 
+import pandas as pd
+import pytest
 import torch
 
 from sanitas.checks import ceiling_verdicts, data_randomization, input_invariance, shifted_model
@@ -79,3 +81,78 @@ def test_input_invariance_with_shifted_baseline_restores_ig():
     assert res.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] > 0.999
     plain = input_invariance(m, x, torch.arange(6), ["integrated_gradients"], ["spearman"], shift=-1.0)
     assert plain.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] < 0.5
+
+
+def _small(name="cnn", seed=0):
+    torch.manual_seed(seed)
+    return build_model(name, (1, 8, 8), 10).eval()
+
+
+def test_input_invariance_leaves_a_refused_method_out(capfd):
+    """On engine.run a method that cannot explain the model is recorded, not fatal (GradCAM needs a conv layer)."""
+    m = _small("mlp")
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    res = input_invariance(m, x, torch.arange(4), ["gradient", "gradcam"], ["spearman"], shift=-1.0, quiet=True)
+    assert "gradcam cannot explain this model" in capfd.readouterr().err
+    assert set(res.table["method"]) == {"gradient"} and set(res.meta["refused"]) == {"gradcam"}
+    assert res.pivot("spearman").loc["gradient", "shifted_by_-1"] > 0.999
+
+
+def test_data_randomization_runs_on_the_executor_of_a_use_executor_block(tmp_path):
+    """Its cells go to the enclosing executor, give the table of a run without it, and resume from disk."""
+    from sanitas.executors import LocalExecutor, use_executor
+
+    class Counting(LocalExecutor):
+        submitted = 0
+
+        def submit(self, fn, *args, gpus: float = 0):
+            Counting.submitted += 1
+            return super().submit(fn, *args, gpus=gpus)
+
+    true, perm = _small(), _small(seed=1)
+    x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    methods, metrics = ["gradient", "input_x_gradient"], ["spearman_abs", "ssim"]
+    plain = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True)
+    with use_executor(Counting()):
+        res = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True, out=tmp_path)
+        assert Counting.submitted >= 2 * 2  # at least one cell per (model, method)
+        done = Counting.submitted
+        again = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True, out=tmp_path)
+    assert Counting.submitted == done  # every cell was finished on disk
+    pd.testing.assert_frame_equal(res.table, plain.table)
+    pd.testing.assert_frame_equal(again.table, plain.table)
+
+
+def test_data_randomization_marks_maps_whose_signal_collapsed():
+    """A model whose gradients are 1e-9 of the reference's compares numerical noise: its maps are marked."""
+    import copy
+
+    true = _small()
+    faint = copy.deepcopy(true)
+    last = [mod for mod in faint.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e-9)
+    x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    res = data_randomization(true, faint, x, y, ["gradient"], ["spearman_abs"], calibrate=False, quiet=True)
+    t = res.table
+    assert t[t["variant"] == "permuted_labels"]["degenerate_map"].all()
+    assert not t[t["variant"] == "true_labels"]["degenerate_map"].any()
+
+
+def test_input_invariance_on_ray_writes_the_local_tables(tmp_path):
+    """The twin's own inputs and its moved baselines reach Ray's cells: byte-equal tables."""
+    pytest.importorskip("ray")
+    from sanitas.executors import RayExecutor
+
+    m = _small()
+    x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    kw = {"shift": -1.0, "shift_baselines": True, "quiet": True}
+    methods = ["gradient", "integrated_gradients(steps=4)"]
+    input_invariance(m, x, y, methods, ["spearman"], out=tmp_path / "local", **kw)
+    ex = RayExecutor(num_cpus=1)
+    try:
+        input_invariance(m, x, y, methods, ["spearman"], out=tmp_path / "ray", executor=ex, **kw)
+    finally:
+        ex.close()
+    for name in ("results.csv", "results.parquet"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name

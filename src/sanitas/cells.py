@@ -37,6 +37,10 @@ class Variant:
     are also compared with draw 0 (the stage's *floor*: how alike two random draws are).
     ``role``: ``"stage"`` (rows in the results table) or ``"ceiling"`` (an independently trained
     model: how alike the maps of two trained models are; rows in the references table).
+    ``inputs``: what this model is explained on, when not the check's ``x`` (input invariance: ``x + c``
+    on a twin that computes on it what the model computes on ``x``); ``adapt``: how a method is changed
+    for this model (``explainer -> explainer``, e.g. a baseline moved by ``c``; called where the engine
+    runs, not in a cell). Either way the maps are scored against the reference model's maps on ``x``.
     """
 
     name: str
@@ -45,6 +49,8 @@ class Variant:
     info: dict[str, Any] = field(default_factory=dict)
     draw: int = 0
     role: str = "stage"
+    inputs: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    adapt: Callable[[Any], Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def cell(self) -> str:
@@ -161,17 +167,19 @@ def explain_maps(model: nn.Module, x: torch.Tensor, explainer, target, normalize
 
 def compute_cell(model: nn.Module | None, x: torch.Tensor, explainer, method: str, target, reference,
                  zero, metrics: dict[str, Any], normalize: str | None, extra_scores: Callable | None,
-                 variant: "Variant", show: int, keep_maps: bool, threads: int | None = None) -> CellOutput:
-    """Explain ``model`` (``None``: the reference model itself, whose maps are ``reference``), score the
-    maps against ``reference`` with every metric, and, for a later draw of a stage, against the stage's
-    draw 0 (``zero``: its CellOutput): the floor."""
+                 variant: "Variant", show: int, keep_maps: bool, threads: int | None = None,
+                 inputs: torch.Tensor | None = None) -> CellOutput:
+    """Explain ``model`` (``None``: the reference model itself, whose maps are ``reference``) on ``inputs``
+    (``None``: on ``x``), score the maps against ``reference`` (the reference model's on ``x``) with every
+    metric, and, for a later draw of a stage, against the stage's draw 0 (``zero``: its CellOutput): the floor."""
     for prior in (reference, zero.maps if isinstance(zero, CellOutput) else zero):
         if isinstance(prior, Exception):
             return CellOutput(refused=str(prior))
     if isinstance(zero, CellOutput) and zero.refused:
         return CellOutput(refused=zero.refused)
     t = time.perf_counter()
-    maps = reference if model is None else explain_maps(model, x, explainer, target, normalize, threads)
+    maps = reference if model is None else explain_maps(model, x if inputs is None else inputs, explainer, target,
+                                                        normalize, threads)
     if isinstance(maps, Exception):
         return CellOutput(refused=str(maps))
     seconds = {"explain": time.perf_counter() - t}
@@ -193,5 +201,5 @@ def compute_cell(model: nn.Module | None, x: torch.Tensor, explainer, method: st
 
 
 def light(variant: "Variant") -> "Variant":
-    """The variant without its model (what a cell's rows need; cheap to send to a worker)."""
-    return replace(variant, model=None)
+    """The variant without its model and inputs (what a cell's rows need; cheap to send to a worker)."""
+    return replace(variant, model=None, inputs=None, adapt=None)

@@ -199,7 +199,9 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
     on ``executor`` (:mod:`sanitas.executors`: ``None`` runs here; a Ray executor sends the cells to a
     cluster), and stored in ``store`` in the order the variants come, so every executor writes the same
     table. A method that cannot explain the model (:class:`~sanitas.errors.NotApplicableError`) is left
-    out, its reason stored in ``refused`` (method -> message).
+    out, its reason stored in ``refused`` (method -> message). ``reference`` is explained on ``x`` with
+    ``reference_target``; a variant is explained on its own ``inputs`` with its ``adapt``-ed method when it
+    has them (:class:`~sanitas.cells.Variant`), and every map is scored against the reference's.
 
     Reference comparisons go to ``references``, with a ``reference`` column: ``"floor"`` rows compare a
     stage's draw r >= 1 with its draw 0 (variants of one stage arrive draw 0 first), ``"ceiling"`` rows
@@ -217,7 +219,19 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
     reference_maps: dict[str, Any] = {}
     stage_zero: Variant | None = None  # draw 0 of the current stage (its model stays valid while the stage runs)
     zero_h: dict[str, Any] = {}  # ... and its cells, for the floor of the later draws
+    inputs_h: dict[str, Any] = {}  # the inputs of variants explained on their own, put once each
     todo = 0
+
+    def inputs_of(v: Variant) -> Any:
+        """What ``v`` is explained on: ``None`` for ``x``, else its own inputs' handle."""
+        if v.inputs is None:
+            return None
+        if v.cell not in inputs_h:
+            inputs_h[v.cell] = ex.put(v.inputs.cpu() if not ex.streaming else v.inputs)
+        return inputs_h[v.cell]
+
+    def method_of(v: Variant, method: str) -> Explainer:
+        return explainers[method] if v.adapt is None else v.adapt(explainers[method])
 
     def ref_maps(method: str) -> Any:
         if method not in reference_maps:
@@ -274,20 +288,23 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
                     results.append((variant, method, None, cached))
                     continue
                 target = target_for(variant)
-                own = variant.model is reference and _same_target(target, reference_target)
+                own = (variant.model is reference and variant.inputs is None and variant.adapt is None
+                       and _same_target(target, reference_target))
                 if model_h is None and not own:
                     model_h = variant.model if ex.streaming else ex.put(variant.model)
                 zero = None
                 if variant.role == "stage" and variant.draw > 0:
                     if method not in zero_h:  # draw 0 finished in an earlier run: explain it again
+                        zero_x = inputs_of(stage_zero)
                         zero_h[method] = ex.submit(explain_maps, stage_zero.model if ex.streaming else
-                                                   ex.put(stage_zero.model), x_h, explainers[method],
-                                                   target_for(stage_zero), normalize, threads, gpus=gpus)
+                                                   ex.put(stage_zero.model), x_h if zero_x is None else zero_x,
+                                                   method_of(stage_zero, method), target_for(stage_zero), normalize,
+                                                   threads, gpus=gpus)
                     zero = zero_h[method]
                 keep = variant.role == "stage" and variant.draw == 0 and draws > 1
-                handle = ex.submit(compute_cell, None if own else model_h, x_h, explainers[method], method, target,
-                                   ref_maps(method), zero, metrics, normalize, extra_scores, light(variant), show,
-                                   keep, threads, gpus=gpus)
+                handle = ex.submit(compute_cell, None if own else model_h, x_h, method_of(variant, method), method,
+                                   target, ref_maps(method), zero, metrics, normalize, extra_scores, light(variant),
+                                   show, keep, threads, inputs_of(variant), gpus=gpus)
                 if variant.role == "stage" and variant.draw == 0:
                     zero_h[method] = handle
                 results.append((variant, method, handle, None))

@@ -9,6 +9,26 @@ Both compare explanations of the same images on two models through the engine:
 * ``input_invariance``: a second model that computes exactly the same logits on ``x + c`` as the
   first on ``x`` (the first layer's bias absorbs the shift); explanations of ``x`` on the first and of
   ``x + c`` on the second should be equal for an input-invariant method.
+
+Both are written as every check is (issue 19's one pipeline; this module is the worked example).
+A check writes three things and leaves the loop to :func:`sanitas.engine.run`:
+
+1. its *variants*, the models whose maps are compared with the reference model's:
+   ``engine.Variant(name, index, model)``, index 0 being the reference model itself (its cell is the
+   reference maps). A variant explained on other inputs or with a changed method says so:
+   ``Variant(..., inputs=x + c, adapt=lambda e: _shift_baseline(e, c))`` (``input_invariance`` below);
+2. its *target rule*: the class explained for the reference (``reference_target``) and for each variant
+   (``target_for(variant)``); here the true labels ``y`` for every model;
+3. the call: ``engine.run(reference, variants, x, explainers, metrics, target_for, store,
+   reference_target, refused=..., executor=...)`` inside ``with engine.CellStore(out, config)``, with the
+   executor from :func:`sanitas.executors.executor_for`; then a :class:`CheckResult` of the table and
+   ``engine.write_outputs`` (:func:`_run_variants` does this part for both checks here).
+
+Validation (``check_batch``), methods and metrics (``resolve_methods``, ``resolve_metrics``) and the
+calibration are shared helpers. The engine computes each (variant, method) cell once, resumes finished
+ones, leaves out a method that cannot explain a model (``meta["refused"]``), marks constant and
+degenerate maps, shows progress, and runs the cells here or on a Ray cluster (``executor=`` or a
+:func:`~sanitas.executors.use_executor` block).
 """
 
 from __future__ import annotations
@@ -24,9 +44,11 @@ import torch
 from torch import nn
 
 from sanitas import engine
-from sanitas.checks.model_randomization import check_batch, resolve_methods, resolve_metrics
+from sanitas.checks.model_randomization import (check_batch, describe_methods, resolve_methods, resolve_metrics,
+                                                warn_degenerate)
 from sanitas.checks.result import CheckResult, model_facts, summarize_table
 from sanitas.errors import InputError, ModelError
+from sanitas.executors import executor_for
 from sanitas.explain._core import model_device
 from sanitas.explain.forward import model_call
 from sanitas.utils import validation
@@ -42,91 +64,83 @@ def _same_classes(models: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
                          "the same task (same classes, same label order)")
 
 
-def _compare(kind, models: list[tuple[str, nn.Module]], x, y, methods, metrics, inputs=None, out=None,
-             resume=True, calibrate=True, seed=0, show=8, quiet=None, extra_config=None, adapt=None, output=None):
-    with model_call(output=output):
-        return _compare_models(kind, models, x, y, methods, metrics, inputs, out, resume, calibrate, seed, show,
-                               quiet, extra_config, adapt)
-
-
-def _compare_models(kind, models, x, y, methods, metrics, inputs, out, resume, calibrate, seed, show, quiet,
-                    extra_config, adapt):
-    seed = validation.seed(seed)
-    show = validation.count(show, "show", minimum=0)
+def _prepare(models: list[tuple[str, nn.Module]], x, y):
+    """The images on the first model's device and their labels, once every model is known to fit them."""
     for name, m in models:
         if not isinstance(m, nn.Module):
             raise InputError(f"the {name} model must be a torch.nn.Module, got {type(m).__name__}")
     x, y = check_batch(models[0][1], x, y)
     _same_classes(models, x)
+    return x, y
+
+
+def _run_variants(kind: str, variants: list[engine.Variant], x, y, methods, metrics, out=None, resume=True,
+                  calibrate=True, seed=0, show=8, quiet=None, extra_config=None, extra_meta=None,
+                  executor=None) -> CheckResult:
+    """Compare every variant's maps with those of ``variants[0]`` (the reference model on ``x``) through
+    :func:`sanitas.engine.run`; each model explains the true labels ``y``."""
+    seed = validation.seed(seed)
+    show = validation.count(show, "show", minimum=0)
     explainers = resolve_methods(methods)
     sims = resolve_metrics(metrics)
+    reference = variants[0].model
     t0 = time.perf_counter()
-    config = {"check": kind, "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims), "images": tensor_digest(x),
-              "models": [(n, model_fingerprint(m)) for n, m in models], **(extra_config or {})}
-    cal = None
+    config = {"check": kind, "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims),
+              "images": tensor_digest(x), "models": [(v.name, model_fingerprint(v.model)) for v in variants],
+              **(extra_config or {})}
+    cal, cal_seconds = None, 0.0
     if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
         from sanitas.similarity.calibration import calibrate as run_cal
 
-        k = inference_logits(models[0][1], x[:1]).shape[1]
+        k = inference_logits(reference, x[:1]).shape[1]
         cal = run_cal(list(sims.values()), x=x, seed=seed, classes=k if k > 1 else None)
-    variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
-    inputs = inputs or {}
-    table_parts, shown, timings, refs = [], {}, {}, {}
-    with engine.CellStore(out, config, resume=resume) as store:
-        for v in variants:  # the reference maps are computed once per method and reused for every variant
-            t, sh = _run_with_reference(models[0][1], v, x, inputs.get(v.index, x), explainers, sims, y, store, show,
-                                        refs, adapt)
-            table_parts.append(t)
-            shown.update(sh)
-        table = pd.concat(table_parts, ignore_index=True)
-        timings["total"] = time.perf_counter() - t0
-        facts = {name: model_facts(m, inputs.get(i, x), y) for i, (name, m) in enumerate(models)}
-        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                "stages": [n for n, _ in models], "models": facts,
-                "accuracy": {name: f["accuracy"] for name, f in facts.items()}}
-        res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [n for n, _ in models],
-                          Path(out) if out else None)
-        if out:
-            engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
+        cal_seconds = time.perf_counter() - t0
+    refused: dict[str, str] = {}
+    ex, owned = executor_for(executor)
+    try:
+        with engine.CellStore(out, config, resume=resume) as store:
+            table, shown, timings = engine.run(reference, variants, x, explainers, sims, lambda v: y, store, y,
+                                               show=show, quiet=quiet, total=len(variants), refused=refused,
+                                               executor=ex)
+            if calibrate:
+                timings["calibration"] = cal_seconds
+            timings["total"] = time.perf_counter() - t0
+            facts = {v.name: model_facts(v.model, x if v.inputs is None else v.inputs, y) for v in variants}
+            meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                    "stages": [v.name for v in variants], "models": facts,
+                    "accuracy": {name: f["accuracy"] for name, f in facts.items()}, "refused": refused,
+                    "resolved": describe_methods(explainers, reference, x, refused), **(extra_meta or {})}
+            res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [v.name for v in variants],
+                              Path(out) if out else None)
+            warn_degenerate(res, None)
+            if out:
+                engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
+    finally:
+        if owned:  # an executor this call made (a Ray it started is shut down again)
+            ex.close()
     return res
-
-
-def _run_with_reference(reference, variant, x_ref, x_var, explainers, sims, y, store, show, refs, adapt=None):
-    """Score ``variant`` explained on ``x_var`` against ``reference`` explained on ``x_ref``."""
-    rows, shown = [], {}
-    for method, e in explainers.items():
-        cached = store.load(variant.cell, method)
-        if cached is not None:
-            rows.append(cached[0])
-            shown[(variant.index, method)] = cached[1]
-            continue
-        if method not in refs:
-            refs[method] = e(reference, x_ref, y).detach()
-        ref = refs[method]
-        ev = adapt(e) if (adapt is not None and variant.index > 0) else e
-        maps = ref if variant.index == 0 else ev(variant.model, x_var, y).detach()
-        part = engine.tidy_rows(method, variant, engine.score(sims, ref, maps, x_ref), y, x_ref.shape[0],
-                                engine.constant_maps(maps))
-        store.save(variant.cell, method, part, maps[:show].cpu())
-        rows.append(part)
-        shown[(variant.index, method)] = maps[:show].cpu()
-    return pd.concat(rows, ignore_index=True), shown
 
 
 def data_randomization(model_true: nn.Module, model_random: nn.Module, x, y, methods,
                        metrics=("spearman_abs", "spearman", "ssim"), ceiling_model: nn.Module | None = None,
                        out=None, resume: bool = True, calibrate: bool = True, seed: int = 0,
-                       quiet=None, output=None) -> CheckResult:
+                       quiet=None, output=None, executor=None) -> CheckResult:
     """True-label model vs permuted-label model (and vs another seed: the ceiling) on the same images.
 
     :func:`train_for_data_randomization` trains the permuted-label model (and the ceiling) of any architecture.
     ``output`` picks the logits from what the models return (see :func:`sanitas.explain.forward.select_logits`).
+    A method that cannot explain the models is left out, with its reason in ``result.meta["refused"]``.
+    ``executor``: where the cells run, as in :func:`~sanitas.checks.model_randomization` (``None``: the enclosing
+    :func:`~sanitas.executors.use_executor` block, else here).
     """
     models = [("true_labels", model_true), ("permuted_labels", model_random)]
     if ceiling_model is not None:
         models.append(("other_seed", ceiling_model))
-    return _compare("data_randomization", models, x, y, methods, metrics, out=out, resume=resume,
-                    calibrate=calibrate, seed=seed, quiet=quiet, output=output)
+    with model_call(output=output):
+        x, y = _prepare(models, x, y)
+        variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
+        return _run_variants("data_randomization", variants, x, y, methods, metrics, out=out, resume=resume,
+                             calibrate=calibrate, seed=seed, quiet=quiet, executor=executor)
 
 
 @dataclass
@@ -222,23 +236,25 @@ def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
 
 def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
                      shift: float = 1.0, shift_baselines: bool = False, out=None, resume: bool = True,
-                     calibrate: bool = False, seed: int = 0, quiet=None, output=None) -> CheckResult:
+                     calibrate: bool = False, seed: int = 0, quiet=None, output=None, executor=None) -> CheckResult:
     """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin.
 
     ``shift_baselines=True`` moves the baseline of baseline methods (IG, DeepLIFT) by the same shift
-    on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline.
+    on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline. A method that
+    cannot explain the model is left out (``result.meta["refused"]``); ``executor`` as in :func:`data_randomization`.
     """
     shift = validation.real(shift, "shift")
     with model_call(output=output):
         x, y = check_batch(model, x, y)
-        twin = shifted_model(model, x, shift)
+        twin = shifted_model(model, x, shift)  # the same classes by construction
         gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
-        res = _compare("input_invariance", [("original", model), (f"shifted_by_{shift:g}", twin)], x, y, methods,
-                       metrics, inputs={1: x + shift}, out=out, resume=resume, calibrate=calibrate, seed=seed,
-                       quiet=quiet, extra_config={"shift": shift, "shift_baselines": shift_baselines},
-                       adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)
-    res.meta["max_logit_difference"] = gap
-    return res
+        variants = [engine.Variant("original", 0, model),
+                    engine.Variant(f"shifted_by_{shift:g}", 1, twin, inputs=x + shift,
+                                   adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)]
+        return _run_variants("input_invariance", variants, x, y, methods, metrics, out=out, resume=resume,
+                             calibrate=calibrate, seed=seed, quiet=quiet, executor=executor,
+                             extra_config={"shift": shift, "shift_baselines": shift_baselines},
+                             extra_meta={"max_logit_difference": gap})
 
 
 def _shift_baseline(explainer, shift: float):
