@@ -119,3 +119,20 @@ def test_use_executor_is_scoped(small, tmp_path):
             raise RuntimeError("boom")
     current, owned = executor_for(None)
     assert current is not ex and owned
+
+
+def test_input_invariance_command_takes_the_ray_executor(tmp_path):
+    """The model-comparison commands take --executor too; their tables equal the local run's."""
+    from click.testing import CliRunner
+
+    from sanitas.cli import main
+
+    if ray.is_initialized():
+        ray.shutdown()
+    for executor in ("local", "ray"):
+        r = CliRunner().invoke(main, ["input-invariance", "linear", "--dataset", "digits", "--methods",
+                                      "gradient,input_x_gradient", "--metrics", "spearman,ssim", "--images", "6",
+                                      "--out", str(tmp_path / executor), "-q", "--executor", executor])
+        assert r.exit_code == 0, r.output
+        assert not ray.is_initialized()
+    assert (tmp_path / "local" / "results.csv").read_bytes() == (tmp_path / "ray" / "results.csv").read_bytes()

@@ -88,10 +88,11 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
 @click.option("--no-ceiling", is_flag=True, help="skip the second true-label model (model-seed ceiling)")
 @click.option("--top-classes", type=click.IntRange(min=1), default=None, metavar="M", help=TOP_CLASSES_HELP)
 @_output_option
+@_executor_options
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @_quiet_option
 def data_randomization_cmd(model, dataset, classes, methods, metrics, images, seed, train_size, target_accuracy,
-                           epochs, lr, no_ceiling, top_classes, output, out, quiet):
+                           epochs, lr, no_ceiling, top_classes, output, executor, address, out, quiet):
     """Data randomization test: explanations of MODEL trained on true vs on permuted labels.
 
     MODEL's architecture is trained from a fresh initialisation on permuted labels (and, for the ceiling, on the
@@ -100,6 +101,7 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
     """
     from sanitas.checks import ceiling_verdicts, data_randomization
     from sanitas.checks.data_randomization import train_for_data_randomization
+    from sanitas.executors import use_executor
 
     data = _dataset(dataset, classes)
     src, true_model, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet, train_kwargs={"seed": seed},
@@ -111,8 +113,9 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
         click.echo(f"permuted-label {src.label}: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
                    f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
                    f"test accuracy {pm['test_accuracy']:.3f}")
-        res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, _methods(methods, top_classes),
-                                 _csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
+        with use_executor(executor, address):
+            res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, _methods(methods, top_classes),
+                                     _csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
         res.meta["permuted_training"] = pm
         res.meta["training"] = trio.notes
         ceiling = trio.ceiling is not None
@@ -130,18 +133,21 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
 @click.option("--images", "-n", default=64, show_default=True, type=COUNT)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @_output_option
+@_executor_options
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @_quiet_option
-def input_invariance_cmd(model, dataset, classes, methods, metrics, shift, shift_baselines, images, seed, output, out,
-                         quiet):
+def input_invariance_cmd(model, dataset, classes, methods, metrics, shift, shift_baselines, images, seed, output,
+                         executor, address, out, quiet):
     """Input invariance (Kindermans et al.): are explanations unchanged by a compensated input shift?"""
     from sanitas.checks import input_invariance
+    from sanitas.executors import use_executor
 
     src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet,
                          needs_layers="input invariance (its twin model shifts the first layer)")
     with _calls(src):
-        res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
-                               shift_baselines=shift_baselines, out=out)
+        with use_executor(executor, address):
+            res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
+                                   shift_baselines=shift_baselines, out=out, seed=seed, quiet=quiet)
         click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
         _finish(res, src, ds, out, _csv(metrics))
 
