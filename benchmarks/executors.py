@@ -4,9 +4,9 @@
     python benchmarks/executors.py [--paper sanity-checks] [--full] [--repeats 1]
 
 Every run starts from an empty results directory with the reference models already trained and
-cached (a first run trains them; that run is not timed). Only the model randomization experiments
-send cells to the executor; the others run in the driver either way, so the script reports the
-wall time of the whole profile and of those experiments, the number of cells they computed, and
+cached (a first run trains them; that run is not timed). Only the experiments on the engine (model
+and data randomization, input invariance) send cells to the executor; the others run in the driver
+either way, so the script reports the wall time of the whole profile and of those experiments, the number of cells they computed, and
 the overhead per cell: ``(t_ray - t_local) / cells``. It also checks that every executor wrote the
 same results tables, byte for byte, as the local one. Ray is started by the script with
 ``num_cpus`` = the number of workers and shut down between runs (its start-up is timed apart).
@@ -26,8 +26,12 @@ from sanitas.experiments import run_config
 from sanitas.experiments.config import load_config
 
 
+#: the checks whose cells an executor runs
+ON_ENGINE = ("model_randomization", "data_randomization", "input_invariance")
+
+
 def _cells(out: Path, experiments: list[str]) -> int:
-    """Cells the model randomization experiments computed (one file per cell in their stores)."""
+    """Cells the experiments on the engine computed (one file per cell in their stores)."""
     return sum(len(list((out / name / "cells").glob("*.pt"))) for name in experiments)
 
 
@@ -42,7 +46,7 @@ def _one(paper: str, quick: bool, executor, root: Path, label: str) -> dict:
     run = run_config(paper, out, quick=quick, quiet=True, report=False, executor=executor)
     total = time.perf_counter() - t
     exps = [n for n, spec in run.config["experiments"].items()
-            if spec.get("check") == "model_randomization" and n in run.outcomes]
+            if spec.get("check") in ON_ENGINE and n in run.outcomes]
     return {"label": label, "seconds": total, "mr_seconds": sum(run.outcomes[n].seconds for n in exps),
             "cells": _cells(out, exps), "failed": dict(run.failed), "tables": _tables(out, exps)}
 

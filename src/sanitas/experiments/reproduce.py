@@ -164,9 +164,9 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
     A failed experiment does not stop the others; it is listed in ``PaperRun.failed`` (the command
     line exits non-zero). ``out`` is locked against a second writer for the whole run.
     ``executor`` (``"local"``, ``"ray"`` with ``address``, or an executor object; default: the
-    enclosing :func:`~sanitas.executors.use_executor`, else local) runs the cells of the model
-    randomization experiments; the others run here. Results are the same whichever runs them, and a
-    run interrupted under one executor resumes under the other.
+    enclosing :func:`~sanitas.executors.use_executor`, else local) runs the cells of the model and
+    data randomization and input invariance experiments; the others run here. Results are the same
+    whichever runs them, and a run interrupted under one executor resumes under the other.
     """
     if isinstance(config, dict):
         validate(config)
