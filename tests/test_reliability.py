@@ -75,7 +75,7 @@ def _run_check(kind, m, other, x, y):
     if kind == "completeness":
         from sanitas.evaluate import completeness
 
-        return completeness("input_x_gradient", m, x)
+        return completeness(m, x, "input_x_gradient")
     mode, target = kind.split("/")
     return model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode=mode, target=target,
                                smooth_samples=2, **q)
@@ -459,3 +459,20 @@ def test_readme_documents_every_environment_variable():
     readme = (root / "README.md").read_text()
     assert "SANITAS_SYSTEM_DATA" in names
     assert sorted(n for n in names if n not in readme) == []
+
+
+def test_completeness_takes_the_model_first_and_the_old_order_with_a_warning():
+    """completeness(model, x, method) like every check; the old (method, model, x) order gives the same fit."""
+    import warnings
+
+    from sanitas.evaluate import completeness
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(4, 1, 4, 4)
+    new = completeness(m, x, "input_x_gradient")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = completeness("input_x_gradient", m, x)
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert new.alpha == old.alpha and new.r2 == old.r2

@@ -84,8 +84,16 @@ def _rowwise_fit(lg: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return r2, alpha
 
 
-def completeness(method, model: torch.nn.Module, x: torch.Tensor, **options) -> CompletenessFit:
-    """Fit sum(map_c(x)) = alpha * logit_c(x) + beta over all images and all classes."""
+def completeness(model: torch.nn.Module, x: torch.Tensor, method="input_x_gradient", **options) -> CompletenessFit:
+    """Fit sum(map_c(x)) = alpha * logit_c(x) + beta over all images and all classes (and per image and
+    class, see :class:`CompletenessFit`). The model comes first, as in every check; the older order
+    ``completeness(method, model, x)`` still works, with a ``DeprecationWarning``."""
+    if not isinstance(model, torch.nn.Module) and isinstance(x, torch.nn.Module):
+        import warnings
+
+        warnings.warn("completeness(method, model, x) is deprecated: write completeness(model, x, method)",
+                      DeprecationWarning, stacklevel=2)
+        model, x, method = x, method, model
     check_images(x)
     e = get_explainer(method, **options)
     x = x.detach().to(model_device(model))
