@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -239,9 +239,18 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
     return run
 
 
+class Reproduction(NamedTuple):
+    """What :func:`reproduce` returns: each paper's run, the combined claims table, the report's path.
+    A named tuple, so ``runs, claims, report = reproduce(...)`` works as well as ``result.claims``."""
+
+    runs: list[PaperRun]
+    claims: pd.DataFrame
+    report: Path
+
+
 def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reproduce", *, quick: bool = False,
               images: int | None = None, quiet: bool = False, executor: str | Any | None = None,
-              address: str | None = None) -> tuple[list[PaperRun], pd.DataFrame, Path]:
+              address: str | None = None) -> Reproduction:
     """Run the shipped configs (``"all"`` or paper names); returns (runs, claims table, combined report).
     ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper)."""
     from sanitas.experiments.report import combined_report
@@ -261,7 +270,7 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
                                                          "seconds": total,
                                                          "paper_seconds": {r.paper: r.seconds for r in runs}})
         report = combined_report(runs, directory, claims, seconds=total)
-    return runs, claims, report
+    return Reproduction(runs, claims, report)
 
 
 def load_run(out: str | Path) -> PaperRun:
