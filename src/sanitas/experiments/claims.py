@@ -16,7 +16,7 @@ Measures (all read the experiment's tidy table or its named scalars):
   ``mean`` (default), ``min`` or ``max`` across the selected stages.
 * ``{scalar: name}``: a number the experiment reported (``sanitas reproduce`` lists them).
 * ``{calibration: baseline, metric}``: the calibration mean (e.g. ``input_x_uniform``: the
-  input-dominance null of seed 000 section 5.2).
+  input-dominance null of adebayo2018 section 5.2).
 * ``{sub: [m1, m2]}``, ``{ratio: [m1, m2]}``, ``{abs: m}``: arithmetic on measures.
 
 Every measure is a mean over images (and randomization draws and model seeds, where the table has

@@ -145,7 +145,21 @@ def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outco
 
 
 _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats", "calibrate", "bn_stats",
-            "smooth_samples", "smooth_sigma")
+            "smooth_samples", "smooth_sigma", "draws")
+
+
+def ceiling_models(src, dataset, model_seeds: int, seed: int, quiet: bool) -> list:
+    """The ceiling of a randomization's verdicts: the experiment's architecture trained with the seeds
+    ``seed + 1 .. seed + model_seeds - 1`` (``model_seeds: 1``: none). The same models ``sanitas randomize
+    --model-seeds`` trains, and the first is the data randomization test's ``other_seed`` model."""
+    from sanitas.models import train
+    from sanitas.utils.progress import log
+
+    models = []
+    for k in range(1, int(model_seeds)):
+        log(f"ceiling: {src.describe()} trained with seed {seed + k}", quiet=quiet)
+        models.append(train(src, dataset, seed=seed + k, quiet=quiet).model)
+    return models
 
 
 @runner("model_randomization")
@@ -160,9 +174,10 @@ def run_model_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     if isinstance(kw.get("blocks"), (list, int)):  # layer names of nn.Sequential models are numbers in YAML
         kw["blocks"] = [str(b) for b in (kw["blocks"] if isinstance(kw["blocks"], list) else [kw["blocks"]])]
     with model_call(output=src.output):
+        ceilings = ceiling_models(src, dataset_of(spec), spec.get("model_seeds", 1), int(spec["seed"]), quiet)
         res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
                                   spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
-                                  out=out, resume=True, quiet=quiet, **kw)
+                                  out=out, resume=True, quiet=quiet, ceiling_model=ceilings or None, **kw)
         k = num_classes(net, ds.x[:1])
     # the fraction of pixels the competition rule keeps when the K labels' votes are random and symmetric:
     # the chosen label's vote is the positive maximum or the negative minimum, 2/K (1 - 2^-K) (gupta2019)
@@ -263,7 +278,7 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
 
 @runner("biases")
 def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
-    """The role of biases (seed 002): zero-bias accuracy, f^{b=0} = alpha f + beta, per-layer bias share,
+    """The role of biases (grabska2020): zero-bias accuracy, f^{b=0} = alpha f + beta, per-layer bias share,
     optionally the bias-decay distillation; scalars ``<column>/<model>`` from the per-model table."""
     from sanitas.evaluate.biases import bias_analysis
 

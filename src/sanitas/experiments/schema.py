@@ -234,6 +234,7 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
         "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
         "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
         "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
+        "draws": _count(), "model_seeds": _count(),
     },
     "data_randomization": {
         "train_size": _count(), "epochs": _count(), "lr": _number(above=0), "target_accuracy": _number(above=0,
@@ -252,9 +253,11 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
 TOP: dict[str, Checker] = {
     "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _dataset,
     "classes": _classes, "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None,
-    "quick": _mapping,
+    "quick": _mapping, "draws": _count(), "model_seeds": _count(),
 }
-QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments"}
+QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds"}
+#: the model_randomization modes that draw each randomized stage several times (``draws``)
+DRAW_MODES = ("cascading", "independent", "smooth")
 
 
 def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial: bool = False) -> None:
@@ -269,6 +272,10 @@ def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial
             raise ConfigError(f"{at}: experiment {path[-1]!r}: unknown key {key!r}{hint}; a {check} experiment "
                               f"takes {sorted(allowed)}")
         allowed[key](value, f"{at}: experiment {path[-1]!r}: {key}")
+    mode = exp.get("mode", "cascading")
+    if check == "model_randomization" and exp.get("draws", 1) > 1 and mode not in DRAW_MODES:
+        raise ConfigError(f"{where(*path, 'draws')}: experiment {path[-1]!r}: draws applies to the "
+                          f"{', '.join(DRAW_MODES)} modes, not to {mode!r}")
     if not partial and "model" not in exp and check != "calibration":
         raise ConfigError(f"{where(*path)}: experiment {path[-1]!r} needs a 'model'")
 
