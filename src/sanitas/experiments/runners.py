@@ -164,25 +164,65 @@ def ceiling_models(src, dataset, model_seeds: int, seed: int, quiet: bool) -> li
 
 @runner("model_randomization")
 def run_model_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
-    from sanitas.checks import model_randomization
+    """The model parameter randomization test. ``init`` may be a list of schemes (adebayo2018 App. B: uniform
+    re-initialization "gives identical results"): the test runs once per scheme, into ``out/<init>/``, and
+    the table holds all of them with an ``init`` column that claims select (``measure: {init: uniform}``)."""
     from sanitas.explain._core import num_classes
-    from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet, "model parameter randomization")
     kw = {k: spec[k] for k in _MR_KEYS if k in spec}
     if isinstance(kw.get("blocks"), (list, int)):  # layer names of nn.Sequential models are numbers in YAML
         kw["blocks"] = [str(b) for b in (kw["blocks"] if isinstance(kw["blocks"], list) else [kw["blocks"]])]
+    inits = kw.pop("init", "truncated_normal")
     with model_call(output=src.output):
         ceilings = ceiling_models(src, dataset_of(spec), spec.get("model_seeds", 1), int(spec["seed"]), quiet)
-        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
-                                  out=out, resume=True, quiet=quiet, ceiling_model=ceilings or None, **kw)
         k = num_classes(net, ds.x[:1])
     # the fraction of pixels the competition rule keeps when the K labels' votes are random and symmetric:
     # the chosen label's vote is the positive maximum or the negative minimum, 2/K (1 - 2^-K) (gupta2019)
-    return _check_outcome(res, out, t0, {"num_classes": k, "inverse_num_classes": 1.0 / k,
-                                         "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)}, about_run(src, ds))
+    scalars = {"num_classes": k, "inverse_num_classes": 1.0 / k, "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)}
+    if isinstance(inits, str):
+        return _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, init=inits, **kw)
+    outcomes = {init: _randomization(spec, src, net, ds, ceilings, out / init, quiet, t0, scalars, init=init, **kw)
+                for init in inits}
+    return _per_init(outcomes, spec, out, t0, scalars)
+
+
+def _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, **kw) -> Outcome:
+    from sanitas.checks import model_randomization
+    from sanitas.report.about import about_run
+
+    with model_call(output=src.output):
+        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
+                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
+                                  out=out, resume=True, quiet=quiet, ceiling_model=ceilings or None, **kw)
+    return _check_outcome(res, out, t0, scalars, about_run(src, ds))
+
+
+def _per_init(outcomes: dict[str, Outcome], spec: dict, out: Path, t0: float, scalars: dict) -> Outcome:
+    """One outcome of the randomizations with several init schemes: their tables with an ``init`` column,
+    written to ``out`` (what a finished experiment is loaded from), and a report that links each scheme's."""
+    from sanitas.engine import versions, write_outputs
+    from sanitas.report.html import check_report_simple
+
+    def tagged(frame, init):
+        frame = frame.copy()
+        frame.insert(0, "init", init)
+        return frame
+
+    table = pd.concat([tagged(o.table, i) for i, o in outcomes.items()], ignore_index=True)
+    first = next(iter(outcomes.values()))
+    summary = pd.concat([tagged(o.summary, i) for i, o in outcomes.items() if o.summary is not None],
+                        ignore_index=True)
+    figures = [f for o in outcomes.values() for f in o.figures]
+    meta = {"config": spec, "versions": versions(), "inits": list(outcomes),
+            "reports": {i: str(o.report.relative_to(out)) for i, o in outcomes.items() if o.report},
+            "timings": {"total": time.perf_counter() - t0}}
+    write_outputs(out, table, meta, first.calibration)
+    text = ("Model parameter randomization with each init scheme (adebayo2018 App. B); each scheme's full report: "
+            + ", ".join(f"{i}/report.html" for i in outcomes) + ".")
+    report = check_report_simple(out, "sanitas: model randomization per init scheme", summary, figures, meta, text)
+    return Outcome(table, scalars, first.calibration, figures, report, time.perf_counter() - t0, summary)
 
 
 @runner("data_randomization")

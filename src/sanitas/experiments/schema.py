@@ -207,6 +207,23 @@ def _metrics(value, what):
             raise ConfigError(f"{what}: {exc}") from None
 
 
+def _inits(value, what):
+    """An init scheme's name, or a list of them (the test then runs once per scheme)."""
+    from sanitas.randomize.init import INIT_SCHEMES
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{what} must be an init scheme ({', '.join(INIT_SCHEMES.names())}) or a list of them, "
+                          f"got {value!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{what} names a scheme twice: {items}")
+    for v in items:
+        try:
+            INIT_SCHEMES.get(v)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
 def _mapping(value, what):
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a mapping, got {value!r}")
@@ -230,7 +247,7 @@ COMMON: dict[str, Checker] = {
 }
 BY_CHECK: dict[str, dict[str, Checker]] = {
     "model_randomization": {
-        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _string,
+        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _inits,
         "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
         "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
         "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),

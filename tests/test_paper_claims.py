@@ -1,0 +1,136 @@
+"""The claim types added for issue 18 (signed views, drops at a stage, init schemes compared, the
+shared-zero curve, edge detectors): each judged on synthetic tables with a clear pass, a clear fail
+and an inconclusive case, and the experiments behind them run on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sanitas.errors import ConfigError
+from sanitas.experiments import evaluate_claim, run_config
+from sanitas.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN
+from sanitas.experiments.config import validate
+from sanitas.experiments.runners import Outcome
+
+
+def _claim(measure, expect):
+    return {"id": "c", "claim": "c", "experiment": "e", "measure": measure, "expect": expect}
+
+
+def _rows(values_by_key, n_images=40, n_draws=3, sd=0.05, seed=0, **extra):
+    """Rows of a randomization table: ``values_by_key[(init, stage)] = mean``, noise ``sd`` per image and draw."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (init, stage), mean in values_by_key.items():
+        for image in range(n_images):
+            for draw in range(n_draws):
+                row = {"method": "m", "variant": f"s{stage}", "stage": stage, "draw": draw, "metric": "spearman_abs",
+                       "image": image, "value": mean + rng.normal(0, sd), **extra}
+                if init is not None:
+                    row["init"] = init
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+SAME_INIT = {"sub": [{"method": "m", "metric": "spearman_abs", "init": "uniform"},
+                     {"method": "m", "metric": "spearman_abs", "init": "truncated_normal"}]}
+
+
+@pytest.mark.parametrize("uniform, sd, verdict", [
+    (0.41, 0.02, HOLDS),          # a difference of 0.01: the interval lies inside +-0.1
+    (0.80, 0.02, FAILS),          # 0.4 apart: the whole interval outside
+    (0.50, 0.30, INCONCLUSIVE),   # 0.1 apart with wide noise: the interval straddles the tolerance
+])
+def test_init_schemes_compared(uniform, sd, verdict):
+    t = _rows({("truncated_normal", 1): 0.4, ("truncated_normal", 2): 0.4, ("uniform", 1): uniform,
+               ("uniform", 2): uniform}, sd=sd)
+    v = evaluate_claim(_claim(SAME_INIT, {"op": "within", "tol": 0.1, "of": 0}), "p", Outcome(t))
+    assert v.verdict == verdict, v
+    assert v.measured == pytest.approx(uniform - 0.4, abs=0.1)
+
+
+def test_init_measure_needs_an_init_column():
+    t = _rows({(None, 1): 0.4})
+    v = evaluate_claim(_claim(SAME_INIT, {"op": "within", "tol": 0.1, "of": 0}), "p", Outcome(t))
+    assert v.verdict == NOT_RUN and "one init scheme" in v.why
+    t = _rows({("uniform", 1): 0.4})
+    v = evaluate_claim(_claim(SAME_INIT, {"op": "within", "tol": 0.1, "of": 0}), "p", Outcome(t))
+    assert v.verdict == NOT_RUN and "init 'truncated_normal'" in v.why
+
+
+SIGN = {"method": "m", "metric": "spearman_abs", "stages": "first"}
+
+
+@pytest.mark.parametrize("mean, sd, verdict", [(0.0, 0.05, HOLDS), (0.5, 0.05, FAILS), (0.1, 0.3, INCONCLUSIVE)])
+def test_signed_correlation_goes_to_zero(mean, sd, verdict):
+    t = _rows({(None, 1): mean, (None, 2): 0.0}, sd=sd)
+    v = evaluate_claim(_claim(SIGN, {"op": "within", "tol": 0.1, "of": 0}), "p", Outcome(t))
+    assert v.verdict == verdict
+    # an interval that straddles the tolerance is never "holds"
+    if v.ci_low < -0.1 or v.ci_high > 0.1:
+        assert v.verdict != HOLDS
+
+
+DROP = {"sub": [{"method": "m", "metric": "spearman_abs", "stages": "last"},
+                {"method": "m", "metric": "spearman_abs", "stages": "all_but_last", "reduce": "min"}]}
+
+
+@pytest.mark.parametrize("last, sd, verdict", [(0.5, 0.05, HOLDS), (0.95, 0.05, FAILS), (0.88, 0.4, INCONCLUSIVE)])
+def test_drop_at_the_last_stage(last, sd, verdict):
+    """Guided backprop's footnote 5: the last stage below the minimum over the stages before it."""
+    t = _rows({(None, 1): 0.95, (None, 2): 0.9, (None, 3): last}, sd=sd)
+    v = evaluate_claim(_claim(DROP, "< 0"), "p", Outcome(t))
+    assert v.verdict == verdict
+
+
+def test_init_list_is_checked():
+    cfg = {"paper": "p", "dataset": "digits", "experiments": {
+        "e": {"check": "model_randomization", "model": "cnn", "methods": ["gradient"], "init": ["uniform", "bogus"]}}}
+    with pytest.raises(ConfigError, match="unknown init scheme 'bogus'"):
+        validate(cfg)
+    cfg["experiments"]["e"]["init"] = ["uniform", "uniform"]
+    with pytest.raises(ConfigError, match="twice"):
+        validate(cfg)
+    cfg["experiments"]["e"]["init"] = []
+    with pytest.raises(ConfigError, match="init scheme"):
+        validate(cfg)
+
+
+def test_randomization_with_two_init_schemes(tmp_path):
+    """init: [truncated_normal, uniform] runs the test per scheme; the claims compare them and a re-run loads it."""
+    cfg = yaml.safe_load("""
+paper: tiny
+dataset: digits
+seed: 0
+images: 6
+experiments:
+  inits:
+    check: model_randomization
+    model: cnn
+    init: [truncated_normal, uniform]
+    methods: [gradient]
+    metrics: [spearman_abs]
+claims:
+  - {id: u1, claim: c, experiment: inits, measure: {method: gradient, metric: spearman_abs, stages: first, init: uniform},
+     expect: "< 0.99"}
+  - {id: u2, claim: c, experiment: inits, measure: {sub: [{method: gradient, metric: spearman_abs, init: uniform},
+     {method: gradient, metric: spearman_abs, init: truncated_normal}]}, expect: {op: within, tol: 1.5, of: 0}}
+""")
+    run = run_config(cfg, tmp_path, quiet=True)
+    t = run.outcomes["inits"].table
+    assert set(t["init"]) == {"truncated_normal", "uniform"}
+    for init in ("truncated_normal", "uniform"):
+        assert (tmp_path / "inits" / init / "results.parquet").is_file()
+        assert (tmp_path / "inits" / init / "report.html").is_file()
+    assert (tmp_path / "inits" / "report.html").is_file()
+    # the schemes draw different weights: the randomized stages differ, the original stage does not
+    a = t[(t["init"] == "uniform") & (t["stage"] > 0)]["value"].to_numpy()
+    b = t[(t["init"] == "truncated_normal") & (t["stage"] > 0)]["value"].to_numpy()
+    assert not np.allclose(a, b)
+    assert list(run.claims["verdict"]) == [HOLDS, HOLDS]
+    again = run_config(cfg, tmp_path, quiet=True)
+    pd.testing.assert_frame_equal(again.claims, run.claims)
+    pd.testing.assert_frame_equal(again.outcomes["inits"].table, t)
