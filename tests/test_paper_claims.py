@@ -134,3 +134,94 @@ claims:
     again = run_config(cfg, tmp_path, quiet=True)
     pd.testing.assert_frame_equal(again.claims, run.claims)
     pd.testing.assert_frame_equal(again.outcomes["inits"].table, t)
+
+
+# -- sundararajan2019 figure 1: Spearman's rho and shared zeros ------------------------------------------
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 0.8])
+def test_shared_zero_spearman_follows_its_closed_form(p):
+    """rho of two positive random vectors with a fraction p of shared zeros tends to 3p / (1 + p + p^2)."""
+    import torch
+
+    from sanitas.experiments.shared_zeros import shared_zero_spearman
+
+    n = 2000
+    rho = shared_zero_spearman(n, int(p * n), 200, torch.Generator().manual_seed(0))
+    assert rho.shape == (200,)
+    assert float(rho.mean()) == pytest.approx(3 * p / (1 + p + p * p), abs=0.01)
+
+
+def test_shared_zero_curve_claims_on_synthetic_tables():
+    from sanitas.experiments.shared_zeros import curve_rows
+
+    rise = {"sub": [{"method": "random_positive", "metric": "spearman", "stages": "last"},
+                    {"method": "random_positive", "metric": "spearman", "stages": "first"}]}
+    curve = curve_rows(784, [0.0, 0.5, 0.95], 50, seed=0)
+    assert list(dict.fromkeys(curve["variant"])) == ["shared 0.00", "shared 0.50", "shared 0.95"]
+    assert evaluate_claim(_claim(rise, "> 0.5"), "p", Outcome(curve)).verdict == HOLDS
+    # a curve that does not rise (no shared zeros anywhere) fails it
+    flat = curve_rows(784, [0.0, 0.0, 0.0], 50, seed=0)
+    assert evaluate_claim(_claim(rise, "> 0.5"), "p", Outcome(flat)).verdict == FAILS
+    # a few pairs of short vectors at 50%: a wide interval, which straddles the curve's own value
+    small = curve_rows(12, [0.0, 0.5], 6, seed=0)
+    half = {"method": "random_positive", "metric": "spearman", "stages": "shared 0.50"}
+    v = evaluate_claim(_claim(half, "> 0"), "p", Outcome(small))
+    assert v.verdict == HOLDS and v.ci_high - v.ci_low > 0.01
+    assert evaluate_claim(_claim(half, f"> {v.measured:.4f}"), "p", Outcome(small)).verdict == INCONCLUSIVE
+
+
+def test_shared_zeros_experiment_on_digits(tmp_path):
+    cfg = yaml.safe_load("""
+paper: tiny
+dataset: digits
+seed: 0
+images: 6
+experiments:
+  zeros:
+    check: shared_zeros
+    model: cnn
+    methods: [integrated_gradients]
+    fractions: [0.0, 0.3, 0.6, 0.9]
+    samples: 20
+claims:
+  - {id: z1, claim: rises, experiment: zeros, measure: {sub: [{method: random_positive, metric: spearman, stages: last},
+     {method: random_positive, metric: spearman, stages: first}]}, expect: "> 0.5"}
+  - {id: z2, claim: on the curve, experiment: zeros, measure: {method: integrated_gradients, metric: spearman_abs,
+     stages: last}, expect: {op: within, tol: 1.0, of: {method: integrated_gradients, metric: shared_zero_null,
+     stages: original}}}
+""")
+    run = run_config(cfg, tmp_path, quiet=True)
+    oc = run.outcomes["zeros"]
+    t = oc.table
+    from sanitas.data import load_dataset
+
+    x = load_dataset("digits", "test").sample(6, seed=0).x
+    frac = t[t["metric"] == "shared_zero_fraction"].sort_values("image")["value"].to_numpy()
+    np.testing.assert_allclose(frac, (x == 0).reshape(6, -1).float().mean(1).numpy())
+    null = t[t["metric"] == "shared_zero_null"]["value"].to_numpy()
+    assert np.all((null > 0) & (null < 1))
+    assert 0 < oc.scalars["mean_shared_zero_fraction"] < 1
+    assert list(run.claims["verdict"]) == [HOLDS, HOLDS]
+    assert (tmp_path / "zeros" / "figures" / "shared_zeros.png").is_file()
+    assert (tmp_path / "zeros" / "maps" / "report.html").is_file()
+    assert (tmp_path / "zeros" / "report.html").is_file()
+
+
+def test_shared_zeros_config_is_checked():
+    cfg = {"paper": "p", "dataset": "digits", "experiments": {
+        "z": {"check": "shared_zeros", "model": "cnn", "fractions": [0.0, 1.0]}}}
+    with pytest.raises(ConfigError, match="below 1"):
+        validate(cfg)
+    cfg["experiments"]["z"]["fractions"] = [0.5]
+    cfg["experiments"]["z"]["samples"] = 1
+    with pytest.raises(ConfigError, match="samples"):
+        validate(cfg)
+
+
+def test_rows_without_map_flags_are_not_excluded():
+    """A combined table (random curves beside a check's rows) has NaN map flags on the rows that are no
+    maps; they count (NaN read as True used to exclude them all and leave the claim 'not run')."""
+    t = _rows({(None, 1): 0.5}, n_draws=1)
+    t["constant_map"] = pd.array([None] * 20 + [True] * 5 + [False] * 15, dtype="boolean")
+    v = evaluate_claim(_claim({"method": "m", "metric": "spearman_abs"}, "> 0.2"), "p", Outcome(t))
+    assert v.verdict == HOLDS and v.n == 35 and v.excluded == 5

@@ -172,8 +172,8 @@ def _calibration_dist(row: pd.Series, resampler: Resampler | None) -> Dist:
 def _excluded(rows: pd.DataFrame) -> pd.Series:
     out = pd.Series(False, index=rows.index)
     for c in ("constant_map", "degenerate_map"):
-        if c in rows:
-            out |= rows[c].astype(bool)
+        if c in rows:  # a row without the flag (NaN: a row of another kind in a combined table) is not excluded
+            out |= rows[c].astype("boolean").fillna(False).astype(bool)
     return out
 
 

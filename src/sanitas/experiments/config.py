@@ -91,6 +91,8 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
             if exp.get("mode", "cascading") in DRAW_MODES:
                 exp.setdefault("draws", cfg.get("draws", 1))
             exp.setdefault("model_seeds", cfg.get("model_seeds", 1))
+        elif exp["check"] == "shared_zeros":   # its measured points come from a cascading randomization
+            exp.setdefault("draws", cfg.get("draws", 1))
         if images is not None:
             from sanitas.utils import validation
 

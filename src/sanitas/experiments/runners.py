@@ -413,3 +413,7 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
             scalars[f"best_vs/{r['role']}/favours_best"] = float(r["favours"] == r["reference"])
     summary = res.pivot().reset_index()
     return Outcome(res.table, scalars, None, list(res.figures), res.report, time.perf_counter() - t0, summary)
+
+
+# experiments defined in their own modules register their runners on import
+from sanitas.experiments import shared_zeros  # noqa: E402,F401

@@ -224,6 +224,16 @@ def _inits(value, what):
             raise ConfigError(f"{what}: {exc}") from None
 
 
+def _fractions(value, what):
+    """A non-empty list of fractions in [0, 1)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{what} must be a list of fractions in [0, 1), got {value!r}")
+    for v in value:
+        _validation().real(v, f"{what} entry", minimum=0)
+        if v >= 1:
+            raise ConfigError(f"{what}: a fraction must be below 1 (two all-zero maps have no ranking), got {v!r}")
+
+
 def _mapping(value, what):
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a mapping, got {value!r}")
@@ -259,6 +269,8 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
         "ceiling": _flag,
     },
     "input_invariance": {"shift": _number(), "shift_baselines": _flag},
+    "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
+                     "draws": _count()},
     "completeness": {},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
     "evaluate": {
