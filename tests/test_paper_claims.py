@@ -225,3 +225,116 @@ def test_rows_without_map_flags_are_not_excluded():
     t["constant_map"] = pd.array([None] * 20 + [True] * 5 + [False] * 15, dtype="boolean")
     v = evaluate_claim(_claim({"method": "m", "metric": "spearman_abs"}, "> 0.2"), "p", Outcome(t))
     assert v.verdict == HOLDS and v.n == 35 and v.excluded == 5
+
+
+# -- adebayo2018 figure 19: x * u vs x * v as the noise grows --------------------------------------------
+
+def test_input_noise_table_on_tiny_inputs():
+    import torch
+
+    from sanitas.checks.model_randomization import resolve_metrics
+    from sanitas.experiments.input_noise import input_noise_table
+
+    x = torch.zeros(5, 1, 6, 6)
+    x[:, :, 1:5, 1:5] = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    t = input_noise_table(x, resolve_metrics(["spearman_abs"]), noise=[2.0, 0.01, 100.0], samples=3, seed=0)
+    assert set(t["method"]) == {"input_x_gaussian", "gaussian", "input_x_uniform", "uniform"}
+    assert list(dict.fromkeys(t["variant"])) == ["noise 0.01", "noise 2", "noise 100"]   # sorted: first = least noise
+    assert len(t) == 4 * 3 * 3 * 5
+    m = t.groupby(["method", "stage"])["value"].mean()
+    assert m[("gaussian", 1)] > 0.99 and abs(m[("gaussian", 3)]) < 0.3           # u vs v: same, then independent
+    # the 20 shared zeros of x keep x * u vs x * v high however far u and v drift apart
+    assert m[("input_x_gaussian", 3)] > 0.5 and m[("input_x_gaussian", 3)] > m[("gaussian", 3)] + 0.3
+
+
+@pytest.mark.parametrize("prod_last, raw_last, verdict", [
+    (0.85, 0.0, HOLDS),     # the product keeps its similarity, the noise loses it: input dominance persists
+    (0.0, 0.85, FAILS),
+    (0.5, 0.5, INCONCLUSIVE),
+])
+def test_input_dominance_persists(prod_last, raw_last, verdict):
+    first = lambda m: {"method": m, "metric": "spearman_abs", "stages": "first"}  # noqa: E731
+    last = lambda m: {"method": m, "metric": "spearman_abs", "stages": "last"}    # noqa: E731
+    t = pd.concat([_rows({(None, 1): 1.0, (None, 2): prod_last}, sd=0.05, seed=1).assign(method="input_x_gaussian"),
+                   _rows({(None, 1): 1.0, (None, 2): raw_last}, sd=0.05, seed=2).assign(method="gaussian")])
+    claim = _claim({"sub": [{"sub": [first("input_x_gaussian"), last("input_x_gaussian")]},
+                            {"sub": [first("gaussian"), last("gaussian")]}]}, "< 0")
+    assert evaluate_claim(claim, "p", Outcome(t)).verdict == verdict
+
+
+def test_input_noise_runs_without_a_model(tmp_path):
+    cfg = yaml.safe_load("""
+paper: tiny
+dataset: digits
+seed: 0
+images: 5
+experiments:
+  noise:
+    check: input_noise
+    noise: [0.1, 10]
+    samples: 2
+    metrics: [spearman_abs]
+claims:
+  - {id: n1, claim: c, experiment: noise, measure: {method: input_x_gaussian, metric: spearman_abs, stages: last},
+     expect: "> 0.3"}
+""")
+    run = run_config(cfg, tmp_path, quiet=True)
+    assert run.claims.iloc[0]["verdict"] == HOLDS and run.claims.iloc[0]["n"] == 5 * 2
+    assert (tmp_path / "noise" / "figures" / "input_noise.png").is_file()
+    cfg["experiments"]["noise"]["noise"] = [0.1, 0]
+    with pytest.raises(ConfigError, match="noise"):
+        validate(cfg)
+
+
+# -- adebayo2018 figure 1 / 5.4: edge detectors -------------------------------------------------------------
+
+def test_edge_comparison_scores_methods_against_detectors():
+    """A model-free 'method' that is the Sobel map itself scores 1 against Sobel; the input x Sobel stage
+    compares a method's map of x with its map of x * edges."""
+    import torch
+
+    from sanitas.checks.model_randomization import resolve_metrics
+    from sanitas.experiments.edges import edge_comparison
+    from sanitas.explain import get_explainer
+
+    x = torch.zeros(4, 1, 12, 12)
+    x[:, :, 3:9, 3:9] = 1.0
+    x[1, :, 5:7, :] = 0.5
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    y = torch.tensor([0, 1, 2, 0])
+    methods = {"sobel": get_explainer("sobel"), "gradient": get_explainer("gradient")}
+    t, shown = edge_comparison(model, x, y, methods, resolve_metrics(["spearman_abs"]), ["sobel", "canny"])
+    assert list(dict.fromkeys(t["variant"])) == ["vs sobel", "vs canny", "input x sobel"]
+    m = t.groupby(["method", "variant"])["value"].mean()
+    assert m[("sobel", "vs sobel")] == pytest.approx(1.0)
+    # a linear model's gradient does not depend on the input: its maps of x and of x * edges are the same
+    assert m[("gradient", "input x sobel")] == pytest.approx(1.0)
+    assert {"sobel", "canny", "input x sobel", "gradient"} <= set(shown)
+
+
+def test_edge_detectors_experiment_on_digits(tmp_path):
+    cfg = yaml.safe_load("""
+paper: tiny
+dataset: digits
+seed: 0
+images: 6
+experiments:
+  edges:
+    check: edge_detectors
+    model: cnn
+    detectors: [sobel]
+    methods: [gradient, guided_backprop]
+    metrics: [spearman_abs]
+claims:
+  - {id: e1, claim: c, experiment: edges, measure: {method: guided_backprop, metric: spearman_abs,
+     stages: "input x sobel"}, expect: "> -1"}
+  - {id: e2, claim: c, experiment: edges, measure: {method: gradient, metric: spearman_abs, stages: "vs canny"},
+     expect: "> -1"}
+""")
+    run = run_config(cfg, tmp_path, quiet=True)
+    assert list(run.claims["verdict"]) == [HOLDS, NOT_RUN]     # no canny in this run: the claim says why
+    assert "matched no stage" in run.claims.iloc[1]["why"]
+    assert (tmp_path / "edges" / "figures" / "edges.png").is_file()
+    cfg["experiments"]["edges"]["detectors"] = ["prewitt"]
+    with pytest.raises(ConfigError, match="edge detectors"):
+        validate(cfg)

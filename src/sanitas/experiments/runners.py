@@ -107,6 +107,8 @@ def model_label(spec: dict) -> str:
     """The experiment's model(s) as written in the config, for titles and log lines."""
     from sanitas.errors import SanitasError
 
+    if spec.get("model") is None:
+        return "no model"
     try:
         return ", ".join(src.spec_string() for src in model_sources(spec))
     except SanitasError:  # a stored config of an older sanitas: shown as written
@@ -416,4 +418,4 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
 
 
 # experiments defined in their own modules register their runners on import
-from sanitas.experiments import shared_zeros  # noqa: E402,F401
+from sanitas.experiments import edges, input_noise, shared_zeros  # noqa: E402,F401

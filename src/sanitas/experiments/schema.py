@@ -234,6 +234,29 @@ def _fractions(value, what):
             raise ConfigError(f"{what}: a fraction must be below 1 (two all-zero maps have no ranking), got {v!r}")
 
 
+def _detectors(value, what):
+    """Model-free edge detectors of :mod:`sanitas.explain.controls` (``sobel``, ``canny``)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(v not in ("sobel", "canny") for v in items):
+        raise ConfigError(f"{what} must be a list of edge detectors (sobel, canny), got {value!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{what} names a detector twice: {items}")
+
+
+def _positives(value, what):
+    """A non-empty list of numbers above 0."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{what} must be a list of numbers above 0, got {value!r}")
+    for v in value:
+        _validation().real(v, f"{what} entry", above=0)
+
+
+def _distributions(value, what):
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(v not in ("gaussian", "uniform") for v in items):
+        raise ConfigError(f"{what} must be a list of gaussian, uniform; got {value!r}")
+
+
 def _mapping(value, what):
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a mapping, got {value!r}")
@@ -269,6 +292,8 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
         "ceiling": _flag,
     },
     "input_invariance": {"shift": _number(), "shift_baselines": _flag},
+    "input_noise": {"noise": _positives, "distributions": _distributions, "samples": _count()},
+    "edge_detectors": {"detectors": _detectors, "edge_input": _flag},
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
                      "draws": _count()},
     "completeness": {},
@@ -285,6 +310,8 @@ TOP: dict[str, Checker] = {
     "quick": _mapping, "draws": _count(), "model_seeds": _count(),
 }
 QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds"}
+#: checks that run without a model
+MODEL_FREE = ("calibration", "input_noise")
 #: the model_randomization modes that draw each randomized stage several times (``draws``)
 DRAW_MODES = ("cascading", "independent", "smooth")
 
@@ -305,7 +332,7 @@ def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial
     if check == "model_randomization" and exp.get("draws", 1) > 1 and mode not in DRAW_MODES:
         raise ConfigError(f"{where(*path, 'draws')}: experiment {path[-1]!r}: draws applies to the "
                           f"{', '.join(DRAW_MODES)} modes, not to {mode!r}")
-    if not partial and "model" not in exp and check != "calibration":
+    if not partial and "model" not in exp and check not in MODEL_FREE:
         raise ConfigError(f"{where(*path)}: experiment {path[-1]!r} needs a 'model'")
 
 
