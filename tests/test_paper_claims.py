@@ -338,3 +338,29 @@ claims:
     cfg["experiments"]["edges"]["detectors"] = ["prewitt"]
     with pytest.raises(ConfigError, match="edge detectors"):
         validate(cfg)
+
+
+def test_data_randomization_runner_reports_memorization_and_chance(tmp_path):
+    cfg = yaml.safe_load("""
+paper: tiny
+dataset: digits
+seed: 0
+images: 6
+experiments:
+  data:
+    check: data_randomization
+    model: mlp
+    train_size: 100
+    epochs: 3
+    ceiling: false
+    methods: [gradient]
+    metrics: [spearman_abs]
+claims:
+  - {id: d1, claim: c, experiment: data, measure: {scalar: permuted_test_accuracy},
+     expect: {op: within, tol: 1.0, of: {scalar: chance_accuracy}}}
+""")
+    run = run_config(cfg, tmp_path, quiet=True)
+    s = run.outcomes["data"].scalars
+    assert s["chance_accuracy"] == pytest.approx(0.1) and s["permuted_train_size"] == 100
+    assert 0 <= s["permuted_train_accuracy"] <= 1
+    assert run.claims.iloc[0]["verdict"] == HOLDS

@@ -248,8 +248,13 @@ def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     pm = trio.permuted.metrics
     res.meta["permuted_training"] = pm
     res.meta["training"] = trio.notes
+    from sanitas.explain._core import num_classes
+
+    with model_call(output=src.output):
+        k = num_classes(true_model, ds.x[:1])
     scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
-               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy}
+               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy,
+               "chance_accuracy": 1.0 / k, "permuted_train_size": float(pm.get("n_train", float("nan")))}
     return _check_outcome(res, out, t0, scalars, about_run(src, ds))
 
 
