@@ -231,6 +231,7 @@ def _per_init(outcomes: dict[str, Outcome], spec: dict, out: Path, t0: float, sc
 def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.checks import data_randomization
     from sanitas.checks.data_randomization import train_for_data_randomization
+    from sanitas.explain._core import num_classes
     from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
@@ -248,8 +249,6 @@ def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     pm = trio.permuted.metrics
     res.meta["permuted_training"] = pm
     res.meta["training"] = trio.notes
-    from sanitas.explain._core import num_classes
-
     with model_call(output=src.output):
         k = num_classes(true_model, ds.x[:1])
     scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
