@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from sanitas.experiments.runners import Outcome, _data, build_methods, model_call, runner
+
+if TYPE_CHECKING:
+    import torch
 
 DETECTORS = ("sobel", "canny")
 
 
 def _rows(method: str, variant: str, stage: int, values: dict, constant: torch.Tensor) -> pd.DataFrame:
+    import torch
+
     n = len(constant)
     return pd.concat([pd.DataFrame({"method": method, "variant": variant, "stage": stage, "metric": metric,
                                     "image": range(n), "value": torch.as_tensor(v).double().numpy(),
@@ -39,6 +44,8 @@ def _rows(method: str, variant: str, stage: int, values: dict, constant: torch.T
 def edge_comparison(model, x: torch.Tensor, y: torch.Tensor, methods: dict, metrics: dict,
                     detectors=DETECTORS, edge_input: bool = True) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """The table described in the module docs, and the first image's maps (for the figure)."""
+    import torch
+
     from sanitas.engine import as_image_batch, constant_maps, score
     from sanitas.explain import get_explainer
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from sanitas.experiments.runners import Outcome, dataset_of, runner
+
+if TYPE_CHECKING:
+    import torch
 
 NOISE = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 DISTRIBUTIONS = ("gaussian", "uniform")
@@ -30,6 +33,8 @@ DISTRIBUTIONS = ("gaussian", "uniform")
 def input_noise_table(x: torch.Tensor, metrics: dict, noise=NOISE, distributions=DISTRIBUTIONS, samples: int = 10,
                       seed: int = 0) -> pd.DataFrame:
     """The table described in the module docs."""
+    import torch
+
     from sanitas.engine import score
     from sanitas.similarity.calibration import random_masks
 

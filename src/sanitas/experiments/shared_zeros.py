@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sanitas.experiments.runners import Outcome, _data, build_methods, model_call, runner
+
+if TYPE_CHECKING:
+    import torch
 
 CURVE_METHOD = "random_positive"
 #: the default fractions of shared zeros: 0, 0.05, ..., 0.95 (all zeros would be two constant maps)
@@ -42,6 +45,8 @@ FRACTIONS = tuple(round(0.05 * i, 2) for i in range(20))
 def shared_zero_spearman(size: int, zeros: int, samples: int, generator: torch.Generator) -> torch.Tensor:
     """Spearman's rho of ``samples`` pairs of positive random vectors of ``size`` elements that are both
     zero on the same ``zeros`` indices (the first ones: rho does not depend on where they are)."""
+    import torch
+
     from sanitas.similarity.spearman import spearman_rows
 
     if not 0 <= zeros < size:
@@ -53,6 +58,8 @@ def shared_zero_spearman(size: int, zeros: int, samples: int, generator: torch.G
 
 def curve_rows(size: int, fractions, samples: int, seed: int) -> pd.DataFrame:
     """The curve's table: one stage per fraction (from 1, in the given order), one row per random pair."""
+    import torch
+
     g = torch.Generator().manual_seed(int(seed))
     parts = []
     for stage, f in enumerate(fractions, start=1):
@@ -66,6 +73,8 @@ def curve_rows(size: int, fractions, samples: int, seed: int) -> pd.DataFrame:
 def image_nulls(x: torch.Tensor, baseline: float, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the fraction of its elements equal to ``baseline`` (integrated gradients is zero there on
     every network) and the mean rho of ``samples`` random positive map pairs sharing exactly that many zeros."""
+    import torch
+
     g = torch.Generator().manual_seed(int(seed) + 1)
     flat = x.reshape(x.shape[0], -1)
     zeros = (flat == baseline).sum(1).tolist()
