@@ -10,13 +10,14 @@ A claim in a config::
 
 Measures (all read the experiment's tidy table or its named scalars):
 
-* ``{method, metric, stages, reduce, variant}``: the mean over images per stage of one method and
+* ``{method, metric, stages, reduce, variant, init}``: the mean over images per stage of one method and
   metric; ``stages`` is ``first`` (the first randomized stage), ``last``, ``all`` (every stage but the
   original), ``all_but_last``, ``original``, a stage index or a stage/variant name; ``reduce`` is
-  ``mean`` (default), ``min`` or ``max`` across the selected stages.
+  ``mean`` (default), ``min`` or ``max`` across the selected stages; ``init`` selects one scheme of an
+  experiment that ran several (``init: [truncated_normal, uniform]``).
 * ``{scalar: name}``: a number the experiment reported (``sanitas reproduce`` lists them).
 * ``{calibration: baseline, metric}``: the calibration mean (e.g. ``input_x_uniform``: the
-  input-dominance null of seed 000 section 5.2).
+  input-dominance null of adebayo2018 section 5.2).
 * ``{sub: [m1, m2]}``, ``{ratio: [m1, m2]}``, ``{abs: m}``: arithmetic on measures.
 
 Every measure is a mean over images (and randomization draws and model seeds, where the table has
@@ -171,8 +172,8 @@ def _calibration_dist(row: pd.Series, resampler: Resampler | None) -> Dist:
 def _excluded(rows: pd.DataFrame) -> pd.Series:
     out = pd.Series(False, index=rows.index)
     for c in ("constant_map", "degenerate_map"):
-        if c in rows:
-            out |= rows[c].astype(bool)
+        if c in rows:  # a row without the flag (NaN: a row of another kind in a combined table) is not excluded
+            out |= rows[c].astype("boolean").fillna(False).astype(bool)
     return out
 
 
@@ -207,8 +208,14 @@ def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
     rows = t[(t["method"] == m["method"]) & (t["metric"] == m["metric"])]
     if "variant" in m:
         rows = rows[rows["variant"] == m["variant"]]
+    if "init" in m:
+        if "init" not in rows.columns:
+            raise MeasureError(f"the experiment ran one init scheme (no 'init' column); give it init: [..., "
+                               f"{m['init']}] to measure init {m['init']!r}")
+        rows = rows[rows["init"] == m["init"]]
     if not len(rows):
-        raise MeasureError(f"no rows for method {m['method']!r}, metric {m['metric']!r}")
+        raise MeasureError(f"no rows for method {m['method']!r}, metric {m['metric']!r}"
+                           + (f", init {m['init']!r}" if "init" in m else ""))
     keys = rows.groupby(["stage", "variant"]).size().index
     means = pd.Series(range(len(keys)), index=keys)
     sel = _select_stages(means, m.get("stages", "all"))
@@ -237,6 +244,8 @@ def _fmt(m) -> str:
     parts = [m["method"], m["metric"]]
     if "variant" in m:
         parts.append(m["variant"])
+    if "init" in m:
+        parts.append(f"({m['init']} init)")
     stages = m.get("stages", "all")
     if stages in ("first", "last", "original") or isinstance(stages, int):
         parts.append(f"at the {stages} stage" if isinstance(stages, str) else f"at stage {stages}")

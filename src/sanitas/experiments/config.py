@@ -3,7 +3,10 @@
 A config names a paper, a dataset, a seed, default image counts and a set of experiments (each
 one a check: ``model_randomization``, ``data_randomization``, ``completeness``, ...), plus the
 paper's checkable claims (see :mod:`sanitas.experiments.claims`). ``quick:`` holds the overrides
-of the small profile that ``make demo`` runs. Copy one (``sanitas reproduce --show PAPER``), edit
+of the small profile that ``make demo`` runs. ``draws`` (random draws of every randomized stage) and
+``model_seeds`` (1 + the number of independently trained copies of the model whose maps are the
+ceiling of the per-method verdicts) are defaults for the model randomization experiments; the shipped
+configs draw 5 times in the full profile and once in ``quick:``. Copy one (``sanitas reproduce --show PAPER``), edit
 it, and run it with ``sanitas run CONFIG --out DIR``.
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 import yaml
 
 from sanitas.errors import ConfigError, UnknownNameError
+from sanitas.experiments.schema import DRAW_MODES
 
 
 def _config_dir():
@@ -81,6 +85,14 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
             exp.setdefault("classes", cfg["classes"])
         exp.setdefault("seed", cfg.get("seed", 0))
         exp.setdefault("images", cfg.get("images", 64))
+        if exp["check"] == "model_randomization":
+            # the config's draws / model_seeds are defaults for the experiments that take them (draws: the
+            # modes that randomize stage by stage; efficient and random_logit draw once)
+            if exp.get("mode", "cascading") in DRAW_MODES:
+                exp.setdefault("draws", cfg.get("draws", 1))
+            exp.setdefault("model_seeds", cfg.get("model_seeds", 1))
+        elif exp["check"] == "shared_zeros":   # its measured points come from a cascading randomization
+            exp.setdefault("draws", cfg.get("draws", 1))
         if images is not None:
             from sanitas.utils import validation
 

@@ -107,6 +107,8 @@ def model_label(spec: dict) -> str:
     """The experiment's model(s) as written in the config, for titles and log lines."""
     from sanitas.errors import SanitasError
 
+    if spec.get("model") is None:
+        return "no model"
     try:
         return ", ".join(src.spec_string() for src in model_sources(spec))
     except SanitasError:  # a stored config of an older sanitas: shown as written
@@ -145,35 +147,91 @@ def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outco
 
 
 _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats", "calibrate", "bn_stats",
-            "smooth_samples", "smooth_sigma")
+            "smooth_samples", "smooth_sigma", "draws")
+
+
+def ceiling_models(src, dataset, model_seeds: int, seed: int, quiet: bool) -> list:
+    """The ceiling of a randomization's verdicts: the experiment's architecture trained with the seeds
+    ``seed + 1 .. seed + model_seeds - 1`` (``model_seeds: 1``: none). The same models ``sanitas randomize
+    --model-seeds`` trains, and the first is the data randomization test's ``other_seed`` model."""
+    from sanitas.models import train
+    from sanitas.utils.progress import log
+
+    models = []
+    for k in range(1, int(model_seeds)):
+        log(f"ceiling: {src.describe()} trained with seed {seed + k}", quiet=quiet)
+        models.append(train(src, dataset, seed=seed + k, quiet=quiet).model)
+    return models
 
 
 @runner("model_randomization")
 def run_model_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
-    from sanitas.checks import model_randomization
+    """The model parameter randomization test. ``init`` may be a list of schemes (adebayo2018 App. B: uniform
+    re-initialization "gives identical results"): the test runs once per scheme, into ``out/<init>/``, and
+    the table holds all of them with an ``init`` column that claims select (``measure: {init: uniform}``)."""
     from sanitas.explain._core import num_classes
-    from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet, "model parameter randomization")
     kw = {k: spec[k] for k in _MR_KEYS if k in spec}
     if isinstance(kw.get("blocks"), (list, int)):  # layer names of nn.Sequential models are numbers in YAML
         kw["blocks"] = [str(b) for b in (kw["blocks"] if isinstance(kw["blocks"], list) else [kw["blocks"]])]
+    inits = kw.pop("init", "truncated_normal")
     with model_call(output=src.output):
-        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
-                                  out=out, resume=True, quiet=quiet, **kw)
+        ceilings = ceiling_models(src, dataset_of(spec), spec.get("model_seeds", 1), int(spec["seed"]), quiet)
         k = num_classes(net, ds.x[:1])
     # the fraction of pixels the competition rule keeps when the K labels' votes are random and symmetric:
     # the chosen label's vote is the positive maximum or the negative minimum, 2/K (1 - 2^-K) (gupta2019)
-    return _check_outcome(res, out, t0, {"num_classes": k, "inverse_num_classes": 1.0 / k,
-                                         "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)}, about_run(src, ds))
+    scalars = {"num_classes": k, "inverse_num_classes": 1.0 / k, "random_vote_survivors": 2.0 / k * (1 - 2.0 ** -k)}
+    if isinstance(inits, str):
+        return _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, init=inits, **kw)
+    outcomes = {init: _randomization(spec, src, net, ds, ceilings, out / init, quiet, t0, scalars, init=init, **kw)
+                for init in inits}
+    return _per_init(outcomes, spec, out, t0, scalars)
+
+
+def _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, **kw) -> Outcome:
+    from sanitas.checks import model_randomization
+    from sanitas.report.about import about_run
+
+    with model_call(output=src.output):
+        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
+                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
+                                  out=out, resume=True, quiet=quiet, ceiling_model=ceilings or None, **kw)
+    return _check_outcome(res, out, t0, scalars, about_run(src, ds))
+
+
+def _per_init(outcomes: dict[str, Outcome], spec: dict, out: Path, t0: float, scalars: dict) -> Outcome:
+    """One outcome of the randomizations with several init schemes: their tables with an ``init`` column,
+    written to ``out`` (what a finished experiment is loaded from), and a report that links each scheme's."""
+    from sanitas.engine import versions, write_outputs
+    from sanitas.report.html import check_report_simple
+
+    def tagged(frame, init):
+        frame = frame.copy()
+        frame.insert(0, "init", init)
+        return frame
+
+    table = pd.concat([tagged(o.table, i) for i, o in outcomes.items()], ignore_index=True)
+    first = next(iter(outcomes.values()))
+    summary = pd.concat([tagged(o.summary, i) for i, o in outcomes.items() if o.summary is not None],
+                        ignore_index=True)
+    figures = [f for o in outcomes.values() for f in o.figures]
+    meta = {"config": spec, "versions": versions(), "inits": list(outcomes),
+            "reports": {i: str(o.report.relative_to(out)) for i, o in outcomes.items() if o.report},
+            "timings": {"total": time.perf_counter() - t0}}
+    write_outputs(out, table, meta, first.calibration)
+    text = ("Model parameter randomization with each init scheme (adebayo2018 App. B); each scheme's full report: "
+            + ", ".join(f"{i}/report.html" for i in outcomes) + ".")
+    report = check_report_simple(out, "sanitas: model randomization per init scheme", summary, figures, meta, text)
+    return Outcome(table, scalars, first.calibration, figures, report, time.perf_counter() - t0, summary)
 
 
 @runner("data_randomization")
 def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     from sanitas.checks import data_randomization
     from sanitas.checks.data_randomization import train_for_data_randomization
+    from sanitas.explain._core import num_classes
     from sanitas.report.about import about_run
 
     t0 = time.perf_counter()
@@ -191,8 +249,11 @@ def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
     pm = trio.permuted.metrics
     res.meta["permuted_training"] = pm
     res.meta["training"] = trio.notes
+    with model_call(output=src.output):
+        k = num_classes(true_model, ds.x[:1])
     scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
-               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy}
+               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy,
+               "chance_accuracy": 1.0 / k, "permuted_train_size": float(pm.get("n_train", float("nan")))}
     return _check_outcome(res, out, t0, scalars, about_run(src, ds))
 
 
@@ -263,7 +324,7 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
 
 @runner("biases")
 def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
-    """The role of biases (seed 002): zero-bias accuracy, f^{b=0} = alpha f + beta, per-layer bias share,
+    """The role of biases (grabska2020): zero-bias accuracy, f^{b=0} = alpha f + beta, per-layer bias share,
     optionally the bias-decay distillation; scalars ``<column>/<model>`` from the per-model table."""
     from sanitas.evaluate.biases import bias_analysis
 
@@ -358,3 +419,7 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
             scalars[f"best_vs/{r['role']}/favours_best"] = float(r["favours"] == r["reference"])
     summary = res.pivot().reset_index()
     return Outcome(res.table, scalars, None, list(res.figures), res.report, time.perf_counter() - t0, summary)
+
+
+# experiments defined in their own modules register their runners on import
+from sanitas.experiments import edges, input_noise, shared_zeros  # noqa: E402,F401

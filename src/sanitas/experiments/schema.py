@@ -207,6 +207,56 @@ def _metrics(value, what):
             raise ConfigError(f"{what}: {exc}") from None
 
 
+def _inits(value, what):
+    """An init scheme's name, or a list of them (the test then runs once per scheme)."""
+    from sanitas.randomize.init import INIT_SCHEMES
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{what} must be an init scheme ({', '.join(INIT_SCHEMES.names())}) or a list of them, "
+                          f"got {value!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{what} names a scheme twice: {items}")
+    for v in items:
+        try:
+            INIT_SCHEMES.get(v)
+        except SanitasError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
+def _fractions(value, what):
+    """A non-empty list of fractions in [0, 1)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{what} must be a list of fractions in [0, 1), got {value!r}")
+    for v in value:
+        _validation().real(v, f"{what} entry", minimum=0)
+        if v >= 1:
+            raise ConfigError(f"{what}: a fraction must be below 1 (two all-zero maps have no ranking), got {v!r}")
+
+
+def _detectors(value, what):
+    """Model-free edge detectors of :mod:`sanitas.explain.controls` (``sobel``, ``canny``)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(v not in ("sobel", "canny") for v in items):
+        raise ConfigError(f"{what} must be a list of edge detectors (sobel, canny), got {value!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{what} names a detector twice: {items}")
+
+
+def _positives(value, what):
+    """A non-empty list of numbers above 0."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{what} must be a list of numbers above 0, got {value!r}")
+    for v in value:
+        _validation().real(v, f"{what} entry", above=0)
+
+
+def _distributions(value, what):
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(v not in ("gaussian", "uniform") for v in items):
+        raise ConfigError(f"{what} must be a list of gaussian, uniform; got {value!r}")
+
+
 def _mapping(value, what):
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a mapping, got {value!r}")
@@ -230,10 +280,11 @@ COMMON: dict[str, Checker] = {
 }
 BY_CHECK: dict[str, dict[str, Checker]] = {
     "model_randomization": {
-        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _string,
+        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _inits,
         "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
         "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
         "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
+        "draws": _count(), "model_seeds": _count(),
     },
     "data_randomization": {
         "train_size": _count(), "epochs": _count(), "lr": _number(above=0), "target_accuracy": _number(above=0,
@@ -241,6 +292,10 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
         "ceiling": _flag,
     },
     "input_invariance": {"shift": _number(), "shift_baselines": _flag},
+    "input_noise": {"noise": _positives, "distributions": _distributions, "samples": _count()},
+    "edge_detectors": {"detectors": _detectors, "edge_input": _flag},
+    "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
+                     "draws": _count()},
     "completeness": {},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
     "evaluate": {
@@ -252,9 +307,13 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
 TOP: dict[str, Checker] = {
     "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _dataset,
     "classes": _classes, "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None,
-    "quick": _mapping,
+    "quick": _mapping, "draws": _count(), "model_seeds": _count(),
 }
-QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments"}
+QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds"}
+#: checks that run without a model
+MODEL_FREE = ("calibration", "input_noise")
+#: the model_randomization modes that draw each randomized stage several times (``draws``)
+DRAW_MODES = ("cascading", "independent", "smooth")
 
 
 def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial: bool = False) -> None:
@@ -269,7 +328,11 @@ def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial
             raise ConfigError(f"{at}: experiment {path[-1]!r}: unknown key {key!r}{hint}; a {check} experiment "
                               f"takes {sorted(allowed)}")
         allowed[key](value, f"{at}: experiment {path[-1]!r}: {key}")
-    if not partial and "model" not in exp and check != "calibration":
+    mode = exp.get("mode", "cascading")
+    if check == "model_randomization" and exp.get("draws", 1) > 1 and mode not in DRAW_MODES:
+        raise ConfigError(f"{where(*path, 'draws')}: experiment {path[-1]!r}: draws applies to the "
+                          f"{', '.join(DRAW_MODES)} modes, not to {mode!r}")
+    if not partial and "model" not in exp and check not in MODEL_FREE:
         raise ConfigError(f"{where(*path)}: experiment {path[-1]!r} needs a 'model'")
 
 
