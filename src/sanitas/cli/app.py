@@ -249,16 +249,13 @@ def _print_verdicts(res) -> None:
 def _ceilings(src, dataset, model_seeds: int, ceiling, seed: int, output, quiet) -> list:
     """The ceiling models of a randomization: the same architecture trained with further seeds
     (``--model-seeds S``: S - 1 more), or a given independently trained model (``--ceiling SPEC``)."""
-    from sanitas.models import load_model, model_source, train
-    from sanitas.utils.progress import log
+    from sanitas.experiments.runner_base import ceiling_models
+    from sanitas.models import load_model, model_source
 
     models = []
     if ceiling:
         models.append(load_model(model_source(ceiling, _output(output)), dataset, quiet=quiet))
-    for k in range(1, int(model_seeds)):
-        log(f"ceiling: {src.describe()} trained with seed {seed + k}", quiet=quiet)
-        models.append(train(src, dataset, seed=seed + k, quiet=quiet).model)
-    return models
+    return models + ceiling_models(src, dataset, model_seeds, seed, quiet)
 
 
 def _executor_options(command):

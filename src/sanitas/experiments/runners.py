@@ -1,4 +1,5 @@
 """One runner per check kind: config entry in, :class:`Outcome` (tidy table + named scalars) out.
+The registry, ``Outcome`` and the shared builders are in :mod:`sanitas.experiments.runner_base`.
 
 Every runner writes its own results directory (``results.parquet``, ``meta.json``, figures,
 ``report.html``) through the check it wraps, so an interrupted run resumes inside the check
@@ -8,160 +9,19 @@ Every runner writes its own results directory (``results.parquet``, ``meta.json`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import pandas as pd
 
 from sanitas.errors import ConfigError
-
-
-def model_call(output=None):
-    """:func:`sanitas.explain.forward.model_call` (imported when an experiment runs: it needs torch)."""
-    from sanitas.explain.forward import model_call as call
-
-    return call(output=output)
-
-
-@dataclass
-class Outcome:
-    """What one experiment produced: its tidy table, named scalars, calibration and figures."""
-
-    table: pd.DataFrame
-    scalars: dict[str, float] = field(default_factory=dict)
-    calibration: pd.DataFrame | None = None
-    figures: list[Path] = field(default_factory=list)
-    report: Path | None = None
-    seconds: float = 0.0
-    summary: pd.DataFrame | None = None   # compact table shown in the combined report
-
-
-RUNNERS: dict[str, Callable[[dict, Path, bool], Outcome]] = {}
-
-
-def runner(kind: str):
-    def deco(fn):
-        RUNNERS[kind] = fn
-        return fn
-    return deco
-
-
-def build_methods(entries) -> dict[str, Any]:
-    """Config method entries -> ``{display name: Explainer}``.
-
-    An entry is a name (``gradient``, ``competitive(input_x_gradient)``) or a one-key mapping
-    ``{name: {option: value}}``; for a wrapped name the options go to the inner method
-    (``{"competitive(dasp)": {n_sizes: 8}}``), and ``wrapper: {...}`` holds the wrapper's own.
-    """
-    from sanitas.explain import get_explainer
-    from sanitas.explain.registry import WRAPPERS, EXPLAINERS, parse_method
-
-    if isinstance(entries, str):
-        entries = [entries]
-    out = {}
-    for entry in entries or []:
-        if isinstance(entry, str):
-            out[entry] = get_explainer(entry)
-            continue
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise ConfigError(f"a method entry is a name or a one-key mapping {{name: {{options}}}}, got {entry!r}")
-        (name, options), = entry.items()
-        options = dict(options or {})
-        outer, inner, named = parse_method(name)
-        if inner is not None and EXPLAINERS.canonical(outer) in WRAPPERS:
-            wrapper_opts = {**named, **(options.pop("wrapper", {}) or {})}
-            out[name] = get_explainer(outer, base=get_explainer(inner, **options), **wrapper_opts)
-        else:
-            out[name] = get_explainer(name, **options)
-    if not out:
-        raise ConfigError("an experiment needs at least one method")
-    return out
-
-
-def dataset_of(spec: dict):
-    """An experiment's dataset, with its ``classes:`` order when given (a dataset mapping)."""
-    dataset, classes = spec["dataset"], spec.get("classes")
-    if classes is None:
-        return dataset
-    from sanitas.data import DATASETS, dataset_spec
-
-    if isinstance(dataset, dict):
-        name, options = dataset_spec(dataset)
-        if options.get("classes") not in (None, [str(c) for c in classes]):
-            raise ConfigError(f"the experiment's classes {classes} and its dataset's classes {options['classes']} "
-                              "differ; give them once")
-        return {**dataset, "classes": list(classes)}
-    return {"name" if dataset in DATASETS else "path": dataset, "classes": list(classes)}
-
-
-def model_sources(spec: dict) -> list:
-    """The experiment's model spec(s) (:mod:`sanitas.models.spec`) with its ``output:``, parsed, not loaded."""
-    from sanitas.models import model_source
-
-    models = spec["model"] if isinstance(spec["model"], list) else [spec["model"]]
-    return [model_source(m, spec.get("output")) for m in models]
-
-
-def model_label(spec: dict) -> str:
-    """The experiment's model(s) as written in the config, for titles and log lines."""
-    from sanitas.errors import SanitasError
-
-    if spec.get("model") is None:
-        return "no model"
-    try:
-        return ", ".join(src.spec_string() for src in model_sources(spec))
-    except SanitasError:  # a stored config of an older sanitas: shown as written
-        return str(spec.get("model"))
-
-
-def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwargs):
-    from sanitas.data import load_dataset
-    from sanitas.models import load_model
-    from sanitas.models.resolve import require_python_module
-
-    src = model_sources(spec)[0]
-    dataset = dataset_of(spec)
-    with model_call(output=src.output):
-        net = load_model(src, dataset, quiet=quiet, **train_kwargs)
-    if needs_layers:
-        require_python_module(net, needs_layers)
-    ds = load_dataset(dataset, "test")
-    n = int(spec["images"])
-    ds = ds.sample(n, seed=int(spec["seed"])) if n < len(ds) else ds
-    return src, net, ds
-
-
-def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outcome:
-    from sanitas.report.about import annotate
-    from sanitas.report.figures import check_figures
-    from sanitas.report.html import check_report
-
-    if about is not None:
-        annotate(res, out, about)
-    figs = check_figures(res, out)
-    report = check_report(res, out, figs)
-    summary = res.summary()
-    return Outcome(res.table, dict(scalars or {}), res.calibration, figs, report, time.perf_counter() - t0,
-                   summary)
+# the shared parts live in runner_base; they are re-exported here, where runners have always been found
+from sanitas.experiments.runner_base import (RUNNERS, Outcome, _check_outcome, _data,  # noqa: F401
+                                             build_methods, ceiling_models, dataset_of, model_call, model_label,
+                                             model_sources, runner)
 
 
 _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats", "calibrate", "bn_stats",
             "smooth_samples", "smooth_sigma", "draws")
-
-
-def ceiling_models(src, dataset, model_seeds: int, seed: int, quiet: bool) -> list:
-    """The ceiling of a randomization's verdicts: the experiment's architecture trained with the seeds
-    ``seed + 1 .. seed + model_seeds - 1`` (``model_seeds: 1``: none). The same models ``sanitas randomize
-    --model-seeds`` trains, and the first is the data randomization test's ``other_seed`` model."""
-    from sanitas.models import train
-    from sanitas.utils.progress import log
-
-    models = []
-    for k in range(1, int(model_seeds)):
-        log(f"ceiling: {src.describe()} trained with seed {seed + k}", quiet=quiet)
-        models.append(train(src, dataset, seed=seed + k, quiet=quiet).model)
-    return models
 
 
 @runner("model_randomization")
@@ -298,7 +158,7 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
     rows, figs, scalars, per_image = [], [], {}, []
     for name, explainer in build_methods(spec.get("methods")).items():
         with model_call(output=src.output):
-            fit = completeness(explainer, net, ds.x)
+            fit = completeness(net, ds.x, explainer)
         fit.method = name
         rows.append(fit.as_dict())
         safe = "".join(c if c.isalnum() else "_" for c in name)
