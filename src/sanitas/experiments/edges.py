@@ -73,23 +73,17 @@ def edge_comparison(model, x: torch.Tensor, y: torch.Tensor, methods: dict, metr
 
 
 def _figure(x: torch.Tensor, shown: dict[str, torch.Tensor], path: Path) -> Path:
-    import matplotlib
+    from sanitas.report.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     panels = [("input", x[:1])] + list(shown.items())
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(panels), 2.0))
-    for ax, (name, m) in zip(axes, panels):
+    fig = new_figure(figsize=(1.6 * len(panels), 2.0))
+    for ax, (name, m) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         img = m[0].detach().float().abs().sum(0).cpu().numpy() if name != "input" else m[0].mean(0).cpu().numpy()
         ax.imshow(img, cmap="gray")
         ax.set_title(name, fontsize=6)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 @runner("edge_detectors")

@@ -55,15 +55,11 @@ def input_noise_table(x: torch.Tensor, metrics: dict, noise=NOISE, distributions
 
 
 def _figure(table: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
+    from sanitas.report.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     metrics = list(dict.fromkeys(table["metric"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig = new_figure(figsize=(3.6 * len(metrics), 3.2))
+    for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics):
         part = table[table["metric"] == metric]
         for method, rows in part.groupby("method", sort=False):
             m = rows.groupby("noise")["value"].mean()
@@ -74,9 +70,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         ax.set_ylim(-0.1, 1.05)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 @runner("input_noise")

@@ -85,15 +85,12 @@ def image_nulls(x: torch.Tensor, baseline: float, samples: int, seed: int) -> tu
 
 
 def _figure(curve: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
+    from sanitas.report.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     g = curve.groupby("fraction")["value"]
     mean, lo, hi = g.mean(), g.quantile(0.025), g.quantile(0.975)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = new_figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     ax.fill_between(mean.index, lo, hi, alpha=0.25, color="C0", label="95% of random pairs")
     ax.plot(mean.index, mean.values, color="C0", label="random positive maps (sundararajan2019 fig. 1)")
     for i, (name, part) in enumerate(points.groupby("variant", sort=False)):
@@ -103,9 +100,7 @@ def _figure(curve: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 @runner("shared_zeros")
