@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sanitas.experiments.runners import Outcome, dataset_of, runner
+from sanitas.experiments.runners import Outcome, _images, runner
 
 if TYPE_CHECKING:
     import torch
@@ -77,14 +77,11 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
 def run_input_noise(spec: dict, out: Path, quiet: bool) -> Outcome:
     """x * u vs x * v as the noise between u and v grows (see the module docs)."""
     from sanitas.checks.model_randomization import resolve_metrics
-    from sanitas.data import load_dataset
     from sanitas.engine import versions, write_outputs
     from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
-    ds = load_dataset(dataset_of(spec), "test")
-    n, seed = int(spec["images"]), int(spec["seed"])
-    ds = ds.sample(n, seed=seed) if n < len(ds) else ds
+    ds, seed = _images(spec), int(spec["seed"])
     metrics = resolve_metrics(spec.get("metrics", ["spearman_abs", "spearman", "ssim"]))
     table = input_noise_table(ds.x, metrics, spec.get("noise", NOISE), spec.get("distributions", DISTRIBUTIONS),
                               int(spec.get("samples", 10)), seed)

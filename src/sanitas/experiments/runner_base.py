@@ -111,21 +111,25 @@ def model_label(spec: dict) -> str:
         return str(spec.get("model"))
 
 
-def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwargs):
+def _images(spec: dict):
+    """The experiment's test images: a seeded sample of ``images`` of them (all when there are fewer)."""
     from sanitas.data import load_dataset
+
+    ds = load_dataset(dataset_of(spec), "test")
+    n = int(spec["images"])
+    return ds.sample(n, seed=int(spec["seed"])) if n < len(ds) else ds
+
+
+def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwargs):
     from sanitas.models import load_model
     from sanitas.models.resolve import require_python_module
 
     src = model_sources(spec)[0]
-    dataset = dataset_of(spec)
     with model_call(output=src.output):
-        net = load_model(src, dataset, quiet=quiet, **train_kwargs)
+        net = load_model(src, dataset_of(spec), quiet=quiet, **train_kwargs)
     if needs_layers:
         require_python_module(net, needs_layers)
-    ds = load_dataset(dataset, "test")
-    n = int(spec["images"])
-    ds = ds.sample(n, seed=int(spec["seed"])) if n < len(ds) else ds
-    return src, net, ds
+    return src, net, _images(spec)
 
 
 def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outcome:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sanitas.errors import ConfigError
 # the shared parts live in runner_base; they are re-exported here, where runners have always been found
-from sanitas.experiments.runner_base import (RUNNERS, Outcome, _check_outcome, _data,  # noqa: F401
+from sanitas.experiments.runner_base import (RUNNERS, Outcome, _check_outcome, _data, _images,  # noqa: F401
                                              build_methods, ceiling_models, dataset_of, model_call, model_label,
                                              model_sources, runner)
 
