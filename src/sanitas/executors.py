@@ -110,6 +110,18 @@ def use_executor(executor: str | Any = "local", address: str | None = None,
             ex.close()
 
 
+@contextmanager
+def executor_scope(executor: str | Any | None) -> Iterator[Any]:
+    """The executor a check runs its cells on (see :func:`executor_for`), closed at the end of the block
+    when the check made it (a Ray it started is shut down, also when the check raises)."""
+    ex, owned = executor_for(executor)
+    try:
+        yield ex
+    finally:
+        if owned:
+            ex.close()
+
+
 def executor_for(executor: str | Any | None) -> tuple[Any, bool]:
     """The executor a check uses for its ``executor=`` argument, and whether the check owns it (made it
     from a name, so it must close it). ``None`` means the enclosing :func:`use_executor`, else local."""

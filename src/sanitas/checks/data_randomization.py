@@ -21,7 +21,7 @@ A check writes three things and leaves the loop to :func:`sanitas.engine.run`:
    (``target_for(variant)``); here the true labels ``y`` for every model;
 3. the call: ``engine.run(reference, variants, x, explainers, metrics, target_for, store,
    reference_target, refused=..., executor=...)`` inside ``with engine.CellStore(out, config)``, with the
-   executor from :func:`sanitas.executors.executor_for`; then a :class:`CheckResult` of the table and
+   executor from :func:`sanitas.executors.executor_scope`; then a :class:`CheckResult` of the table and
    ``engine.write_outputs`` (:func:`_run_variants` does this part for both checks here).
 
 Validation (``check_batch``), methods and metrics (``resolve_methods``, ``resolve_metrics``) and the
@@ -48,7 +48,7 @@ from sanitas.checks.model_randomization import (check_batch, describe_methods, r
                                                 warn_degenerate)
 from sanitas.checks.result import CheckResult, model_facts, summarize_table
 from sanitas.errors import InputError, ModelError
-from sanitas.executors import executor_for
+from sanitas.executors import executor_scope
 from sanitas.explain._core import model_device
 from sanitas.explain.forward import model_call
 from sanitas.utils import validation
@@ -96,28 +96,23 @@ def _run_variants(kind: str, variants: list[engine.Variant], x, y, methods, metr
         cal = run_cal(list(sims.values()), x=x, seed=seed, classes=k if k > 1 else None)
         cal_seconds = time.perf_counter() - t0
     refused: dict[str, str] = {}
-    ex, owned = executor_for(executor)
-    try:
-        with engine.CellStore(out, config, resume=resume) as store:
-            table, shown, timings = engine.run(reference, variants, x, explainers, sims, lambda v: y, store, y,
-                                               show=show, quiet=quiet, total=len(variants), refused=refused,
-                                               executor=ex)
-            if calibrate:
-                timings["calibration"] = cal_seconds
-            timings["total"] = time.perf_counter() - t0
-            facts = {v.name: model_facts(v.model, x if v.inputs is None else v.inputs, y) for v in variants}
-            meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                    "stages": [v.name for v in variants], "models": facts,
-                    "accuracy": {name: f["accuracy"] for name, f in facts.items()}, "refused": refused,
-                    "resolved": describe_methods(explainers, reference, x, refused), **(extra_meta or {})}
-            res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [v.name for v in variants],
-                              Path(out) if out else None)
-            warn_degenerate(res, None)
-            if out:
-                engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
-    finally:
-        if owned:  # an executor this call made (a Ray it started is shut down again)
-            ex.close()
+    with executor_scope(executor) as ex, engine.CellStore(out, config, resume=resume) as store:
+        table, shown, timings = engine.run(reference, variants, x, explainers, sims, lambda v: y, store, y,
+                                           show=show, quiet=quiet, total=len(variants), refused=refused,
+                                           executor=ex)
+        if calibrate:
+            timings["calibration"] = cal_seconds
+        timings["total"] = time.perf_counter() - t0
+        facts = {v.name: model_facts(v.model, x if v.inputs is None else v.inputs, y) for v in variants}
+        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                "stages": [v.name for v in variants], "models": facts,
+                "accuracy": {name: f["accuracy"] for name, f in facts.items()}, "refused": refused,
+                "resolved": describe_methods(explainers, reference, x, refused), **(extra_meta or {})}
+        res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [v.name for v in variants],
+                          Path(out) if out else None)
+        warn_degenerate(res, None)
+        if out:
+            engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
     return res
 
 

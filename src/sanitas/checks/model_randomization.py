@@ -18,7 +18,7 @@ from torch import nn
 from sanitas import engine
 from sanitas.checks.result import CheckResult, model_facts
 from sanitas.errors import ConfigError, InputError, ModelError
-from sanitas.executors import executor_for
+from sanitas.executors import executor_scope
 from sanitas.explain import get_explainer
 from sanitas.explain._core import check_images, eval_mode, model_device
 from sanitas.explain.forward import model_call
@@ -367,28 +367,23 @@ def _model_randomization(model, x, y, methods, metrics, mode, init, seed, target
         cal_seconds = time.perf_counter() - t
     refused: dict[str, str] = {}
     references: list = []
-    ex, owned = executor_for(executor)
-    try:
-        with engine.CellStore(out, config, resume=resume) as store:
-            table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store,
-                                               ref_target, normalize=normalize, show=show, quiet=quiet, total=total,
-                                               extra_scores=extra, refused=refused, references=references,
-                                               draws=draws, executor=ex)
-            refs = pd.concat(references, ignore_index=True) if references else None
-            if calibrate:
-                timings["calibration"] = cal_seconds
-            timings["total"] = time.perf_counter() - t0
-            meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                    "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
-                    "layer_types": {l.name: l.type for l in layers},
-                    "model": {**model_facts(model, x, y), "classes": accuracy["classes"], "chance": accuracy["chance"]},
-                    "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy["accuracy"]}
-            res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
-                              Path(out) if out else None, references=refs)
-            warn_degenerate(res, init)
-            if out:
-                engine.write_outputs(Path(out), table, meta, cal, refs, images=x[:show])
-    finally:
-        if owned:  # an executor this call made (a Ray it started is shut down again)
-            ex.close()
+    with executor_scope(executor) as ex, engine.CellStore(out, config, resume=resume) as store:
+        table, shown, timings = engine.run(reference, variants(), x, explainers, sims, target_for, store,
+                                           ref_target, normalize=normalize, show=show, quiet=quiet, total=total,
+                                           extra_scores=extra, refused=refused, references=references,
+                                           draws=draws, executor=ex)
+        refs = pd.concat(references, ignore_index=True) if references else None
+        if calibrate:
+            timings["calibration"] = cal_seconds
+        timings["total"] = time.perf_counter() - t0
+        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
+                "stages": stage_names, "layers": [l.name for l in layers], "refused": refused,
+                "layer_types": {l.name: l.type for l in layers},
+                "model": {**model_facts(model, x, y), "classes": accuracy["classes"], "chance": accuracy["chance"]},
+                "resolved": describe_methods(explainers, reference, x, refused), "accuracy": accuracy["accuracy"]}
+        res = CheckResult("model_randomization", table, cal, meta, shown, x[:show].cpu(), stage_names,
+                          Path(out) if out else None, references=refs)
+        warn_degenerate(res, init)
+        if out:
+            engine.write_outputs(Path(out), table, meta, cal, refs, images=x[:show])
     return res

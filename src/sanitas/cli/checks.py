@@ -52,21 +52,18 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
     inconclusive) against the ceiling of an independently trained model (--model-seeds 2 or --ceiling).
     """
     from sanitas.checks import model_randomization
-    from sanitas.executors import get_executor
+    from sanitas.executors import use_executor
 
     data = _dataset(dataset, classes)
     src, net, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet,
                          needs_layers="model parameter randomization")
     with _calls(src):
         ceilings = _ceilings(src, data, model_seeds, ceiling, seed, output, quiet)
-        ex = get_executor(executor, address)
-        try:
+        with use_executor(executor, address):
             res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode,
                                       init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
                                       normalize=normalize, out=out, resume=not no_resume, quiet=quiet, draws=draws,
-                                      ceiling_model=ceilings or None, executor=ex)
-        finally:
-            ex.close()
+                                      ceiling_model=ceilings or None)
         _finish(res, src, ds, out, _csv(metrics)[:2])
 
 
