@@ -138,3 +138,14 @@ def test_map_grid_is_one_image_with_the_cells_in_place(tmp_path, monkeypatch):
     assert red[0] > 0.9 and red[2] < 0.1 and blue[2] > 0.9 and blue[0] < 0.1
     assert np.allclose(cell(1, 1), 1.0)  # no map of b at the original: left blank
     assert np.allclose(cell(1, 2), cell(0, 1))
+
+
+def test_means_over_several_draws_say_images_and_draws(tmp_path):
+    """With --draws 2 a randomized stage's mean pools 6 images x 2 draws: the command line and the report say
+    so instead of counting 12 images."""
+    out = tmp_path / "draws"
+    r = CliRunner().invoke(main, ["randomize", "cnn", "-d", "digits", "-n", "6", "--methods", "gradient",
+                                  "--metrics", "spearman_abs", "--draws", "2", "-q", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "spearman_abs (mean over 6 images x 2 random draws)" in r.output
+    assert "mean over 6 images x 2 random draws per stage" in (out / "report.html").read_text()

@@ -207,7 +207,7 @@ def _finish(res, src, ds, out, metrics, table=None) -> None:
     from sanitas.report.about import annotate, about_run
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
-    from sanitas.report.tables import coverage_lines, images_counted, mean_table, stage_labels
+    from sanitas.report.tables import coverage_lines, mean_over, mean_table, stage_labels
 
     annotate(res, out, about_run(src, ds))
     figs = check_figures(res, out)
@@ -222,7 +222,7 @@ def _finish(res, src, ds, out, metrics, table=None) -> None:
     for metric in metrics:
         if metric not in set(summary["metric"]):
             continue
-        click.echo(f"\n{metric} (mean over {images_counted(summary, metric)} images):")
+        click.echo(f"\n{metric} (mean over {mean_over(summary, metric, res.table)}):")
         click.echo(mean_table(summary, metric, labels).round(3).to_string())
         for line in coverage_lines(summary, metric, labels):
             click.echo(f"  {line}")

@@ -82,12 +82,13 @@ def _exp_section(run, name: str, rel_to: Path) -> dict:
                 "tables": [], "figures": []}
     tables = []
     if spec["check"] in ("model_randomization", "data_randomization", "input_invariance") and len(oc.table):
-        from sanitas.report.tables import images_counted, mean_summary, mean_table_html
+        from sanitas.report.tables import mean_over, mean_summary, mean_table_html
 
         means = mean_summary(oc.table)
         for metric in list(dict.fromkeys(oc.table["metric"]))[:3]:
-            tables.append({"caption": f"{metric}: mean over the {images_counted(means, metric)} images (stage order); "
-                                      "n = the images a mean covers, and how many were excluded and why",
+            tables.append({"caption": f"{metric}: mean over {mean_over(means, metric, oc.table)} (stage order); "
+                                      "n = the images (image-draw pairs) a mean covers, and how many were excluded "
+                                      "and why",
                            "html": mean_table_html(means, metric)})
     elif oc.summary is not None:
         tables.append({"caption": "", "html": table_html(oc.summary)})

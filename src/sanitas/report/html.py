@@ -169,7 +169,7 @@ def overview_section(result) -> dict:
 def check_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
     """The report of one check result: the overview (model, data, accuracy, how to read it), the method
     verdicts, the means per stage with the images each covers, calibration, figures, config, timings."""
-    from sanitas.report.tables import images_counted, mean_summary, mean_table_html, stage_labels
+    from sanitas.report.tables import mean_over, mean_summary, mean_table_html, stage_labels
 
     out_dir = Path(out_dir)
     labels = stage_labels(result.meta, result.stages)
@@ -180,9 +180,9 @@ def check_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
     means = mean_summary(result.table) if len(result.table) else pd.DataFrame()
     tables = []
     for metric in dict.fromkeys(result.table["metric"]) if len(result.table) else []:
-        n = images_counted(means, metric)
-        tables.append({"caption": f"{metric}: mean over the {n} images per stage (columns in stage order); n = the "
-                                  "images a mean covers, with how many were excluded and why",
+        tables.append({"caption": f"{metric}: mean over {mean_over(means, metric, result.table)} per stage (columns "
+                                  "in stage order); n = the images (image-draw pairs) a mean covers, with how many "
+                                  "were excluded and why",
                        "html": mean_table_html(means, metric, labels)})
     sections.append({"id": "summary", "title": "Similarity per stage", "tables": tables, "figures": [],
                      "text": ("Images whose map is constant (e.g. an all-zero GradCAM) have no ranking to compare: "

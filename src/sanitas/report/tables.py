@@ -81,6 +81,15 @@ def images_counted(summary: pd.DataFrame, metric: str) -> int:
     return int((s["n"] + s["nan_count"]).max()) if len(s) else 0
 
 
+def mean_over(summary: pd.DataFrame, metric: str, table: pd.DataFrame) -> str:
+    """What a mean of ``metric`` covers, in words: ``"16 images"``, or ``"16 images x 2 random draws"`` when
+    the randomized stages were drawn several times (their means pool the draws; ``n`` counts image-draw pairs)."""
+    draws = int(table["draw"].max()) + 1 if "draw" in table.columns and len(table) else 1
+    if draws > 1:
+        return f"{table['image'].nunique()} images x {draws} random draws"
+    return f"{images_counted(summary, metric)} images"
+
+
 def mean_table_html(summary: pd.DataFrame, metric: str, labels: dict[str, str] | None = None) -> str:
     """:func:`mean_table` as HTML; every cell shows its mean and the images it covers (n), and the number
     excluded and why when any were."""
