@@ -127,7 +127,7 @@ def cascade(name, model, logits, x, y):
     # each layer's own re-initialization where every layer has one (the ResNet: small truncated-normal
     # weights would shrink its signal to denormal floats, slow on CPUs); the ViT's embeddings have none
     init = "default" if name == "resnet50" else "truncated_normal"
-    res = model_randomization(model, x, y, ["gradient"], ["spearman_abs"], init=init, calibrate=False,
+    res = model_randomization(model, x, y, methods=["gradient"], metrics=["spearman_abs"], init=init, calibrate=False,
                               quiet=True)
     t_sanitas, c_sanitas = time.perf_counter() - start, time.process_time() - c
     start, c = time.perf_counter(), time.process_time()

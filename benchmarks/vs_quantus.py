@@ -120,7 +120,7 @@ def main():
         explainers = [get_explainer("integrated_gradients", steps=50) if m == "integrated_gradients" else
                       get_explainer("smoothgrad", samples=50, sigma=0.15) if m == "smoothgrad" else m
                       for m in METHODS]
-        res = model_randomization(model, x, y, explainers, ["spearman_abs", "spearman", "ssim"],
+        res = model_randomization(model, x, y, methods=explainers, metrics=["spearman_abs", "spearman", "ssim"],
                                   init="default" if args.own_seeds else QuantusSeeded(), calibrate=False, quiet=True)
         return explainers, res, time.perf_counter() - t
 

@@ -47,15 +47,16 @@ def _batch():
 def cases():
     x, y = _batch()
     true, perm, other = _cnn(0), _cnn(1), _cnn(2)
-    yield "data_randomization", lambda out: data_randomization(true, perm, x, y, METHODS, METRICS,
+    yield "data_randomization", lambda out: data_randomization(true, x, y, permuted_model=perm, methods=METHODS,
+                                                               metrics=METRICS,
                                                                ceiling_model=other, out=out, seed=3)
     # the true model as its own ceiling: the third variant is the reference model itself
     yield "data_randomization_self_ceiling", lambda out: data_randomization(
-        true, perm, x, y, METHODS[:3], METRICS, ceiling_model=true, out=out, calibrate=False)
+        true, x, y, permuted_model=perm, methods=METHODS[:3], metrics=METRICS, ceiling_model=true, out=out, calibrate=False)
     ii = [m for m in METHODS if m != "smoothgrad(gradient, samples=4)"]
-    yield "input_invariance", lambda out: input_invariance(true, x, y, ii, METRICS, shift=-1.0, out=out)
+    yield "input_invariance", lambda out: input_invariance(true, x, y, methods=ii, metrics=METRICS, shift=-1.0, out=out)
     yield "input_invariance_shift_baselines", lambda out: input_invariance(
-        true, x, y, ii, METRICS, shift=0.5, shift_baselines=True, out=out, calibrate=True, seed=1)
+        true, x, y, methods=ii, metrics=METRICS, shift=0.5, shift_baselines=True, out=out, calibrate=True, seed=1)
 
 
 def compare(name: str, before: Path, after: Path) -> list[str]:

@@ -31,7 +31,7 @@ def run(out, images: int = 6):
     from sanitas.checks import model_randomization
 
     model, x, y = workload(images)
-    return model_randomization(model, x, y, METHODS, METRICS, out=out, quiet=True)
+    return model_randomization(model, x, y, methods=METHODS, metrics=METRICS, out=out, quiet=True)
 
 
 if __name__ == "__main__":

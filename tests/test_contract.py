@@ -254,7 +254,8 @@ def test_cascading_randomization_runs_on_every_zoo_model(name):
     metrics = ["spearman_abs", "ssim"] if x.dim() == 4 else ["spearman_abs", "spearman"]
     methods = ["gradient", "integrated_gradients(steps=4)", "guided_backprop"]
     y = torch.zeros(x.shape[0], dtype=torch.long)
-    res = model_randomization(m, x, y, methods, metrics, blocks="auto", output=ZOO[name].output, calibrate=False)
+    res = model_randomization(m, x, y, methods=methods,
+                              metrics=metrics, blocks="auto", output=ZOO[name].output, calibrate=False)
     blocks = group_layers(discover_layers(m, x[:1]), "auto", m)
     assert len(res.stages) == len(blocks) + 1
     ran = set(res.table["method"])

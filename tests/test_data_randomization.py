@@ -28,7 +28,8 @@ def test_data_randomization_pipeline_and_ceiling(tmp_path):
     from sanitas.data import load_dataset
 
     ds = load_dataset("digits", "test", limit=32)
-    res = data_randomization(true, perm, ds.x, ds.y, ["gradient", "input_x_gradient"], ["spearman_abs", "ssim"],
+    res = data_randomization(true, ds.x, ds.y, permuted_model=perm, methods=["gradient", "input_x_gradient"],
+                             metrics=["spearman_abs", "ssim"],
                              ceiling_model=true, out=tmp_path, calibrate=False)
     assert set(res.table["variant"]) == {"true_labels", "permuted_labels", "other_seed"}
     assert (tmp_path / "results.parquet").exists()
@@ -50,7 +51,8 @@ def test_data_randomization_stores_its_calibration(tmp_path):
     from sanitas.data import load_dataset
 
     ds = load_dataset("digits", "test", limit=8)
-    res = data_randomization(m, perm, ds.x, ds.y, ["gradient"], ["spearman_abs"], out=tmp_path)
+    res = data_randomization(m, ds.x, ds.y, permuted_model=perm, methods=["gradient"],
+                             metrics=["spearman_abs"], out=tmp_path)
     back = pd.read_csv(tmp_path / "calibration.csv")
     assert res.calibration is not None and len(back) == len(res.calibration) > 0
     assert set(back["baseline"]) == set(res.calibration["baseline"])
@@ -63,8 +65,8 @@ def test_input_invariance_pattern():
     twin = shifted_model(m, x, -1.0)
     with torch.no_grad():
         assert (m(x) - twin(x - 1.0)).abs().max() < 1e-4
-    res = input_invariance(m, x, torch.arange(8), ["gradient", "guided_backprop", "input_x_gradient"],
-                           ["spearman"], shift=-1.0)
+    res = input_invariance(m, x, torch.arange(8), methods=["gradient", "guided_backprop", "input_x_gradient"],
+                           metrics=["spearman"], shift=-1.0)
     p = res.pivot("spearman")
     col = "shifted_by_-1"
     assert p.loc["gradient", col] > 0.999 and p.loc["guided_backprop", col] > 0.999
@@ -76,10 +78,10 @@ def test_input_invariance_with_shifted_baseline_restores_ig():
     torch.manual_seed(1)
     m = build_model("cnn")
     x = torch.rand(6, 1, 28, 28)
-    res = input_invariance(m, x, torch.arange(6), ["integrated_gradients"], ["spearman"], shift=-1.0,
+    res = input_invariance(m, x, torch.arange(6), methods=["integrated_gradients"], metrics=["spearman"], shift=-1.0,
                            shift_baselines=True)
     assert res.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] > 0.999
-    plain = input_invariance(m, x, torch.arange(6), ["integrated_gradients"], ["spearman"], shift=-1.0)
+    plain = input_invariance(m, x, torch.arange(6), methods=["integrated_gradients"], metrics=["spearman"], shift=-1.0)
     assert plain.pivot("spearman").loc["integrated_gradients", "shifted_by_-1"] < 0.5
 
 
@@ -92,7 +94,8 @@ def test_input_invariance_leaves_a_refused_method_out(capfd):
     """On engine.run a method that cannot explain the model is recorded, not fatal (GradCAM needs a conv layer)."""
     m = _small("mlp")
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    res = input_invariance(m, x, torch.arange(4), ["gradient", "gradcam"], ["spearman"], shift=-1.0, quiet=True)
+    res = input_invariance(m, x, torch.arange(4), methods=["gradient", "gradcam"],
+                           metrics=["spearman"], shift=-1.0, quiet=True)
     assert "gradcam cannot explain this model" in capfd.readouterr().err
     assert set(res.table["method"]) == {"gradient"} and set(res.meta["refused"]) == {"gradcam"}
     assert res.pivot("spearman").loc["gradient", "shifted_by_-1"] > 0.999
@@ -112,12 +115,15 @@ def test_data_randomization_runs_on_the_executor_of_a_use_executor_block(tmp_pat
     true, perm = _small(), _small(seed=1)
     x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
     methods, metrics = ["gradient", "input_x_gradient"], ["spearman_abs", "ssim"]
-    plain = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True)
+    plain = data_randomization(true, x, y, permuted_model=perm, methods=methods,
+                               metrics=metrics, calibrate=False, quiet=True)
     with use_executor(Counting()):
-        res = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True, out=tmp_path)
+        res = data_randomization(true, x, y, permuted_model=perm, methods=methods,
+                                 metrics=metrics, calibrate=False, quiet=True, out=tmp_path)
         assert Counting.submitted >= 2 * 2  # at least one cell per (model, method)
         done = Counting.submitted
-        again = data_randomization(true, perm, x, y, methods, metrics, calibrate=False, quiet=True, out=tmp_path)
+        again = data_randomization(true, x, y, permuted_model=perm, methods=methods,
+                                   metrics=metrics, calibrate=False, quiet=True, out=tmp_path)
     assert Counting.submitted == done  # every cell was finished on disk
     pd.testing.assert_frame_equal(res.table, plain.table)
     pd.testing.assert_frame_equal(again.table, plain.table)
@@ -133,7 +139,8 @@ def test_data_randomization_marks_maps_whose_signal_collapsed():
     with torch.no_grad():
         last.weight.mul_(1e-9)
     x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
-    res = data_randomization(true, faint, x, y, ["gradient"], ["spearman_abs"], calibrate=False, quiet=True)
+    res = data_randomization(true, x, y, permuted_model=faint, methods=["gradient"],
+                             metrics=["spearman_abs"], calibrate=False, quiet=True)
     t = res.table
     assert t[t["variant"] == "permuted_labels"]["degenerate_map"].all()
     assert not t[t["variant"] == "true_labels"]["degenerate_map"].any()
@@ -148,10 +155,10 @@ def test_input_invariance_on_ray_writes_the_local_tables(tmp_path):
     x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
     kw = {"shift": -1.0, "shift_baselines": True, "quiet": True}
     methods = ["gradient", "integrated_gradients(steps=4)"]
-    input_invariance(m, x, y, methods, ["spearman"], out=tmp_path / "local", **kw)
+    input_invariance(m, x, y, methods=methods, metrics=["spearman"], out=tmp_path / "local", **kw)
     ex = RayExecutor(num_cpus=1)
     try:
-        input_invariance(m, x, y, methods, ["spearman"], out=tmp_path / "ray", executor=ex, **kw)
+        input_invariance(m, x, y, methods=methods, metrics=["spearman"], out=tmp_path / "ray", executor=ex, **kw)
     finally:
         ex.close()
     for name in ("results.csv", "results.parquet"):

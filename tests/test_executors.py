@@ -34,7 +34,8 @@ METHODS = ["gradient", "integrated_gradients(steps=4)", "guided_backprop"]
 
 def _run(small, out, executor, **kw):
     m, x, y = small
-    return model_randomization(m, x, y, METHODS, ["spearman_abs", "ssim"], draws=2, out=out, calibrate=False,
+    return model_randomization(m, x, y, methods=METHODS,
+                               metrics=["spearman_abs", "ssim"], draws=2, out=out, calibrate=False,
                                executor=executor, **kw)
 
 

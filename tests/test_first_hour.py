@@ -47,8 +47,10 @@ def test_sequential_runs_resume_and_name_their_stages(tmp_path):
     net, path = _sequential(tmp_path)
     ds = load_dataset("digits", "test").sample(4)
     out = tmp_path / "api"
-    first = model_randomization(net, ds.x, ds.y, ["gradient", "gradcam"], ["spearman_abs"], out=out, quiet=True)
-    again = model_randomization(net, ds.x, ds.y, ["gradient", "gradcam"], ["spearman_abs"], out=out, quiet=True)
+    first = model_randomization(net, ds.x, ds.y, methods=["gradient", "gradcam"],
+                                metrics=["spearman_abs"], out=out, quiet=True)
+    again = model_randomization(net, ds.x, ds.y, methods=["gradient", "gradcam"],
+                                metrics=["spearman_abs"], out=out, quiet=True)
     pd.testing.assert_frame_equal(first.table, again.table)
     assert set(map(type, first.table["variant"])) == {str}
     args = ["randomize", str(path), "-d", "digits", "-n", "4", "--methods", "gradient", "--metrics", "spearman_abs",
@@ -190,8 +192,9 @@ def test_captum_objects_and_functions_as_methods():
     assert torch.allclose(explain(net, ds.x, ds.y, method=captum.Saliency(net)),
                           explain(net, ds.x, ds.y, method="gradient").abs(), atol=1e-6)
     with pytest.raises(ConfigError, match=r"lambda model, x, target: Saliency\(model\)"):
-        model_randomization(net, ds.x, ds.y, {"captum": captum.Saliency(net)}, ["spearman_abs"], quiet=True)
+        model_randomization(net, ds.x, ds.y, methods={"captum": captum.Saliency(net)},
+                            metrics=["spearman_abs"], quiet=True)
     res = model_randomization(net, ds.x, ds.y,
-                              {"captum": lambda model, x, target: captum.Saliency(model).attribute(x, target=target)},
-                              ["spearman_abs"], quiet=True)
+                              methods={"captum": lambda model, x, target: captum.Saliency(model).attribute(x, target=target)},
+                              metrics=["spearman_abs"], quiet=True)
     assert res.pivot("spearman_abs").iloc[0, 1:].max() < 0.9  # the randomized stages are explained

@@ -20,7 +20,8 @@ def small():
 def test_tidy_table_and_contract_files(small, tmp_path):
     m, x, y = small
     before = model_fingerprint(m)
-    res = model_randomization(m, x, y, ["gradient", "guided_backprop"], ["spearman_abs", "ssim"], out=tmp_path)
+    res = model_randomization(m, x, y, methods=["gradient", "guided_backprop"],
+                              metrics=["spearman_abs", "ssim"], out=tmp_path)
     assert model_fingerprint(m) == before
     t = res.table
     assert {"method", "variant", "stage", "metric", "image", "value"} <= set(t.columns)
@@ -39,29 +40,31 @@ def test_tidy_table_and_contract_files(small, tmp_path):
 
 def test_resume_skips_finished_cells(small, tmp_path, monkeypatch):
     m, x, y = small
-    first = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False)
+    first = model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, calibrate=False)
     calls = []
     import sanitas.explain.gradients as g
 
     orig = g.Gradient.attribute
     monkeypatch.setattr(g.Gradient, "attribute", lambda self, *a: calls.append(1) or orig(self, *a))
-    again = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False)
+    again = model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, calibrate=False)
     assert calls == []  # every (stage, method) cell came from disk
     pd.testing.assert_frame_equal(first.table.reset_index(drop=True), again.table.reset_index(drop=True),
                                   check_dtype=False)
     # a different config recomputes
-    model_randomization(m, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False, seed=1)
+    model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, calibrate=False, seed=1)
     assert calls
 
 
 def test_independent_mode_and_targets(small):
     m, x, y = small
-    res = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode="independent", target="predicted",
+    res = model_randomization(m, x, y, methods=["gradient"],
+                              metrics=["spearman_abs"], mode="independent", target="predicted",
                               calibrate=False)
     assert res.table["stage"].nunique() == 5
     targets = res.table.groupby("stage")["target"].apply(lambda s: tuple(s)).tolist()
     assert len(set(targets)) > 1  # each randomized model explains its own prediction
-    fixed = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], target="label", calibrate=False)
+    fixed = model_randomization(m, x, y, methods=["gradient"],
+                                metrics=["spearman_abs"], target="label", calibrate=False)
     assert (fixed.table["target"].to_numpy() == y.repeat(5).numpy()).all() or \
         set(fixed.table["target"]) <= set(y.tolist())
 
@@ -69,26 +72,25 @@ def test_independent_mode_and_targets(small):
 def test_bad_inputs(small):
     m, x, y = small
     with pytest.raises(ModelError, match="no parameters"):
-        model_randomization(nn.Sequential(nn.Flatten()), x, y, ["gradient"], ["spearman_abs"])
+        model_randomization(nn.Sequential(nn.Flatten()), x, y, methods=["gradient"], metrics=["spearman_abs"])
     with pytest.raises(UnknownNameError):
-        model_randomization(m, x, y, ["gradient"], ["spearman_abs"], blocks=["features.conv9"])
+        model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], blocks=["features.conv9"])
     with pytest.raises(InputError):
-        model_randomization(m, torch.rand(6, 3, 32, 32), y, ["gradient"], ["spearman_abs"])
+        model_randomization(m, torch.rand(6, 3, 32, 32), y, methods=["gradient"], metrics=["spearman_abs"])
     with pytest.raises(InputError, match="out of range"):
-        model_randomization(m, x, y + 10, ["gradient"], ["spearman_abs"])
+        model_randomization(m, x, y + 10, methods=["gradient"], metrics=["spearman_abs"])
     with pytest.raises(InputError, match="NaN"):
-        model_randomization(m, x * float("nan"), y, ["gradient"], ["spearman_abs"])
+        model_randomization(m, x * float("nan"), y, methods=["gradient"], metrics=["spearman_abs"])
     with pytest.raises(ConfigError):
-        model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode="sideways")
+        model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], mode="sideways")
     with pytest.raises(UnknownNameError):
-        model_randomization(m, x, y, ["gradient"], ["spearman_abss"])
+        model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abss"])
 
 
 def test_papers_findings_on_trained_cnn(trained_cnn, fmnist_test):
     ds = fmnist_test.sample(24, seed=0)
-    res = model_randomization(trained_cnn, ds.x, ds.y, ["gradient", "guided_backprop", "input_x_gradient",
-                                                       "competitive(input_x_gradient)"],
-                              ["spearman_abs", "spearman"], calibrate=False)
+    res = model_randomization(trained_cnn, ds.x, ds.y, methods=["gradient", "guided_backprop", "input_x_gradient",
+                                                       "competitive(input_x_gradient)"], metrics=["spearman_abs", "spearman"], calibrate=False)
     ab = res.pivot("spearman_abs")
     signed = res.pivot("spearman")
     assert ab.loc["gradient", "output"] < 0.5          # gradient changes with the top layer
@@ -101,7 +103,7 @@ def test_papers_findings_on_trained_cnn(trained_cnn, fmnist_test):
 @pytest.mark.parametrize("mode", ["smooth", "efficient", "random_logit"])
 def test_follow_up_modes(small, mode):
     m, x, y = small
-    res = model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode=mode, calibrate=False,
+    res = model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], mode=mode, calibrate=False,
                               smooth_samples=3)
     t = res.table
     if mode == "smooth":
@@ -136,10 +138,10 @@ def test_fast_layout_gives_the_same_scores(small, monkeypatch):
 
     m, x, y = small
     methods, metrics = ["gradient", "guided_backprop", "gradcam"], ["spearman_abs", "ssim"]
-    fast = model_randomization(m, x, y, methods, metrics, calibrate=False).table
+    fast = model_randomization(m, x, y, methods=methods, metrics=metrics, calibrate=False).table
     monkeypatch.setattr(rv, "prefer_fast_layout", lambda model, example=None: model)
     monkeypatch.setattr(mr, "layout_would_change", lambda model: False)
-    plain = model_randomization(m, x, y, methods, metrics, calibrate=False).table
+    plain = model_randomization(m, x, y, methods=methods, metrics=metrics, calibrate=False).table
     assert len(fast) == len(plain) == 5 * 3 * 2 * 6
     assert (fast["value"] - plain["value"]).abs().max() < 1e-4
     assert all(p.is_contiguous() for p in m.parameters())
@@ -149,7 +151,8 @@ def test_vit_gradient_loses_similarity_once_its_top_block_is_randomized(trained_
     """adebayo2018's finding on a vision transformer (Hugging Face ViTForImageClassification, trained
     here): randomizing the head and then the transformer layers top-down changes the gradient."""
     ds = fmnist_test.sample(12, seed=0)
-    res = model_randomization(trained_vit, ds.x, ds.y, ["gradient", "gradcam"], ["spearman_abs"], blocks="auto",
+    res = model_randomization(trained_vit, ds.x, ds.y, methods=["gradient", "gradcam"],
+                              metrics=["spearman_abs"], blocks="auto",
                               calibrate=False)
     assert res.stages[:4] == ["original", "classifier", "vit.layernorm", "vit.layers.3"]
     p = res.pivot("spearman_abs")

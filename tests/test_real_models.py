@@ -309,8 +309,8 @@ def test_randomization_runs_on_a_model_that_views_its_activations():
     from sanitas.utils.device import prefer_fast_layout
 
     m, x = built("tv-vgg")
-    res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), ["gradient", "guided_backprop"],
-                              ["spearman_abs"], calibrate=False)
+    res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), methods=["gradient", "guided_backprop"],
+                              metrics=["spearman_abs"], calibrate=False)
     assert len(res.stages) == 7 and res.table["value"].notna().any()
     copy_ = prefer_fast_layout(copy.deepcopy(m), x[:1])
     assert all(p.is_contiguous() for p in copy_.parameters())  # stayed in its own layout
@@ -324,8 +324,8 @@ def test_a_method_that_cannot_explain_the_model_is_refused_not_fatal(capfd):
     from sanitas.checks import model_randomization
 
     m, x = built("hf-vit")
-    res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), ["gradient", "guided_backprop", "gradcam"],
-                              ["spearman_abs"], calibrate=False, blocks="auto")
+    res = model_randomization(m, x, torch.zeros(2, dtype=torch.long), methods=["gradient", "guided_backprop", "gradcam"],
+                              metrics=["spearman_abs"], calibrate=False, blocks="auto")
     assert "guided_backprop cannot explain this model" in capfd.readouterr().err  # said, even under -q
     assert set(res.table["method"]) == {"gradient", "gradcam"}
     assert "layer_norm" in res.meta["refused"]["guided_backprop"]
@@ -343,10 +343,10 @@ def test_randomization_on_signals_and_tabular_inputs(name, metrics):
 
     m, x = built(name)
     y = torch.zeros(x.shape[0], dtype=torch.long)
-    res = model_randomization(m, x, y, ["gradient", "integrated_gradients"], metrics)
+    res = model_randomization(m, x, y, methods=["gradient", "integrated_gradients"], metrics=metrics)
     assert res.table["value"].notna().all() and set(res.table["metric"]) == set(metrics)
     with pytest.raises(ConfigError, match="compare images"):
-        model_randomization(m, x, y, ["gradient"], ["ssim"])
+        model_randomization(m, x, y, methods=["gradient"], metrics=["ssim"])
 
 
 def test_constant_maps_are_counted_in_the_table():
@@ -367,7 +367,8 @@ def test_constant_maps_are_counted_in_the_table():
     with torch.no_grad():
         m.conv.bias.fill_(-10.0)  # every feature map is zero after the ReLU: the CAM is zero everywhere
     x = torch.rand(3, 1, 6, 6)
-    res = model_randomization(m, x, torch.zeros(3, dtype=torch.long), ["gradcam", "gradient"], ["spearman_abs"],
+    res = model_randomization(m, x, torch.zeros(3, dtype=torch.long), methods=["gradcam", "gradient"],
+                              metrics=["spearman_abs"],
                               calibrate=False)
     cam = res.table[res.table["method"] == "gradcam"]
     first = cam[cam["variant"].isin(["original", "skip", "head"])]  # the conv untouched: no feature survives

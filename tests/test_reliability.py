@@ -65,9 +65,9 @@ def cnn():
 def _run_check(kind, m, other, x, y):
     q = {"calibrate": False, "quiet": True}
     if kind == "data_randomization":
-        return data_randomization(m, other, x, y, ["gradient"], ["spearman_abs"], **q)
+        return data_randomization(m, x, y, permuted_model=other, methods=["gradient"], metrics=["spearman_abs"], **q)
     if kind == "input_invariance":
-        return input_invariance(m, x, y, ["gradient"], ["spearman_abs"], quiet=True)
+        return input_invariance(m, x, y, methods=["gradient"], metrics=["spearman_abs"], quiet=True)
     if kind == "evaluate":
         from sanitas.evaluate import evaluate_methods
 
@@ -77,7 +77,7 @@ def _run_check(kind, m, other, x, y):
 
         return completeness(m, x, "input_x_gradient")
     mode, target = kind.split("/")
-    return model_randomization(m, x, y, ["gradient"], ["spearman_abs"], mode=mode, target=target,
+    return model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], mode=mode, target=target,
                                smooth_samples=2, **q)
 
 
@@ -126,20 +126,23 @@ def _one_class_model():
 
 BAD_INPUTS = [
     # 7: the checks validate labels like explain validates targets (no truncation, no 0/1, no flattening)
-    ("labels-float", lambda m, x, y: model_randomization(m, x, y.float() + 0.5, ["gradient"], ["spearman_abs"]),
+    ("labels-float", lambda m, x, y: model_randomization(m, x, y.float() + 0.5, methods=["gradient"],
+                                                         metrics=["spearman_abs"]),
      InputError, "integer class indices"),
-    ("labels-bool", lambda m, x, y: model_randomization(m, x, y > 1, ["gradient"], ["spearman_abs"]),
+    ("labels-bool", lambda m, x, y: model_randomization(m, x, y > 1, methods=["gradient"], metrics=["spearman_abs"]),
      InputError, "integer class indices"),
-    ("labels-2d", lambda m, x, y: model_randomization(m, x, y.reshape(2, 2), ["gradient"], ["spearman_abs"]),
+    ("labels-2d", lambda m, x, y: model_randomization(m, x, y.reshape(2, 2), methods=["gradient"],
+                                                      metrics=["spearman_abs"]),
      InputError, "1-d"),
     ("target-2d", lambda m, x, y: explain(m, x, y.reshape(2, 2)), InputError, "1-d"),
     ("target-float", lambda m, x, y: explain(m, x, y.float()), InputError, "integer class indices"),
     ("samples-2.7", lambda m, x, y: get_explainer("smoothgrad", samples=2.7), ConfigError, "whole number"),
-    ("seed-1.5", lambda m, x, y: model_randomization(m, x, y, ["gradient"], ["spearman_abs"], seed=1.5),
+    ("seed-1.5", lambda m, x, y: model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"], seed=1.5),
      ConfigError, "whole number"),
     ("activity-layers-empty", lambda m, x, y: get_explainer("activity(layers=[])"), ConfigError, "non-empty"),
     ("data-randomization-5-vs-10-classes",
-     lambda m, x, y: data_randomization(_net(5), _net(10, seed=1), x, y, ["gradient"], ["spearman_abs"]),
+     lambda m, x, y: data_randomization(_net(5), x, y, permuted_model=_net(10, seed=1), methods=["gradient"],
+                                        metrics=["spearman_abs"]),
      ModelError, "different numbers of classes"),
     # 8: NaN and infinity are refused as options
     ("ig-baseline-nan", lambda m, x, y: get_explainer("integrated_gradients", baseline=float("nan")),
@@ -155,9 +158,11 @@ BAD_INPUTS = [
     ("smoothgrad-sigma-inf", lambda m, x, y: get_explainer("smoothgrad(gradient, sigma=inf)"), NonFiniteError,
      "sigma"),
     # 13: seeds are validated before anything is computed
-    ("seed-negative", lambda m, x, y: model_randomization(m, x, y, ["gradient"], ["spearman_abs"], seed=-1),
+    ("seed-negative", lambda m, x, y: model_randomization(m, x, y, methods=["gradient"],
+                                                          metrics=["spearman_abs"], seed=-1),
      ConfigError, "seed"),
-    ("seed-huge", lambda m, x, y: model_randomization(m, x, y, ["gradient"], ["spearman_abs"], seed=10**23),
+    ("seed-huge", lambda m, x, y: model_randomization(m, x, y, methods=["gradient"],
+                                                      metrics=["spearman_abs"], seed=10**23),
      ConfigError, "seed"),
     ("calibration-seed", lambda m, x, y: __import__("sanitas.similarity.calibration", fromlist=["c"]).calibrate(
         "spearman_abs", x=x, seed=-1), ConfigError, "seed"),
@@ -167,18 +172,20 @@ BAD_INPUTS = [
     ("ig-steps-1e9", lambda m, x, y: get_explainer("integrated_gradients(steps=1e9)"), ConfigError, "at most"),
     ("smoothgrad-samples-abc", lambda m, x, y: get_explainer("smoothgrad(samples=abc)"), ConfigError,
      "whole number"),
-    ("y-predicted", lambda m, x, y: model_randomization(m, x, "predicted", ["gradient"], ["spearman_abs"]),
+    ("y-predicted", lambda m, x, y: model_randomization(m, x, "predicted", methods=["gradient"],
+                                                        metrics=["spearman_abs"]),
      InputError, "target="),
-    ("y-none", lambda m, x, y: model_randomization(m, x, None, ["gradient"], ["spearman_abs"]), InputError,
+    ("y-none", lambda m, x, y: model_randomization(m, x, None, methods=["gradient"],
+                                                   metrics=["spearman_abs"]), InputError,
      "true labels"),
     ("random-logit-one-class",
-     lambda m, x, y: model_randomization(_one_class_model(), x, torch.zeros(4, dtype=torch.long), ["gradient"],
-                                         ["spearman_abs"], mode="random_logit"), ModelError, "another class"),
+     lambda m, x, y: model_randomization(_one_class_model(), x, torch.zeros(4, dtype=torch.long), methods=["gradient"],
+                                         metrics=["spearman_abs"], mode="random_logit"), ModelError, "another class"),
     ("train-lr-nan", lambda m, x, y: train("linear", "digits", lr=float("nan")), NonFiniteError, "lr"),
     ("train-lr-negative", lambda m, x, y: train("linear", "digits", lr=-1), ConfigError, "lr"),
     ("train-weight-decay-negative", lambda m, x, y: train("linear", "digits", weight_decay=-5), ConfigError,
      "weight decay"),
-    ("out-in-proc", lambda m, x, y: model_randomization(m, x, y, ["gradient"], ["spearman_abs"],
+    ("out-in-proc", lambda m, x, y: model_randomization(m, x, y, methods=["gradient"], metrics=["spearman_abs"],
                                                         out="/proc/sanitas-results"), StorageError, "cannot write"),
 ]
 
@@ -199,7 +206,7 @@ def test_explain_and_the_checks_share_one_label_validation(cnn, batch):
         with pytest.raises(InputError) as a:
             explain(cnn, x, bad)
         with pytest.raises(InputError) as b:
-            model_randomization(cnn, x, bad, ["gradient"], ["spearman_abs"])
+            model_randomization(cnn, x, bad, methods=["gradient"], metrics=["spearman_abs"])
         assert str(a.value).split(" ", 1)[1] == str(b.value).split(" ", 2)[2]  # "target ..." / "labels y ..."
 
 
@@ -255,7 +262,7 @@ def test_nan_reference_measure_is_not_run(expect):
 
 def test_random_logit_calibrates_its_own_metric(cnn, batch):
     x, y = batch
-    res = model_randomization(cnn, x, y, ["gradient"], ["spearman_abs"], mode="random_logit")
+    res = model_randomization(cnn, x, y, methods=["gradient"], metrics=["spearman_abs"], mode="random_logit")
     assert set(res.calibration["metric"]) == {"spearman_abs", "ssim_max_sign"}
     assert math.isfinite(res.calibration["mean"].iloc[0])
 
@@ -277,9 +284,11 @@ def test_swapped_head_is_not_hidden_by_a_cached_class_count(cnn, batch):
 
 def test_quiet_still_shows_that_old_cells_are_deleted(cnn, batch, tmp_path, capfd):
     x, y = batch
-    model_randomization(cnn, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False, quiet=True)
+    model_randomization(cnn, x, y, methods=["gradient"],
+                        metrics=["spearman_abs"], out=tmp_path, calibrate=False, quiet=True)
     capfd.readouterr()
-    model_randomization(cnn, x, y, ["gradient"], ["spearman_abs"], out=tmp_path, calibrate=False, quiet=True,
+    model_randomization(cnn, x, y, methods=["gradient"],
+                        metrics=["spearman_abs"], out=tmp_path, calibrate=False, quiet=True,
                         seed=1)
     assert "starting afresh" in capfd.readouterr().err
 
@@ -442,11 +451,11 @@ def test_locked_results_directory_is_refused(tmp_path, cnn, batch):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ResultsBusyError, match=rf"being written by another sanitas run \(process {holder.pid}\)"):
-            model_randomization(cnn, x, y, ["gradient"], ["spearman_abs"], out=out, calibrate=False)
+            model_randomization(cnn, x, y, methods=["gradient"], metrics=["spearman_abs"], out=out, calibrate=False)
         assert not (out / "cells").exists() and not (out / "results.csv").exists()
     finally:
         holder.communicate("\n", timeout=30)
-    res = model_randomization(cnn, x, y, ["gradient"], ["spearman_abs"], out=out, calibrate=False)
+    res = model_randomization(cnn, x, y, methods=["gradient"], metrics=["spearman_abs"], out=out, calibrate=False)
     assert (out / "results.csv").is_file() and len(res.table) == 5 * 4
 
 

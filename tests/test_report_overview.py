@@ -63,7 +63,8 @@ def test_excluded_images_are_counted_in_every_mean(tmp_path):
     torch.manual_seed(0)
     net = build_model("cnn", (1, 8, 8), 10)
     ds = load_dataset("digits", "test").sample(5)
-    res = model_randomization(net, ds.x, ds.y, {"blank": blank_first}, ["spearman_abs"], out=tmp_path, quiet=True)
+    res = model_randomization(net, ds.x, ds.y, methods={"blank": blank_first},
+                              metrics=["spearman_abs"], out=tmp_path, quiet=True)
     means = mean_summary(res.table)
     row = means[(means["stage"] == 1)].iloc[0]
     assert (row["n"], row["nan_count"], row["constant_maps"]) == (4, 1, 1)
@@ -101,7 +102,7 @@ def test_report_of_an_api_run_has_its_maps(tmp_path):
     torch.manual_seed(0)
     net = build_model("cnn", (1, 8, 8), 10)
     ds = load_dataset("digits", "test").sample(3)
-    model_randomization(net, ds.x, ds.y, ["gradient"], ["spearman_abs"], out=tmp_path, quiet=True)
+    model_randomization(net, ds.x, ds.y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, quiet=True)
     assert not (tmp_path / "figures").exists()
     r = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert r.exit_code == 0, r.output

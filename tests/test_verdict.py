@@ -101,7 +101,8 @@ def test_randomization_verdicts_against_floor_and_ceiling(trained_cnn, trained_c
     from sanitas.checks import model_randomization
 
     ds = fmnist_test.sample(16, seed=0)
-    res = model_randomization(trained_cnn, ds.x, ds.y, ["gradient", "guided_backprop"], ["spearman_abs"], draws=2,
+    res = model_randomization(trained_cnn, ds.x, ds.y, methods=["gradient", "guided_backprop"],
+                              metrics=["spearman_abs"], draws=2,
                               ceiling_model=trained_cnn_seed1, calibrate=False, out=tmp_path)
     assert sorted(res.table["draw"].unique()) == [0, 1]
     assert set(res.references["reference"]) == {"floor", "ceiling"}
@@ -113,7 +114,8 @@ def test_randomization_verdicts_against_floor_and_ceiling(trained_cnn, trained_c
     assert {"estimate", "ci_low", "ci_high", "floor", "ceiling", "n", "excluded", "why"} <= set(stages.columns)
     assert (stages["ci_low"] <= stages["estimate"]).all() and (stages["estimate"] <= stages["ci_high"]).all()
     # resume: the same run again loads every cell, floors included
-    again = model_randomization(trained_cnn, ds.x, ds.y, ["gradient", "guided_backprop"], ["spearman_abs"], draws=2,
+    again = model_randomization(trained_cnn, ds.x, ds.y, methods=["gradient", "guided_backprop"],
+                                metrics=["spearman_abs"], draws=2,
                                 ceiling_model=trained_cnn_seed1, calibrate=False, out=tmp_path)
     pd.testing.assert_frame_equal(again.verdicts(), res.verdicts())
 
@@ -122,7 +124,7 @@ def test_without_a_ceiling_the_verdict_says_what_is_missing(trained_cnn, fmnist_
     from sanitas.checks import model_randomization
 
     ds = fmnist_test.sample(6, seed=0)
-    res = model_randomization(trained_cnn, ds.x, ds.y, ["gradient"], ["spearman_abs"], calibrate=False)
+    res = model_randomization(trained_cnn, ds.x, ds.y, methods=["gradient"], metrics=["spearman_abs"], calibrate=False)
     v = res.verdicts()
     assert v["verdict"].tolist() == ["not judged"] and "ceiling_model=" in v["why"].iloc[0]
     assert res.meta["accuracy"] > 0.5 and res.meta["model"]["classes"] == 10

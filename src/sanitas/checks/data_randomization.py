@@ -1,40 +1,17 @@
-"""Data randomization test (adebayo2018, section 4) and the input invariance test (Kindermans et al. 2017).
+"""Data randomization test (adebayo2018, section 4): the model trained on the true labels vs the same
+architecture trained on permuted labels (which can only memorize), with an optional *model-seed ceiling*: a
+second true-label model trained with another seed. A method passes only when true-vs-permuted similarity is
+clearly below the ceiling (the bootstrap CIs do not overlap).
 
-Both compare explanations of the same images on two models through the engine:
-
-* ``data_randomization``: the model trained on the true labels vs the same architecture trained on
-  permuted labels, with an optional *model-seed ceiling*: a second true-label model trained with
-  another seed. A method passes only when true-vs-permuted similarity is clearly below the ceiling
-  (the bootstrap CIs do not overlap).
-* ``input_invariance``: a second model that computes exactly the same logits on ``x + c`` as the
-  first on ``x`` (the first layer's bias absorbs the shift); explanations of ``x`` on the first and of
-  ``x + c`` on the second should be equal for an input-invariant method.
-
-Both are written as every check is (issue 19's one pipeline; this module is the worked example).
-A check writes three things and leaves the loop to :func:`sanitas.engine.run`:
-
-1. its *variants*, the models whose maps are compared with the reference model's:
-   ``engine.Variant(name, index, model)``, index 0 being the reference model itself (its cell is the
-   reference maps). A variant explained on other inputs or with a changed method says so:
-   ``Variant(..., inputs=x + c, adapt=lambda e: _shift_baseline(e, c))`` (``input_invariance`` below);
-2. its *target rule*: the class explained for the reference (``reference_target``) and for each variant
-   (``target_for(variant)``); here the true labels ``y`` for every model;
-3. the call: ``engine.run(reference, variants, x, explainers, metrics, target_for, store,
-   reference_target, refused=..., executor=...)`` inside ``with engine.CellStore(out, config)``, with the
-   executor from :func:`sanitas.executors.executor_scope`; then a :class:`CheckResult` of the table and
-   ``engine.write_outputs`` (:func:`_run_variants` does this part for both checks here).
-
-Validation (``check_batch``), methods and metrics (``resolve_methods``, ``resolve_metrics``) and the
-calibration are shared helpers. The engine computes each (variant, method) cell once, resumes finished
-ones, leaves out a method that cannot explain a model (``meta["refused"]``), marks constant and
-degenerate maps, shows progress, and runs the cells here or on a Ray cluster (``executor=`` or a
-:func:`~sanitas.executors.use_executor` block).
+A check of :mod:`sanitas.checks.base`: :class:`DataRandomization` gives the variants (the true-label model,
+the permuted-label one, the ceiling) and :meth:`DataRandomization.run_entry` trains the permuted-label
+model of a config entry's architecture first.
 """
 
 from __future__ import annotations
 
-import copy
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,16 +21,13 @@ import torch
 from torch import nn
 
 from sanitas import engine
-from sanitas.checks.model_randomization import (check_batch, describe_methods, resolve_methods, resolve_metrics,
-                                                warn_degenerate)
+from sanitas.checks.base import Check, legacy_positional
 from sanitas.checks.result import CheckResult, model_facts, summarize_table
 from sanitas.errors import InputError, ModelError
-from sanitas.executors import executor_scope
+from sanitas.experiments.schema import _count, _flag, _number
 from sanitas.explain._core import model_device
-from sanitas.explain.forward import model_call
-from sanitas.utils import validation
-from sanitas.utils.forward import inference_logits, untouched
-from sanitas.utils.hashing import model_fingerprint, tensor_digest
+from sanitas.utils.forward import inference_logits
+from sanitas.utils.hashing import model_fingerprint
 
 
 def _same_classes(models: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
@@ -64,78 +38,118 @@ def _same_classes(models: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
                          "the same task (same classes, same label order)")
 
 
-def _prepare(models: list[tuple[str, nn.Module]], x, y):
-    """The images on the first model's device and their labels, once every model is known to fit them."""
-    for name, m in models:
-        if not isinstance(m, nn.Module):
-            raise InputError(f"the {name} model must be a torch.nn.Module, got {type(m).__name__}")
-    x, y = check_batch(models[0][1], x, y)
-    _same_classes(models, x)
-    return x, y
+class DataRandomization(Check):
+    """The true-label ``model`` vs ``permuted_model`` (and vs ``ceiling_model``, another seed) on the same images;
+    every model explains the labels ``y``."""
+
+    name = "data_randomization"
+    options = {"train_size": _count(), "epochs": _count(), "lr": _number(above=0),
+               "target_accuracy": _number(above=0, maximum=1), "ceiling": _flag}
+    reading = ("Each number is the similarity between a method's map of the model trained on the true labels and its "
+               "map of the same architecture trained on permuted labels (which can only memorize). A method that "
+               "explains what the model learned gives different maps; the model trained with another seed "
+               "(other_seed) shows how similar two equally good models' maps are: the permuted-label similarity must "
+               "fall clearly below it.")
+
+    def __init__(self, model, x, y=None, *, permuted_model: nn.Module, ceiling_model: nn.Module | None = None,
+                 **common):
+        super().__init__(model, x, y, **common)
+        self.models = [("true_labels", model), ("permuted_labels", permuted_model)]
+        if ceiling_model is not None:
+            self.models.append(("other_seed", ceiling_model))
+
+    def prepare(self) -> None:
+        for name, m in self.models:
+            if not isinstance(m, nn.Module):
+                raise InputError(f"the {name} model must be a torch.nn.Module, got {type(m).__name__}")
+        super().prepare()
+        _same_classes(self.models, self.x)
+
+    def targets(self):
+        return self.y, (lambda v: self.y)
+
+    def variants(self):
+        for i, (name, m) in enumerate(self.models):
+            yield engine.Variant(name, i, m)
+
+    def total(self) -> int:
+        return len(self.models)
+
+    def config(self) -> dict:
+        return {"models": [(name, model_fingerprint(m)) for name, m in self.models]}
+
+    def meta(self, meta: dict) -> dict:
+        facts = {name: model_facts(m, self.x, self.y) for name, m in self.models}
+        return {"models": facts, "accuracy": {name: f["accuracy"] for name, f in facts.items()}}
+
+    @classmethod
+    def run_entry(cls, spec: dict, out: Path, quiet: bool):
+        """A config entry: train the permuted-label model (and the ceiling) of the entry's architecture, then run."""
+        from sanitas.experiments.runner_base import _check_outcome, _data, dataset_of, model_call
+        from sanitas.report.about import about_run
+
+        t0 = time.perf_counter()
+        seed = int(spec["seed"])
+        src, true_model, ds = _data(spec, quiet, "data randomization (training its architecture afresh)", seed=seed)
+        with model_call(output=src.output):
+            trio = train_for_data_randomization(src, dataset_of(spec), seed=seed,
+                                                train_size=spec.get("train_size", 2000), epochs=spec.get("epochs", 100),
+                                                lr=spec.get("lr", 3e-4), target_accuracy=spec.get("target_accuracy",
+                                                                                                  0.95),
+                                                ceiling=spec.get("ceiling", True), quiet=quiet)
+            check = cls.from_spec({k: v for k, v in spec.items() if k not in cls.options}, true_model, ds.x, ds.y,
+                                  out, quiet, permuted_model=trio.permuted.model, ceiling_model=trio.ceiling)
+            res = check.run()
+            true_accuracy = _test_accuracy(src, true_model, dataset_of(spec), seed, quiet)
+            k = inference_logits(true_model, ds.x[:1]).shape[1]
+        pm = trio.permuted.metrics
+        res.meta["permuted_training"] = pm
+        res.meta["training"] = trio.notes
+        scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
+                   "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy,
+                   "chance_accuracy": 1.0 / k, "permuted_train_size": float(pm.get("n_train", float("nan")))}
+        return _check_outcome(res, out, t0, scalars, about_run(src, ds))
 
 
-def _run_variants(kind: str, variants: list[engine.Variant], x, y, methods, metrics, out=None, resume=True,
-                  calibrate=True, seed=0, show=8, quiet=None, extra_config=None, extra_meta=None,
-                  executor=None) -> CheckResult:
-    """Compare every variant's maps with those of ``variants[0]`` (the reference model on ``x``) through
-    :func:`sanitas.engine.run`; each model explains the true labels ``y``."""
-    seed = validation.seed(seed)
-    show = validation.count(show, "show", minimum=0)
-    explainers = resolve_methods(methods)
-    sims = resolve_metrics(metrics)
-    reference = variants[0].model
-    t0 = time.perf_counter()
-    config = {"check": kind, "methods": {k: repr(e) for k, e in explainers.items()}, "metrics": list(sims),
-              "images": tensor_digest(x), "models": [(v.name, model_fingerprint(v.model)) for v in variants],
-              **(extra_config or {})}
-    cal, cal_seconds = None, 0.0
-    if calibrate:  # first: a metric it cannot calibrate fails before any cell is computed
-        from sanitas.similarity.calibration import calibrate as run_cal
+def _test_accuracy(src, model, dataset, seed: int, quiet: bool) -> float:
+    """The true-label model's test accuracy: from its training record, or measured for a model given with weights."""
+    from sanitas.data import load_dataset
+    from sanitas.models import accuracy, train
 
-        k = inference_logits(reference, x[:1]).shape[1]
-        cal = run_cal(list(sims.values()), x=x, seed=seed, classes=k if k > 1 else None)
-        cal_seconds = time.perf_counter() - t0
-    refused: dict[str, str] = {}
-    with executor_scope(executor) as ex, engine.CellStore(out, config, resume=resume) as store:
-        table, shown, timings = engine.run(reference, variants, x, explainers, sims, lambda v: y, store, y,
-                                           show=show, quiet=quiet, total=len(variants), refused=refused,
-                                           executor=ex)
-        if calibrate:
-            timings["calibration"] = cal_seconds
-        timings["total"] = time.perf_counter() - t0
-        facts = {v.name: model_facts(v.model, x if v.inputs is None else v.inputs, y) for v in variants}
-        meta = {"config": config, "versions": engine.versions(), "timings": timings, "seed": seed,
-                "stages": [v.name for v in variants], "models": facts,
-                "accuracy": {name: f["accuracy"] for name, f in facts.items()}, "refused": refused,
-                "resolved": describe_methods(explainers, reference, x, refused), **(extra_meta or {})}
-        res = CheckResult(kind, table, cal, meta, shown, x[:show].cpu(), [v.name for v in variants],
-                          Path(out) if out else None)
-        warn_degenerate(res, None)
-        if out:
-            engine.write_outputs(Path(out), table, meta, cal, images=x[:show])
-    return res
+    if not src.has_weights:
+        return train(src, dataset, seed=seed, quiet=quiet).metrics["test_accuracy"]  # the cached model
+    test = load_dataset(dataset, "test")
+    return accuracy(model, test.x, test.y)
 
 
-def data_randomization(model_true: nn.Module, model_random: nn.Module, x, y, methods,
-                       metrics=("spearman_abs", "spearman", "ssim"), ceiling_model: nn.Module | None = None,
-                       out=None, resume: bool = True, calibrate: bool = True, seed: int = 0,
-                       quiet=None, output=None, executor=None) -> CheckResult:
-    """True-label model vs permuted-label model (and vs another seed: the ceiling) on the same images.
+def data_randomization(model: nn.Module, x, y=None, *args, permuted_model: nn.Module | None = None, methods=None,
+                       metrics=DataRandomization.default_metrics, ceiling_model: nn.Module | None = None,
+                       target=None, seed: int = 0, out=None, quiet=None, resume: bool = True, calibrate: bool = True,
+                       output=None, executor=None) -> CheckResult:
+    """Run :class:`DataRandomization`: ``data_randomization(model, x, y, permuted_model=..., methods=[...])``.
 
     :func:`train_for_data_randomization` trains the permuted-label model (and the ceiling) of any architecture.
     ``output`` picks the logits from what the models return (see :func:`sanitas.explain.forward.select_logits`).
     A method that cannot explain the models is left out, with its reason in ``result.meta["refused"]``.
     ``executor``: where the cells run, as in :func:`~sanitas.checks.model_randomization` (``None``: the enclosing
-    :func:`~sanitas.executors.use_executor` block, else here).
+    :func:`~sanitas.executors.use_executor` block, else here). The older order
+    ``data_randomization(model_true, model_random, x, y, methods, metrics)`` still works, with a FutureWarning.
     """
-    models = [("true_labels", model_true), ("permuted_labels", model_random)]
-    if ceiling_model is not None:
-        models.append(("other_seed", ceiling_model))
-    with model_call(output=output):
-        x, y = _prepare(models, x, y)
-        variants = [engine.Variant(name, i, m) for i, (name, m) in enumerate(models)]
-        return _run_variants("data_randomization", variants, x, y, methods, metrics, out=out, resume=resume,
-                             calibrate=calibrate, seed=seed, quiet=quiet, executor=executor)
+    if isinstance(x, nn.Module):  # data_randomization(model_true, model_random, x, y, methods, metrics, ...)
+        warnings.warn("data_randomization(model_true, model_random, x, y, methods, metrics) is deprecated: use "
+                      "data_randomization(model_true, x, y, permuted_model=model_random, methods=..., metrics=...)",
+                      FutureWarning, stacklevel=2)
+        permuted_model, x, y, args = x, y, args[0] if args else None, args[1:]
+        legacy = dict(zip(("methods", "metrics"), args))
+    else:
+        legacy = legacy_positional("data_randomization", args, ("methods", "metrics"))
+    if permuted_model is None:
+        raise InputError("data_randomization needs permuted_model= (the same architecture trained on permuted labels; "
+                         "train_for_data_randomization trains it)")
+    kw = {"methods": methods, "metrics": metrics, **legacy}
+    return DataRandomization(model, x, y, permuted_model=permuted_model, ceiling_model=ceiling_model, target=target,
+                             seed=seed, out=out, quiet=quiet, resume=resume, calibrate=calibrate, output=output,
+                             executor=executor, **kw).run()
 
 
 @dataclass
@@ -186,79 +200,3 @@ def ceiling_verdicts(result: CheckResult) -> pd.DataFrame:
                      "ceiling": None if c is None else c["mean"], "ceiling_ci_low": None if c is None else c["ci_low"],
                      "passes": passes})
     return pd.DataFrame(rows)
-
-
-class _ShiftCompensated(nn.Module):
-    """Wraps a model's first layer so that ``layer(x + c) - offset == layer(x)`` exactly (zero padding too)."""
-
-    def __init__(self, layer: nn.Module, offset: torch.Tensor):
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("offset", offset)
-
-    def forward(self, x):
-        return self.layer(x) - self.offset
-
-
-def shifted_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
-    """A copy of ``model`` whose logits on ``x + shift`` equal the original's on ``x``.
-
-    The first parameterized layer (Conv2d or Linear) gets the compensation ``layer(c) - layer(0)``
-    subtracted, a constant (a bias; spatially varying where zero padding meets the border).
-    """
-    from sanitas.randomize import discover_layers
-
-    first = discover_layers(model, x[:1])[0]
-    twin = copy.deepcopy(model)
-    parent_name, _, attr = first.name.rpartition(".")
-    parent = twin.get_submodule(parent_name) if parent_name else twin
-    layer = getattr(parent, attr)
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise ModelError(f"input invariance needs a Conv2d or Linear first layer; {first.name} is {first.type}")
-    seen = []
-    handle = layer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
-    try:
-        with untouched(twin):  # the first layer's own input for a zero and a shifted image
-            zero = torch.zeros_like(x[:1])
-            twin(zero)
-            twin(zero + shift)
-            offset = (layer(seen[1]) - layer(seen[0]))[0]
-    finally:
-        handle.remove()
-    setattr(parent, attr, _ShiftCompensated(layer, offset))
-    return twin
-
-
-def input_invariance(model: nn.Module, x, y, methods, metrics=("spearman_abs", "spearman", "ssim"),
-                     shift: float = 1.0, shift_baselines: bool = False, out=None, resume: bool = True,
-                     calibrate: bool = False, seed: int = 0, quiet=None, output=None, executor=None) -> CheckResult:
-    """Kindermans et al.: explain ``x`` on the model and ``x + shift`` on its shift-compensated twin.
-
-    ``shift_baselines=True`` moves the baseline of baseline methods (IG, DeepLIFT) by the same shift
-    on the twin, the fix Kindermans et al. describe; otherwise both use the same baseline. A method that
-    cannot explain the model is left out (``result.meta["refused"]``); ``executor`` as in :func:`data_randomization`.
-    """
-    shift = validation.real(shift, "shift")
-    with model_call(output=output):
-        x, y = check_batch(model, x, y)
-        twin = shifted_model(model, x, shift)  # the same classes by construction
-        gap = float((inference_logits(model, x) - inference_logits(twin, x + shift)).abs().max())
-        variants = [engine.Variant("original", 0, model),
-                    engine.Variant(f"shifted_by_{shift:g}", 1, twin, inputs=x + shift,
-                                   adapt=(lambda e: _shift_baseline(e, shift)) if shift_baselines else None)]
-        return _run_variants("input_invariance", variants, x, y, methods, metrics, out=out, resume=resume,
-                             calibrate=calibrate, seed=seed, quiet=quiet, executor=executor,
-                             extra_config={"shift": shift, "shift_baselines": shift_baselines},
-                             extra_meta={"max_logit_difference": gap})
-
-
-def _shift_baseline(explainer, shift: float):
-    """The same method with its (constant) baseline moved by ``shift``; methods without one unchanged."""
-    if "baseline" not in getattr(explainer, "defaults", {}):
-        return explainer
-    base = explainer.baseline
-    if base is None or (isinstance(base, str) and base in ("zero", "zeros", "black")):
-        base = 0.0
-    if not isinstance(base, (int, float)):
-        raise ModelError(f"shift_baselines needs a constant baseline; {explainer!r} has {base!r}")
-    return type(explainer)(**{**explainer.options, "baseline": float(base) + shift})

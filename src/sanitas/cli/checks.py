@@ -60,7 +60,8 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
     with _calls(src):
         ceilings = _ceilings(src, data, model_seeds, ceiling, seed, output, quiet)
         with use_executor(executor, address):
-            res = model_randomization(net, ds.x, ds.y, _methods(methods, top_classes), _csv(metrics), mode=mode,
+            res = model_randomization(net, ds.x, ds.y, methods=_methods(methods, top_classes),
+                                      metrics=_csv(metrics), mode=mode,
                                       init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
                                       normalize=normalize, out=out, resume=not no_resume, quiet=quiet, draws=draws,
                                       ceiling_model=ceilings or None)
@@ -111,8 +112,9 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
                    f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
                    f"test accuracy {pm['test_accuracy']:.3f}")
         with use_executor(executor, address):
-            res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, _methods(methods, top_classes),
-                                     _csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
+            res = data_randomization(true_model, ds.x, ds.y, permuted_model=trio.permuted.model,
+                                     methods=_methods(methods, top_classes),
+                                     metrics=_csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
         res.meta["permuted_training"] = pm
         res.meta["training"] = trio.notes
         ceiling = trio.ceiling is not None
@@ -143,7 +145,7 @@ def input_invariance_cmd(model, dataset, classes, methods, metrics, shift, shift
                          needs_layers="input invariance (its twin model shifts the first layer)")
     with _calls(src):
         with use_executor(executor, address):
-            res = input_invariance(net, ds.x, ds.y, _csv(methods), _csv(metrics), shift=shift,
+            res = input_invariance(net, ds.x, ds.y, methods=_csv(methods), metrics=_csv(metrics), shift=shift,
                                    shift_baselines=shift_baselines, out=out, seed=seed, quiet=quiet)
         click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
         _finish(res, src, ds, out, _csv(metrics))

@@ -30,7 +30,7 @@ import pandas as pd
 from sanitas.errors import ConfigError, SanitasError, StorageError
 from sanitas.experiments.claims import claims_table, evaluate_claim
 from sanitas.experiments.config import list_papers, load_config, resolve, validate
-from sanitas.experiments.runners import RUNNERS, Outcome, dataset_of, model_label, model_sources
+from sanitas.experiments.runners import Outcome, dataset_of, model_label, model_sources, runner_for
 from sanitas.utils.hashing import config_hash
 from sanitas.utils.io import (atomic_write_json, atomic_write_table, directory_lock, ensure_dir, read_json, read_table,
                               sha256_file)
@@ -211,7 +211,7 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
         try:
             ensure_dir(exp_out)
             (exp_out / DONE).unlink(missing_ok=True)  # unfinished until this run says otherwise
-            oc = RUNNERS[spec["check"]](spec, exp_out, quiet)
+            oc = runner_for(spec["check"])(spec, exp_out, quiet)
             _save_done(exp_out, spec_for_key, oc)
         except SanitasError as exc:
             run.failed[name] = str(exc)

@@ -37,10 +37,38 @@ RUNNERS: dict[str, Callable[[dict, Path, bool], Outcome]] = {}
 
 
 def runner(kind: str):
+    """Register ``fn(spec, out, quiet) -> Outcome`` as what runs a config entry ``check: kind`` (an experiment
+    that is not a check; a check class of :mod:`sanitas.checks` is found by its name without this)."""
     def deco(fn):
         RUNNERS[kind] = fn
         return fn
     return deco
+
+
+def runner_for(kind: str) -> Callable[[dict, Path, bool], Outcome]:
+    """What runs a config entry ``check: kind``: a registered runner, else the check class's ``run_entry``."""
+    if kind in RUNNERS:
+        return RUNNERS[kind]
+    from sanitas.checks import CHECKS
+
+    if kind in CHECKS:
+        return CHECKS[kind].run_entry
+    raise ConfigError(f"unknown check {kind!r}; use one of {check_names()}")
+
+
+def check_names() -> list[str]:
+    """Every name a config's ``check:`` may take."""
+    from sanitas.checks import CHECKS
+
+    return sorted({*RUNNERS, *CHECKS})
+
+
+def check_options(kind: str) -> dict[str, Callable]:
+    """The config keys a ``check: kind`` entry takes besides the common ones (key -> schema checker)."""
+    from sanitas.checks import CHECKS
+    from sanitas.experiments.schema import BY_CHECK
+
+    return BY_CHECK[kind] if kind in BY_CHECK else dict(CHECKS[kind].options) if kind in CHECKS else {}
 
 
 def build_methods(entries) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""One runner per check kind: config entry in, :class:`Outcome` (tidy table + named scalars) out.
-The registry, ``Outcome`` and the shared builders are in :mod:`sanitas.experiments.runner_base`.
+"""Runners of config entries that need more than their check class's ``run_entry``: config entry in,
+:class:`Outcome` (tidy table + named scalars) out. A check class (:mod:`sanitas.checks`) runs its own entries
+(:func:`runner_for`); the registry, ``Outcome`` and the shared builders are in
+:mod:`sanitas.experiments.runner_base`.
 
 Every runner writes its own results directory (``results.parquet``, ``meta.json``, figures,
 ``report.html``) through the check it wraps, so an interrupted run resumes inside the check
@@ -16,8 +18,8 @@ import pandas as pd
 from sanitas.errors import ConfigError
 # the shared parts live in runner_base; they are re-exported here, where runners have always been found
 from sanitas.experiments.runner_base import (RUNNERS, Outcome, _check_outcome, _data, _images,  # noqa: F401
-                                             build_methods, ceiling_models, dataset_of, model_call, model_label,
-                                             model_sources, runner)
+                                             build_methods, ceiling_models, check_names, check_options, dataset_of,
+                                             model_call, model_label, model_sources, runner, runner_for)
 
 
 _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats", "calibrate", "bn_stats",
@@ -55,8 +57,8 @@ def _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, **kw) 
     from sanitas.report.about import about_run
 
     with model_call(output=src.output):
-        res = model_randomization(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                                  spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
+        res = model_randomization(net, ds.x, ds.y, methods=build_methods(spec.get("methods")),
+                                  metrics=spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
                                   out=out, resume=True, quiet=quiet, ceiling_model=ceilings or None, **kw)
     return _check_outcome(res, out, t0, scalars, about_run(src, ds))
 
@@ -85,63 +87,6 @@ def _per_init(outcomes: dict[str, Outcome], spec: dict, out: Path, t0: float, sc
             + ", ".join(f"{i}/report.html" for i in outcomes) + ".")
     report = check_report_simple(out, "sanitas: model randomization per init scheme", summary, figures, meta, text)
     return Outcome(table, scalars, first.calibration, figures, report, time.perf_counter() - t0, summary)
-
-
-@runner("data_randomization")
-def run_data_randomization(spec: dict, out: Path, quiet: bool) -> Outcome:
-    from sanitas.checks import data_randomization
-    from sanitas.checks.data_randomization import train_for_data_randomization
-    from sanitas.explain._core import num_classes
-    from sanitas.report.about import about_run
-
-    t0 = time.perf_counter()
-    seed = int(spec["seed"])
-    src, true_model, ds = _data(spec, quiet, "data randomization (training its architecture afresh)", seed=seed)
-    with model_call(output=src.output):
-        trio = train_for_data_randomization(src, dataset_of(spec), seed=seed, train_size=spec.get("train_size", 2000),
-                                            epochs=spec.get("epochs", 100), lr=spec.get("lr", 3e-4),
-                                            target_accuracy=spec.get("target_accuracy", 0.95),
-                                            ceiling=spec.get("ceiling", True), quiet=quiet)
-        res = data_randomization(true_model, trio.permuted.model, ds.x, ds.y, build_methods(spec.get("methods")),
-                                 spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), ceiling_model=trio.ceiling,
-                                 out=out, seed=seed, quiet=quiet)
-        true_accuracy = _test_accuracy(src, true_model, dataset_of(spec), seed, quiet)
-    pm = trio.permuted.metrics
-    res.meta["permuted_training"] = pm
-    res.meta["training"] = trio.notes
-    with model_call(output=src.output):
-        k = num_classes(true_model, ds.x[:1])
-    scalars = {"permuted_train_accuracy": pm["train_accuracy"], "permuted_test_accuracy": pm["test_accuracy"],
-               "permuted_memorized": float(bool(pm.get("memorized"))), "true_test_accuracy": true_accuracy,
-               "chance_accuracy": 1.0 / k, "permuted_train_size": float(pm.get("n_train", float("nan")))}
-    return _check_outcome(res, out, t0, scalars, about_run(src, ds))
-
-
-def _test_accuracy(src, model, dataset, seed: int, quiet: bool) -> float:
-    """The true-label model's test accuracy: from its training record, or measured for a model given with weights."""
-    from sanitas.data import load_dataset
-    from sanitas.models import accuracy, train
-
-    if not src.has_weights:
-        return train(src, dataset, seed=seed, quiet=quiet).metrics["test_accuracy"]  # the cached model
-    test = load_dataset(dataset, "test")
-    return accuracy(model, test.x, test.y)
-
-
-@runner("input_invariance")
-def run_input_invariance(spec: dict, out: Path, quiet: bool) -> Outcome:
-    from sanitas.checks import input_invariance
-    from sanitas.report.about import about_run
-
-    t0 = time.perf_counter()
-    src, net, ds = _data(spec, quiet, "input invariance (its twin model shifts the first layer)")
-    with model_call(output=src.output):
-        res = input_invariance(net, ds.x, ds.y, build_methods(spec.get("methods")),
-                               spec.get("metrics", ["spearman", "spearman_abs", "ssim"]),
-                               shift=float(spec.get("shift", -1.0)), shift_baselines=bool(spec.get("shift_baselines")),
-                               out=out, seed=int(spec["seed"]), quiet=quiet)
-    return _check_outcome(res, out, t0, {"max_logit_difference": res.meta["max_logit_difference"]},
-                          about_run(src, ds))
 
 
 @runner("completeness")

@@ -278,20 +278,8 @@ COMMON: dict[str, Checker] = {
     "check": _string, "model": _model, "dataset": _dataset, "images": _count(), "seed": _seed, "methods": _methods,
     "metrics": _metrics, "description": _string, "skip": _skip, "output": _output, "classes": _classes,
 }
+#: the options of config entries that are not check classes (a check class declares its own ``options``)
 BY_CHECK: dict[str, dict[str, Checker]] = {
-    "model_randomization": {
-        "mode": _one_of("cascading", "independent", "smooth", "efficient", "random_logit"), "init": _inits,
-        "target": _one_of("label", "original", "predicted"), "order": _one_of("top_down", "bottom_up"),
-        "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
-        "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
-        "draws": _count(), "model_seeds": _count(),
-    },
-    "data_randomization": {
-        "train_size": _count(), "epochs": _count(), "lr": _number(above=0), "target_accuracy": _number(above=0,
-                                                                                                        maximum=1),
-        "ceiling": _flag,
-    },
-    "input_invariance": {"shift": _number(), "shift_baselines": _flag},
     "input_noise": {"noise": _positives, "distributions": _distributions, "samples": _count()},
     "edge_detectors": {"detectors": _detectors, "edge_input": _flag},
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
@@ -317,7 +305,9 @@ DRAW_MODES = ("cascading", "independent", "smooth")
 
 
 def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial: bool = False) -> None:
-    allowed = {**COMMON, **BY_CHECK.get(check, {})}
+    from sanitas.experiments.runner_base import check_options
+
+    allowed = {**COMMON, **check_options(check)}
     for key, value in exp.items():
         at = where(*path, key)
         if key not in allowed:
@@ -339,7 +329,9 @@ def _check_experiment(exp: dict, check: str, where: _Where, path: tuple, partial
 def check_config(cfg: Any, source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> None:
     """Validate a parsed config against the schema; ``lines`` (from :func:`yaml_lines`) adds line numbers."""
     from sanitas.experiments.claims import validate_claim
-    from sanitas.experiments.runners import RUNNERS
+    from sanitas.experiments.runners import check_names
+
+    checks = check_names()
 
     where = _Where(source, lines)
     if not isinstance(cfg, dict):
@@ -360,10 +352,10 @@ def check_config(cfg: Any, source: str = "config", lines: dict[tuple[str, ...], 
     for name, exp in exps.items():
         if not isinstance(exp, dict) or "check" not in exp:
             raise ConfigError(f"{where('experiments', name)}: experiment {name!r} needs a 'check' (one of "
-                              f"{sorted(RUNNERS)})")
-        if exp["check"] not in RUNNERS:
+                              f"{checks})")
+        if exp["check"] not in checks:
             raise ConfigError(f"{where('experiments', name, 'check')}: experiment {name!r}: unknown check "
-                              f"{exp['check']!r}; use one of {sorted(RUNNERS)}")
+                              f"{exp['check']!r}; use one of {checks}")
         _check_experiment(exp, exp["check"], where, ("experiments", name))
     claims = cfg.get("claims") or []
     if not isinstance(claims, list):
@@ -386,6 +378,6 @@ def check_config(cfg: Any, source: str = "config", lines: dict[tuple[str, ...], 
             raise ConfigError(f"{where('quick', 'experiments', name)}: quick overrides unknown experiment {name!r}")
         _mapping(over, f"{where('quick', 'experiments', name)}: quick: experiment {name!r}")
         check = over.get("check", exps[name]["check"])
-        if check not in RUNNERS:
+        if check not in checks:
             raise ConfigError(f"{where('quick', 'experiments', name, 'check')}: unknown check {check!r}")
         _check_experiment(over, check, where, ("quick", "experiments", name), partial=True)

@@ -119,7 +119,7 @@ def run_shared_zeros(spec: dict, out: Path, quiet: bool) -> Outcome:
     curve = curve_rows(size, fractions, samples, seed)
     methods = spec.get("methods", ["integrated_gradients"])
     with model_call(output=src.output):
-        res = model_randomization(net, ds.x, ds.y, build_methods(methods), ["spearman_abs"], seed=seed,
+        res = model_randomization(net, ds.x, ds.y, methods=build_methods(methods), metrics=["spearman_abs"], seed=seed,
                                   out=out / "maps", resume=True, quiet=quiet, init=spec.get("init", "truncated_normal"),
                                   draws=int(spec.get("draws", 1)), calibrate=False)
     from sanitas.experiments.runners import _check_outcome

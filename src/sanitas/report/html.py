@@ -73,25 +73,12 @@ def render(path: str | Path, title: str, sections: list[dict], subtitle: str = "
     return atomic_write_text(path, text)
 
 
-#: What a check's numbers are measured against, in plain words (the report's "how to read this").
-READING = {
-    "model_randomization": (
-        "Each number is the similarity between a method's map of the trained model and its map once the model's "
-        "layers are replaced by random weights (cumulatively from the top, for cascading), averaged over the "
-        "explained images: 1 means the map did not change. A method that explains what the model learned "
-        "should fall towards what unrelated maps score (the calibration band below) as more layers are "
-        "randomized; a method whose map stays similar shows the input, not the model."),
-    "data_randomization": (
-        "Each number is the similarity between a method's map of the model trained on the true labels and its "
-        "map of the same architecture trained on permuted labels (which can only memorize). A method that "
-        "explains what the model learned gives different maps; the model trained with another seed "
-        "(other_seed) shows how similar two equally good models' maps are: the permuted-label similarity must "
-        "fall clearly below it."),
-    "input_invariance": (
-        "Each number is the similarity between a method's map of the model on the images and its map of a twin "
-        "model that computes the same logits on the shifted images. An input-invariant method gives the same "
-        "map (similarity 1)."),
-}
+def reading(kind: str) -> str:
+    """What a check's numbers are measured against, in plain words (the report's "how to read this"): the
+    check class's ``reading`` (:mod:`sanitas.checks.base`)."""
+    from sanitas.checks import CHECKS
+
+    return CHECKS[kind].reading if kind in CHECKS else ""
 
 
 def verdict_section(result) -> dict | None:
@@ -162,7 +149,7 @@ def overview_section(result) -> dict:
             rows.append((f"{method}: layer", info["layer"]))
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td class=\"text\">{html.escape(str(v))}</td></tr>"
                    for k, v in rows)
-    return {"id": "overview", "title": "Overview", "text": READING.get(result.kind, ""), "figures": [],
+    return {"id": "overview", "title": "Overview", "text": reading(result.kind), "figures": [],
             "tables": [{"caption": "", "html": f'<table class="overview"><tbody>{body}</tbody></table>'}]}
 
 
