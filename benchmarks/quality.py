@@ -2,7 +2,7 @@
 
     SANITAS_CACHE=... python benchmarks/quality.py vgg-small --images 64 --shuffles 5 --out runs/quality
 
-Runs :func:`sanitas.evaluate.evaluate_methods` with ``layers="all"`` plus gradient, FullGrad and
+Runs :func:`sanitas.evaluate.evaluate_quality` with ``layers="all"`` plus gradient, FullGrad and
 random maps on Fashion-MNIST test images (seeded sample), prints the per-layer Wilcoxon table,
 the aggregate ranking and the comparison of the best aggregate with the others, and the time
 per method. Results measured on the project's shared 2-core CPU are in benchmarks/quality.md.
@@ -28,7 +28,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from sanitas.data import load_dataset
-    from sanitas.evaluate import evaluate_methods
+    from sanitas.evaluate import evaluate_quality
     from sanitas.models import load_model
 
     pd.set_option("display.width", 250)
@@ -40,7 +40,7 @@ def main() -> None:
         net = load_model(name, args.dataset, quiet=True)
         t = time.perf_counter()
         out = f"{args.out}/{name}-{args.images}" if args.out else None
-        r = evaluate_methods(net, ds.x, ds.y, methods=["gradient", "fullgrad", "random"], layers="all",
+        r = evaluate_quality(net, ds.x, ds.y, methods=["gradient", "fullgrad", "random"], layers="all",
                              n_shuffles=args.shuffles, quiet=True, out=out)
         print(f"== {name}: {args.images} images, {args.shuffles} shuffles, {time.perf_counter() - t:.0f} s")
         print(r.pivot(("delta_e_minus", "e_minus", "delta_e_plus", "delta_e_delta")).round(4))

@@ -9,7 +9,8 @@ from torch import nn
 
 from sanitas import SanitasError
 from sanitas.errors import ConfigError
-from sanitas.evaluate import FLIP_METRICS, evaluate_methods, layer_methods, spatial_layers
+from sanitas.evaluate import FLIP_METRICS, layer_methods, spatial_layers
+from sanitas.evaluate import evaluate_quality as evaluate_methods
 from sanitas.explain import get_explainer
 from sanitas.explain.registry import parse_method
 

@@ -69,9 +69,9 @@ def _run_check(kind, m, other, x, y):
     if kind == "input_invariance":
         return input_invariance(m, x, y, methods=["gradient"], metrics=["spearman_abs"], quiet=True)
     if kind == "evaluate":
-        from sanitas.evaluate import evaluate_methods
+        from sanitas.evaluate import evaluate_quality
 
-        return evaluate_methods(m, x, y, ["gradient"], n_shuffles=1, quiet=True, test_method="asymptotic")
+        return evaluate_quality(m, x, y, methods=["gradient"], n_shuffles=1, quiet=True, test_method="asymptotic")
     if kind == "completeness":
         from sanitas.evaluate import completeness
 
@@ -175,9 +175,6 @@ BAD_INPUTS = [
     ("y-predicted", lambda m, x, y: model_randomization(m, x, "predicted", methods=["gradient"],
                                                         metrics=["spearman_abs"]),
      InputError, "target="),
-    ("y-none", lambda m, x, y: model_randomization(m, x, None, methods=["gradient"],
-                                                   metrics=["spearman_abs"]), InputError,
-     "true labels"),
     ("random-logit-one-class",
      lambda m, x, y: model_randomization(_one_class_model(), x, torch.zeros(4, dtype=torch.long), methods=["gradient"],
                                          metrics=["spearman_abs"], mode="random_logit"), ModelError, "another class"),
@@ -485,3 +482,15 @@ def test_completeness_takes_the_model_first_and_the_old_order_with_a_warning():
         old = completeness("input_x_gradient", m, x)
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
     assert new.alpha == old.alpha and new.r2 == old.r2
+
+
+def test_without_labels_a_check_explains_the_models_prediction():
+    """y=None (every check's signature): the trained model's predictions stand for the labels, and the results
+    say so instead of reporting an accuracy against them."""
+    torch.manual_seed(0)
+    m = build_model("cnn", (1, 8, 8), 3)
+    x = torch.rand(6, 1, 8, 8)
+    res = model_randomization(m, x, methods=["gradient"], metrics=["spearman_abs"], calibrate=False, quiet=True)
+    assert res.meta["labels"] == "predicted" and res.meta["accuracy"] != res.meta["accuracy"]  # NaN: not measured
+    with torch.no_grad():
+        assert (torch.tensor(res.table[res.table.stage == 0]["target"].to_numpy()[:6]) == m(x).argmax(1)).all()

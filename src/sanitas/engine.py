@@ -260,7 +260,7 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
             return
         for part, sec in out.seconds.items():
             timings[f"{part}/{method}/{variant.cell}"] = sec
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"explainer": repr(explainers[method])}
         if variant.role == "ceiling":
             out.rows.insert(0, "reference", "ceiling")
             references.append(out.rows)
@@ -284,6 +284,9 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
                 if method in refused:
                     continue
                 cached = store.load(variant.cell, method)
+                if cached is not None and cached[2].get("explainer", repr(explainers[method])) != repr(
+                        explainers[method]):
+                    cached = None  # the same name for another method (a run whose config leaves methods out)
                 if cached is not None:
                     results.append((variant, method, None, cached))
                     continue
@@ -309,7 +312,11 @@ def run(reference: nn.Module, variants: Iterable[Variant], x: torch.Tensor,
                     zero_h[method] = handle
                 results.append((variant, method, handle, None))
                 todo += 1
-            if ex.streaming:  # finished already: store the cells now (a stage's model changes next)
+                if ex.streaming:  # finished already: store the cell now (kept if a later one raises)
+                    for entry in results:
+                        finish(entry)
+                    results = []
+            if ex.streaming:  # cells loaded from the store, in order, before the stage's model changes
                 for entry in results:
                     finish(entry)
                 results = []

@@ -63,6 +63,9 @@ class Check:
     calibrates: ClassVar[bool] = True
     #: what the report says a number means (``report.html``'s "how to read this")
     reading: ClassVar[str] = ""
+    #: False: the list of methods is not part of the run's identity, so methods can be added to a finished run
+    #: (each cell still records its method and is recomputed when the name now means another method)
+    methods_in_config: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -85,8 +88,8 @@ class Check:
         self.normalize: str | None = None
         self.draws = 1
         self.extra_scores: Callable | None = None
-        self.explainers: dict[str, Any] = {}
-        self.sims: dict[str, Any] = {}
+        self.explainers: dict[str, Any] | None = None
+        self.sims: dict[str, Any] | None = None
 
     # -- what a check writes ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -113,6 +116,10 @@ class Check:
         """Extra entries for ``meta.json``."""
         return {}
 
+    def shape_table(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The results table as this check writes it (default: the engine's rows as they are)."""
+        return table
+
     def finish(self, result: CheckResult) -> None:
         """Look at the result before it is written (default: warn about maps that lost their signal)."""
         warn_degenerate(result, None)
@@ -131,16 +138,17 @@ class Check:
         t0 = time.perf_counter()
         self.prepare()
         x, y = self.x, self.y
-        if not self.explainers:
+        if self.explainers is None:
             self.explainers = resolve_methods(self.methods)
-        if not self.sims:
+        if self.sims is None:
             self.sims = resolve_metrics(self.metrics)
         check_metrics_for_inputs(self.sims, x)
         accuracy = explained_accuracy(self.model, x, y) if self.labels_given else \
             {"accuracy": float("nan"), "classes": int(inference_logits(self.model, x[:1]).shape[1]), "chance": float("nan")}
         ref_target, target_for = self.targets()
         names: list[str] = []
-        config = {"check": self.name, "methods": {k: repr(e) for k, e in self.explainers.items()},
+        config = {"check": self.name, "methods": {k: repr(e) for k, e in self.explainers.items()}
+                  if self.methods_in_config else None,
                   "metrics": list(self.sims), "seed": self.seed, "target": self.target, "n_images": int(x.shape[0]),
                   "images_digest": tensor_digest(x), "labels": "given" if self.labels_given else "predicted",
                   "model": model_fingerprint(self.model), **self.config()}
@@ -170,6 +178,7 @@ class Check:
                                                extra_scores=self.extra_scores, refused=refused,
                                                references=references, draws=self.draws, executor=ex)
             refs = pd.concat(references, ignore_index=True) if references else None
+            table = self.shape_table(table)
             if self.calibrate:
                 timings["calibration"] = cal_seconds
             timings["total"] = time.perf_counter() - t0
@@ -200,7 +209,7 @@ class Check:
             kw["target"] = spec["target"]
         return cls(model, x, y, methods=build_methods(spec.get("methods")),
                    metrics=spec.get("metrics", list(cls.default_metrics)), seed=int(spec["seed"]), out=out,
-                   quiet=quiet, **kw, **extra)
+                   quiet=quiet, resume=spec.get("resume", True), **kw, **extra)
 
     @classmethod
     def run_entry(cls, spec: dict, out: Path, quiet: bool):

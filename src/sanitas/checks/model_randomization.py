@@ -20,7 +20,7 @@ from sanitas.checks.base import Check, legacy_positional
 from sanitas.checks.inputs import TARGETS, resolve_methods, resolve_metrics, warn_degenerate
 from sanitas.checks.result import CheckResult
 from sanitas.errors import ConfigError, InputError, ModelError
-from sanitas.experiments.schema import _count, _flag, _inits, _names, _number, _one_of, _string, _texts
+from sanitas.experiments.schema import _count, _flag, _inits, _model, _names, _number, _one_of, _string, _texts
 from sanitas.explain import get_explainer
 from sanitas.utils import validation
 from sanitas.utils.device import layout_would_change, prefer_fast_layout
@@ -91,7 +91,7 @@ class ModelRandomization(Check):
     options = {"mode": _one_of(*RANDOMIZATION_MODES), "init": _inits, "order": _one_of("top_down", "bottom_up"),
                "blocks": _names, "normalize": _one_of("none", "maxabs", "rms"), "map_stats": _texts,
                "calibrate": _flag, "bn_stats": _string, "smooth_samples": _count(), "smooth_sigma": _number(minimum=0),
-               "draws": _count(), "model_seeds": _count(), "target": _one_of(*TARGETS)}
+               "draws": _count(), "model_seeds": _count(), "target": _one_of(*TARGETS), "ceiling_model": _model}
     reading = ("Each number is the similarity between a method's map of the trained model and its map once the "
                "model's layers are replaced by random weights (cumulatively from the top, for cascading), averaged "
                "over the explained images: 1 means the map did not change. A method that explains what the model "

@@ -137,15 +137,13 @@ def _methods(value: str, top_classes: int | None):
     from sanitas.explain import get_explainer
     from sanitas.explain.registry import EXPLAINERS, parse_method
 
-    out = {}
+    out = []
     for name in names:
         outer, inner, options = parse_method(name)
         if EXPLAINERS.canonical(outer) == "competitive":
             options["top_classes"] = top_classes
-            e = get_explainer("competitive", **({"base": inner} if inner else {}), **options)
-            out[repr(e)] = e
-        else:
-            out[name] = name
+            name = repr(get_explainer("competitive", **({"base": inner} if inner else {}), **options))
+        out.append(name)
     return out
 
 
@@ -201,17 +199,29 @@ def _blocks(blocks):
     return blocks if blocks.startswith("prefix:") or blocks == "auto" else _csv(blocks)
 
 
-def _finish(res, src, ds, out, metrics, table=None) -> None:
-    """What every check command ends with: the run described in meta.json, the figures and the report, and the
-    means on stdout with the images each covers, what was left out and why (or ``table``, a DataFrame)."""
-    from sanitas.report.about import annotate, about_run
-    from sanitas.report.figures import check_figures
-    from sanitas.report.html import check_report
+def _run_check(check: str, spec: dict, out, quiet, executor=None, address=None):
+    """Run a check command as the config entry it is shorthand for (``check: NAME`` with the command's options,
+    run by what runs that entry in ``sanitas run``); the entry's Outcome."""
+    from pathlib import Path
+
+    from sanitas.executors import use_executor
+    from sanitas.experiments.runner_base import run_entry
+
+    with use_executor(executor, address):
+        return run_entry(check, spec, Path(out), quiet)
+
+
+def _entry(model, dataset, classes, output, images, seed, methods, metrics, **options) -> dict:
+    """The config entry of a check command: the common keys and the check's own."""
+    return {"model": model, "dataset": dataset, "classes": _csv(classes) if classes else None, "images": images,
+            "seed": seed, "methods": methods, "metrics": metrics, "output": _output(output), **options}
+
+
+def _finish(res, out, report, metrics, table=None) -> None:
+    """What every check command ends with: the means on stdout with the images each covers, what was left out
+    and why (or ``table``, a DataFrame), the verdicts, and where the results and the report are."""
     from sanitas.report.tables import coverage_lines, mean_over, mean_table, stage_labels
 
-    annotate(res, out, about_run(src, ds))
-    figs = check_figures(res, out)
-    report = check_report(res, out, figs)
     for method, why in res.meta.get("refused", {}).items():
         click.echo(f"note: {method} was left out: {why}", err=True)
     for method, info in res.meta.get("resolved", {}).items():
@@ -244,18 +254,6 @@ def _print_verdicts(res) -> None:
         "no ceiling: run with --model-seeds 2 or --ceiling MODEL to judge):"))
     cols = ["method", "verdict", "variant", "estimate", "ci_low", "ci_high", "ceiling", "floor", "n", "excluded"]
     click.echo(v[[c for c in cols if c in v]].rename(columns={"variant": "at stage"}).round(3).to_string(index=False))
-
-
-def _ceilings(src, dataset, model_seeds: int, ceiling, seed: int, output, quiet) -> list:
-    """The ceiling models of a randomization: the same architecture trained with further seeds
-    (``--model-seeds S``: S - 1 more), or a given independently trained model (``--ceiling SPEC``)."""
-    from sanitas.experiments.runner_base import ceiling_models
-    from sanitas.models import load_model, model_source
-
-    models = []
-    if ceiling:
-        models.append(load_model(model_source(ceiling, _output(output)), dataset, quiet=quiet))
-    return models + ceiling_models(src, dataset, model_seeds, seed, quiet)
 
 
 def _executor_options(command):

@@ -1,14 +1,15 @@
-"""The checks as commands: randomize, data-randomization, input-invariance, biases, evaluate."""
+"""The checks as commands: randomize, data-randomization, input-invariance, biases, quality."""
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import click
 
 from sanitas.cli.app import (COUNT, SEED, MODEL_HELP, _quiet_option, _output_option, _data_options, _dataset, main,
-                             _csv, _methods, TOP_CLASSES_HELP, _output, _calls, _load, _blocks, _finish, _ceilings,
-                             _executor_options)
+                             _csv, _methods, TOP_CLASSES_HELP, _output, _calls, _blocks, _finish, _entry,
+                             _run_check, _executor_options)
 
 
 @main.command(epilog=MODEL_HELP)
@@ -51,21 +52,11 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
     Prints the similarity per stage and, per method, a verdict with its 95% interval (pass / fail /
     inconclusive) against the ceiling of an independently trained model (--model-seeds 2 or --ceiling).
     """
-    from sanitas.checks import model_randomization
-    from sanitas.executors import use_executor
-
-    data = _dataset(dataset, classes)
-    src, net, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet,
-                         needs_layers="model parameter randomization")
-    with _calls(src):
-        ceilings = _ceilings(src, data, model_seeds, ceiling, seed, output, quiet)
-        with use_executor(executor, address):
-            res = model_randomization(net, ds.x, ds.y, methods=_methods(methods, top_classes),
-                                      metrics=_csv(metrics), mode=mode,
-                                      init=init, seed=seed, target=target, order=order, blocks=_blocks(blocks),
-                                      normalize=normalize, out=out, resume=not no_resume, quiet=quiet, draws=draws,
-                                      ceiling_model=ceilings or None)
-        _finish(res, src, ds, out, _csv(metrics)[:2])
+    entry = _entry(model, dataset, classes, output, images, seed, _methods(methods, top_classes), _csv(metrics),
+                   mode=mode, init=init, target=target, order=order, blocks=_blocks(blocks), normalize=normalize,
+                   draws=draws, model_seeds=model_seeds, ceiling_model=ceiling, resume=not no_resume)
+    oc = _run_check("model_randomization", entry, out, quiet, executor, address)
+    _finish(oc.result, out, oc.report, _csv(metrics)[:2])
 
 
 @main.command("data-randomization", epilog=MODEL_HELP)
@@ -97,28 +88,18 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
     true labels with seed + 1); the true-label model is MODEL itself when its spec has weights, else it is
     trained too.
     """
-    from sanitas.checks import ceiling_verdicts, data_randomization
-    from sanitas.checks.data_randomization import train_for_data_randomization
-    from sanitas.executors import use_executor
+    from sanitas.checks import ceiling_verdicts
 
-    data = _dataset(dataset, classes)
-    src, true_model, ds = _load(model, data, output, images=images, seed=seed, quiet=quiet, train_kwargs={"seed": seed},
-                                needs_layers="data randomization (training its architecture afresh)")
-    with _calls(src):
-        trio = train_for_data_randomization(src, data, seed=seed, train_size=train_size, epochs=epochs, lr=lr,
-                                            target_accuracy=target_accuracy, ceiling=not no_ceiling, quiet=quiet)
-        pm = trio.permuted.metrics
-        click.echo(f"permuted-label {src.label}: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
-                   f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
-                   f"test accuracy {pm['test_accuracy']:.3f}")
-        with use_executor(executor, address):
-            res = data_randomization(true_model, ds.x, ds.y, permuted_model=trio.permuted.model,
-                                     methods=_methods(methods, top_classes),
-                                     metrics=_csv(metrics), ceiling_model=trio.ceiling, out=out, seed=seed, quiet=quiet)
-        res.meta["permuted_training"] = pm
-        res.meta["training"] = trio.notes
-        ceiling = trio.ceiling is not None
-        _finish(res, src, ds, out, [] if ceiling else _csv(metrics)[:1], ceiling_verdicts(res) if ceiling else None)
+    entry = _entry(model, dataset, classes, output, images, seed, _methods(methods, top_classes), _csv(metrics),
+                   train_size=train_size, target_accuracy=target_accuracy, epochs=epochs, lr=lr,
+                   ceiling=not no_ceiling)
+    oc = _run_check("data_randomization", entry, out, quiet, executor, address)
+    res, pm = oc.result, oc.result.meta["permuted_training"]
+    click.echo(f"permuted-label model: train accuracy {pm['train_accuracy']:.3f} (target {target_accuracy}, "
+               f"{'reached' if pm['memorized'] else 'NOT reached'} in {pm['epochs_run']} epochs), "
+               f"test accuracy {pm['test_accuracy']:.3f}")
+    ceiling = not no_ceiling
+    _finish(res, out, oc.report, [] if ceiling else _csv(metrics)[:1], ceiling_verdicts(res) if ceiling else None)
 
 
 @main.command("input-invariance", epilog=MODEL_HELP)
@@ -138,17 +119,11 @@ def data_randomization_cmd(model, dataset, classes, methods, metrics, images, se
 def input_invariance_cmd(model, dataset, classes, methods, metrics, shift, shift_baselines, images, seed, output,
                          executor, address, out, quiet):
     """Input invariance (Kindermans et al.): are explanations unchanged by a compensated input shift?"""
-    from sanitas.checks import input_invariance
-    from sanitas.executors import use_executor
-
-    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet,
-                         needs_layers="input invariance (its twin model shifts the first layer)")
-    with _calls(src):
-        with use_executor(executor, address):
-            res = input_invariance(net, ds.x, ds.y, methods=_csv(methods), metrics=_csv(metrics), shift=shift,
-                                   shift_baselines=shift_baselines, out=out, seed=seed, quiet=quiet)
-        click.echo(f"largest logit difference between the two models: {res.meta['max_logit_difference']:.2e}")
-        _finish(res, src, ds, out, _csv(metrics))
+    entry = _entry(model, dataset, classes, output, images, seed, _csv(methods), _csv(metrics), shift=shift,
+                   shift_baselines=shift_baselines)
+    oc = _run_check("input_invariance", entry, out, quiet, executor, address)
+    click.echo(f"largest logit difference between the two models: {oc.result.meta['max_logit_difference']:.2e}")
+    _finish(oc.result, out, oc.report, _csv(metrics))
 
 
 @main.command(epilog=MODEL_HELP.replace("MODEL is", "Each of MODELS is"))
@@ -199,7 +174,7 @@ def biases(models, dataset, classes, output, images, accuracy_images, seed, dist
     click.echo(f"\nresults: {out}/results.parquet, {out}/summary.csv, {out}/layers.csv\nreport:  {res.report}")
 
 
-@main.command("evaluate", epilog=MODEL_HELP)
+@main.command("quality", epilog=MODEL_HELP)
 @click.argument("model")
 @_data_options
 @click.option("--methods", default="gradient,fullgrad,random", show_default=True,
@@ -224,15 +199,13 @@ def biases(models, dataset, classes, output, images, accuracy_images, seed, dist
 @_quiet_option
 def evaluate_cmd(model, dataset, classes, output, methods, layers, images, order, removal, shuffles, target, interpolation, seed, out,
                  no_resume, quiet):
-    """Decision-flip evaluation (grabska2020): how much signal can go before MODEL changes its decision?"""
-    from sanitas.evaluate.quality import evaluate_methods
-
-    src, net, ds = _load(model, _dataset(dataset, classes), output, images=images, seed=seed, quiet=quiet)
+    """Quality of explanations by the decision flip (grabska2020): how much of the image can go, in the order
+    each method's map gives, before MODEL changes its decision? (`sanitas evaluate` is its older name.)"""
     lay = None if layers is None else ("all" if layers.strip() == "all" else _csv(layers))
-    with _calls(src):
-        res = evaluate_methods(net, ds.x, ds.y, _csv(methods), layers=lay, target=target, orders=_csv(order),
-                               removal=removal, n_shuffles=shuffles, seed=seed, interpolation=interpolation, out=out,
-                               resume=not no_resume, quiet=quiet)
+    entry = _entry(model, dataset, classes, output, images, seed, _csv(methods), None, layers=lay, target=target,
+                   orders=_csv(order), removal=removal, n_shuffles=shuffles, interpolation=interpolation,
+                   resume=not no_resume)
+    res = _run_check("quality", entry, out, quiet).result
     n = res.table["image"].nunique()
     import pandas as pd
 
@@ -251,6 +224,12 @@ def evaluate_cmd(model, dataset, classes, output, methods, layers, images, order
                 click.echo(cmp_[["other", "role", "median_difference", "p_value", "favours"]]
                            .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {res.report}")
+
+
+# the older name of the command, still accepted (not listed)
+_evaluate_alias = copy.copy(evaluate_cmd)
+_evaluate_alias.hidden = True
+main.add_command(_evaluate_alias, "evaluate")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""What :func:`sanitas.evaluate.evaluate_methods` evaluates: method specs, the model's
+"""What :func:`sanitas.evaluate.evaluate_quality` evaluates: method specs, the model's
 bias-carrying spatial layers and the per-layer / aggregate methods named after them (conventions in
 :mod:`sanitas.evaluate.quality`)."""
 

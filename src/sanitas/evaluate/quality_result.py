@@ -1,4 +1,4 @@
-"""The result of :func:`sanitas.evaluate.evaluate_methods`: summaries, layer tests, the best aggregate."""
+"""The result of :func:`sanitas.evaluate.evaluate_quality`: summaries, layer tests, the best aggregate."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataF
 
 @dataclass
 class QualityResult:
-    """What :func:`evaluate_methods` returns.
+    """What :func:`~sanitas.evaluate.evaluate_quality` returns.
 
     ``table``: one row per (method, image, metric) with columns ``method, variant, stage, metric,
     image, value, target, family, layer, layer_index``; ``specs``: the evaluated methods;

@@ -31,6 +31,7 @@ class Outcome:
     report: Path | None = None
     seconds: float = 0.0
     summary: pd.DataFrame | None = None   # compact table shown in the combined report
+    result: Any = None                    # the check's result object (CheckResult, QualityResult), when a check ran
 
 
 RUNNERS: dict[str, Callable[[dict, Path, bool], Outcome]] = {}
@@ -45,30 +46,40 @@ def runner(kind: str):
     return deco
 
 
+#: older names of checks, still accepted in configs
+CHECK_ALIASES = {"evaluate": "quality"}
+
+
 def runner_for(kind: str) -> Callable[[dict, Path, bool], Outcome]:
     """What runs a config entry ``check: kind``: a registered runner, else the check class's ``run_entry``."""
+    kind = CHECK_ALIASES.get(kind, kind)
     if kind in RUNNERS:
         return RUNNERS[kind]
+    checks = _check_classes()
+    if kind in checks:
+        return checks[kind].run_entry
+    raise ConfigError(f"unknown check {kind!r}; use one of {check_names()}")
+
+
+def _check_classes() -> dict:
+    import sanitas.evaluate.quality  # noqa: F401 - registers the quality check
     from sanitas.checks import CHECKS
 
-    if kind in CHECKS:
-        return CHECKS[kind].run_entry
-    raise ConfigError(f"unknown check {kind!r}; use one of {check_names()}")
+    return CHECKS
 
 
 def check_names() -> list[str]:
     """Every name a config's ``check:`` may take."""
-    from sanitas.checks import CHECKS
-
-    return sorted({*RUNNERS, *CHECKS})
+    return sorted({*RUNNERS, *_check_classes(), *CHECK_ALIASES})
 
 
 def check_options(kind: str) -> dict[str, Callable]:
     """The config keys a ``check: kind`` entry takes besides the common ones (key -> schema checker)."""
-    from sanitas.checks import CHECKS
     from sanitas.experiments.schema import BY_CHECK
 
-    return BY_CHECK[kind] if kind in BY_CHECK else dict(CHECKS[kind].options) if kind in CHECKS else {}
+    kind = CHECK_ALIASES.get(kind, kind)
+    checks = _check_classes()
+    return BY_CHECK[kind] if kind in BY_CHECK else dict(checks[kind].options) if kind in checks else {}
 
 
 def build_methods(entries) -> dict[str, Any]:
@@ -152,12 +163,19 @@ def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwar
     from sanitas.models import load_model
     from sanitas.models.resolve import require_python_module
 
+    from sanitas.utils.progress import log
+
     src = model_sources(spec)[0]
     with model_call(output=src.output):
         net = load_model(src, dataset_of(spec), quiet=quiet, **train_kwargs)
     if needs_layers:
         require_python_module(net, needs_layers)
-    return src, net, _images(spec)
+    ds = _images(spec)
+    log(f"model: {src.describe()}", quiet=quiet)
+    log(f"data:  {ds.describe()}", quiet=quiet)
+    if ds.info.get("layout"):
+        log(f"       {ds.info['layout']}", quiet=quiet)
+    return src, net, ds
 
 
 def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outcome:
@@ -171,7 +189,17 @@ def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outco
     report = check_report(res, out, figs)
     summary = res.summary()
     return Outcome(res.table, dict(scalars or {}), res.calibration, figs, report, time.perf_counter() - t0,
-                   summary)
+                   summary, res)
+
+
+def run_entry(check: str, spec: dict, out: Path, quiet: bool, where: str = "command line") -> Outcome:
+    """One config entry (``check: NAME`` and its keys, as in an experiment of a config), validated like a
+    config's and run by what runs it in ``sanitas run``: how every check command runs."""
+    from sanitas.experiments.schema import _check_experiment, _Where
+
+    spec = {"check": check, **{k: v for k, v in spec.items() if v is not None}}
+    _check_experiment(spec, check, _Where(where, None), (check,))
+    return runner_for(check)(spec, Path(out), quiet)
 
 
 def ceiling_models(src, dataset, model_seeds: int, seed: int, quiet: bool) -> list:

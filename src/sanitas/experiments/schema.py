@@ -277,6 +277,7 @@ def _distill(value, what):
 COMMON: dict[str, Checker] = {
     "check": _string, "model": _model, "dataset": _dataset, "images": _count(), "seed": _seed, "methods": _methods,
     "metrics": _metrics, "description": _string, "skip": _skip, "output": _output, "classes": _classes,
+    "resume": _flag,
 }
 #: the options of config entries that are not check classes (a check class declares its own ``options``)
 BY_CHECK: dict[str, dict[str, Checker]] = {
@@ -286,11 +287,6 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
                      "draws": _count()},
     "completeness": {},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
-    "evaluate": {
-        "layers": _texts, "target": _one_of("predicted", "label"), "orders": _texts, "removal": _string,
-        "n_shuffles": _count(minimum=0), "channel_reduce": _string, "interpolation": _string, "search": _string,
-        "select_metric": _string, "test_method": _string,
-    },
 }
 TOP: dict[str, Checker] = {
     "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _dataset,

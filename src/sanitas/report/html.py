@@ -240,7 +240,7 @@ def biases_report(result, out_dir: str | Path, figures: list[Path]) -> Path:
 
 
 def quality_report(res, out_dir: Path) -> Path:
-    """The report of :func:`sanitas.evaluate.evaluate_methods` (a :class:`~sanitas.evaluate.QualityResult`)."""
+    """The report of :func:`sanitas.evaluate.evaluate_quality` (a :class:`~sanitas.evaluate.QualityResult`)."""
     sections = []
     piv = res.pivot(("delta_e_minus", "e_minus", "delta_e_plus", "e_plus", "delta_e_delta")).reset_index()
     sections.append({"id": "summary", "title": "Summary (mean over images)", "tables": [

@@ -1,4 +1,4 @@
-"""Figures of :func:`sanitas.evaluate.evaluate_methods`: box plots per metric, activity vs bias per layer
+"""Figures of :func:`sanitas.evaluate.evaluate_quality`: box plots per metric, activity vs bias per layer
 (grabska2020's Fig. 5) and single layers vs top-down aggregates (Fig. 6)."""
 
 from __future__ import annotations

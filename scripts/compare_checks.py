@@ -1,10 +1,16 @@
-"""Run data_randomization and input_invariance on tiny models and compare their tables with an earlier run.
+"""Run every check (model randomization, data randomization, input invariance, quality) on tiny models and
+compare their tables with an earlier run.
 
-Kept to show that moving the two checks onto ``engine.run`` (issue 19, section 1) left their results as they
-were: run it once with the sources before a change and once after, then compare.
+Kept to show that moving the checks onto one protocol (``sanitas.checks.base.Check``, cells through
+``engine.run``; issue 19, section 1) left their results as they were: run it once with the sources before
+a change and once after, then compare. The calls use the oldest signatures (positional methods and
+metrics, ``evaluate_methods``), which every later version still takes.
 
-    PYTHONPATH=OLD/src   .venv/bin/python scripts/compare_data_checks.py /tmp/before
-    PYTHONPATH=$PWD/src  .venv/bin/python scripts/compare_data_checks.py /tmp/after --against /tmp/before
+    PYTHONPATH=OLD/src   .venv/bin/python scripts/compare_checks.py /tmp/before
+    PYTHONPATH=$PWD/src  .venv/bin/python scripts/compare_checks.py /tmp/after --against /tmp/before
+
+For whole papers, ``--reproduce A B`` compares the ``results.parquet`` of every experiment of two
+``sanitas reproduce`` output directories the same way.
 
 Each case writes its results directory under OUT/<case>/. With ``--against`` every case's
 ``results.parquet`` (and ``calibration.csv`` where there is one) must have the same rows and exactly the
@@ -25,7 +31,10 @@ os.environ.setdefault("SANITAS_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from sanitas.checks import data_randomization, input_invariance  # noqa: E402
+import warnings  # noqa: E402
+
+from sanitas.checks import data_randomization, input_invariance, model_randomization  # noqa: E402
+from sanitas.evaluate import evaluate_methods  # noqa: E402
 from sanitas.models import build_model  # noqa: E402
 
 SHAPE = (1, 16, 16)
@@ -47,16 +56,24 @@ def _batch():
 def cases():
     x, y = _batch()
     true, perm, other = _cnn(0), _cnn(1), _cnn(2)
-    yield "data_randomization", lambda out: data_randomization(true, x, y, permuted_model=perm, methods=METHODS,
-                                                               metrics=METRICS,
+    yield "data_randomization", lambda out: data_randomization(true, perm, x, y, METHODS, METRICS,
                                                                ceiling_model=other, out=out, seed=3)
     # the true model as its own ceiling: the third variant is the reference model itself
     yield "data_randomization_self_ceiling", lambda out: data_randomization(
-        true, x, y, permuted_model=perm, methods=METHODS[:3], metrics=METRICS, ceiling_model=true, out=out, calibrate=False)
+        true, perm, x, y, METHODS[:3], METRICS, ceiling_model=true, out=out, calibrate=False)
     ii = [m for m in METHODS if m != "smoothgrad(gradient, samples=4)"]
-    yield "input_invariance", lambda out: input_invariance(true, x, y, methods=ii, metrics=METRICS, shift=-1.0, out=out)
+    yield "input_invariance", lambda out: input_invariance(true, x, y, ii, METRICS, shift=-1.0, out=out)
     yield "input_invariance_shift_baselines", lambda out: input_invariance(
-        true, x, y, methods=ii, metrics=METRICS, shift=0.5, shift_baselines=True, out=out, calibrate=True, seed=1)
+        true, x, y, ii, METRICS, shift=0.5, shift_baselines=True, out=out, calibrate=True, seed=1)
+    yield "model_randomization_draws_ceiling", lambda out: model_randomization(
+        true, x, y, METHODS[:4], METRICS, draws=2, ceiling_model=other, out=out, map_stats=["map_sum"])
+    yield "model_randomization_independent", lambda out: model_randomization(
+        true, x, y, ["gradient", "gradcam"], METRICS, mode="independent", init="uniform", out=out, seed=2)
+    yield "model_randomization_random_logit", lambda out: model_randomization(
+        true, x, y, ["gradient"], ["spearman_abs"], mode="random_logit", out=out, calibrate=False)
+    yield "quality", lambda out: evaluate_methods(true, x, y, ["gradient", "input_x_gradient", "random"],
+                                                  layers="all", n_shuffles=2, out=out, figures=False,
+                                                  test_method="asymptotic")
 
 
 def compare(name: str, before: Path, after: Path) -> list[str]:
@@ -84,12 +101,34 @@ def compare(name: str, before: Path, after: Path) -> list[str]:
     return problems
 
 
+def compare_reproductions(a: Path, b: Path) -> list[str]:
+    """Differences between the results tables of every experiment two ``sanitas reproduce`` runs both have."""
+    problems, seen = [], 0
+    for before in sorted(a.glob("*/*/results.parquet")):
+        rel = before.relative_to(a)
+        after = b / rel
+        if after.exists():
+            seen += 1
+            problems += compare(str(rel), before, after)
+        else:
+            print(f"  {rel}: not in {b}")
+    print(f"{seen} experiments compared")
+    return problems
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="where this run writes its results directories")
+    ap.add_argument("out", type=Path, nargs="?", help="where this run writes its results directories")
     ap.add_argument("--against", type=Path, help="an earlier run's OUT to compare with")
+    ap.add_argument("--reproduce", type=Path, nargs=2, metavar=("A", "B"),
+                    help="compare two `sanitas reproduce` output directories instead")
     args = ap.parse_args(argv)
+    if args.reproduce:
+        problems = compare_reproductions(*args.reproduce)
+        print("\n".join(problems) if problems else "same rows and values in every experiment")
+        return 1 if problems else 0
     problems = []
+    warnings.simplefilter("ignore", FutureWarning)  # the oldest signatures, on purpose
     for case, run in cases():
         res = run(args.out / case)
         print(f"{case}: {len(res.table)} rows, methods {sorted(set(res.table['method']))}")
