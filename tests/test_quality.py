@@ -166,3 +166,20 @@ def test_evaluate_command(tmp_path):
     assert "Best aggregate: activity[1]" in (out / "report.html").read_text()
     r = CliRunner().invoke(main, args[:5] + ["gradient,gradiant", "--out", str(out), "--quiet"])
     assert r.exit_code == 1 and "Did you mean" in r.output and "Traceback" not in r.output
+
+
+def test_quality_verdicts_judge_each_method_against_its_shuffled_maps(data):
+    """result.verdicts() of the quality check, from the same judge as every verdict: a map that ranks pixels by
+    the model's own evidence passes against its maps of other images; a constant map cannot beat them."""
+    net, x = data
+    res = evaluate_methods(net, x, methods=["gradient", "random"], n_shuffles=2, quiet=True, figures=False,
+                           test_method="asymptotic")
+    v = res.verdicts().set_index("method")
+    assert list(v.index) == ["gradient", "random"]
+    assert set(v["verdict"]) <= {"pass", "fail", "inconclusive"}
+    assert (v["ci_low"] <= v["estimate"]).all() and (v["estimate"] <= v["ci_high"]).all()
+    assert (v["n"] == len(x)).all()
+    t = res.table[res.table.metric == "delta_e_minus"]
+    assert v.loc["gradient", "estimate"] == pytest.approx(t[t.method == "gradient"]["value"].mean())
+    with pytest.raises(ValueError, match="delta_"):
+        res.verdicts("e_minus")

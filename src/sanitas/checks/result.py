@@ -75,7 +75,7 @@ class CheckResult:
         stages = stage_verdicts(self.table, self.references, metric, n_boot=n_boot, seed=seed)
         return stages if per == "stage" else method_verdicts(stages)
 
-    def pivot(self, metric: str, stat: str = "mean") -> pd.DataFrame:
+    def pivot(self, metric: str = "spearman_abs", stat: str = "mean") -> pd.DataFrame:
         """Methods x stages table of one metric's mean (or ci_low, ci_high, nan_count)."""
         s = self.summary()
         s = s[s["metric"] == metric]

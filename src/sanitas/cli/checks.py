@@ -212,6 +212,12 @@ def evaluate_cmd(model, dataset, classes, output, methods, layers, images, order
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
         click.echo(f"mean over {n} images (higher delta_e_minus / e_minus / delta_e_delta is better):")
         click.echo(res.pivot().round(4).to_string())
+        v = res.verdicts()
+        click.echo(f"\nverdict per method: {res.select_metric} against 0, the method's own maps of other images "
+                   "(95% interval):")
+        for r in v.to_dict("records"):
+            click.echo(f"  {r['method']}: {r['verdict']}  {r['estimate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                       f"  n={r['n']}")
         lt = res.layer_table((res.select_metric,))
         if not lt.empty:
             cols = ["layer_index", "layer", "activity_mean", "bias_mean", "p_value", "p_holm", "rank_biserial", "winner"]

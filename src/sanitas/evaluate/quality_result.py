@@ -67,14 +67,42 @@ class QualityResult:
             self._summary = _summary(self.table, seed=self.meta.get("config", {}).get("seed", 0))
         return self._summary
 
-    def pivot(self, metrics: Sequence[str] = ("delta_e_minus", "e_minus", "delta_e_delta"),
+    def pivot(self, metric: str | Sequence[str] = ("delta_e_minus", "e_minus", "delta_e_delta"),
               stat: str = "mean") -> pd.DataFrame:
-        """Methods x metrics table of one statistic (rows in evaluation order)."""
+        """Methods x metrics table of one statistic (rows in evaluation order); ``metric``: one name or several.
+        The same call as :meth:`sanitas.checks.CheckResult.pivot` (whose columns are the stages)."""
+        metrics = [metric] if isinstance(metric, str) else list(metric)
         s = self.summary()
-        s = s[s["metric"].isin(list(metrics))]
+        s = s[s["metric"].isin(metrics)]
         p = s.pivot(index="method", columns="metric", values=stat)
         return p.reindex(index=[m for m in self.methods if m in p.index],
                          columns=[m for m in metrics if m in p.columns])
+
+    def verdicts(self, metric: str | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+        """Per method: is its map better than its own maps of other images (grabska2020's shuffled-map
+        baseline)? ``metric``: a delta metric (default the result's ``select_metric``, ``delta_e_minus``). The
+        estimate is the mean over images with a 95% bootstrap interval, judged by :func:`sanitas.verdict.judge`
+        as every verdict is: *pass* when the whole interval is on the better side of 0, *fail* when it is all on
+        the other side, *inconclusive* otherwise. Columns as :meth:`sanitas.checks.CheckResult.verdicts`'s."""
+        from sanitas.checks.verdicts import LABELS
+        from sanitas.utils.bootstrap import Resampler, table_mean
+        from sanitas.verdict import judge
+
+        metric = metric or self.select_metric
+        if not metric.startswith("delta_"):
+            raise ValueError(f"verdicts compare a method with its shuffled maps: use a delta_* metric, not {metric!r}")
+        op = ">" if HIGHER_IS_BETTER.get(metric, True) else "<"
+        rows = []
+        for method in self.methods:
+            t = self.table[(self.table.method == method) & (self.table.metric == metric)]
+            d = table_mean(t, Resampler(n_boot, seed))
+            verdict, diff = judge(d, op, 0.0)
+            lo, hi = diff.ci()
+            rows.append({"method": method, "stage": "original", "metric": metric, "estimate": d.estimate,
+                         "ci_low": lo, "ci_high": hi, "reference": f"0: the method's own maps of other images "
+                         f"({metric} {op} 0 is better)", "verdict": LABELS[verdict],
+                         "why": "", "n": d.n, "excluded": d.excluded})
+        return pd.DataFrame(rows)
 
     def _test(self, a: str, b: str, metric: str) -> dict:
         w = self.wilcoxon
