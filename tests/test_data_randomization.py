@@ -163,3 +163,30 @@ def test_input_invariance_on_ray_writes_the_local_tables(tmp_path):
         ex.close()
     for name in ("results.csv", "results.parquet"):
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+
+
+def test_data_randomization_verdicts_use_the_other_seed_model_as_ceiling():
+    """result.verdicts() of the data randomization test, from the same function as every check's: the
+    permuted-label similarity judged against the ceiling of the model trained with another seed; and it agrees
+    with ceiling_verdicts where that one is decided (CIs apart)."""
+    from sanitas.data import load_dataset
+
+    true, perm, other = _small(seed=0), _small(seed=1), _small(seed=2)
+    ds = load_dataset("digits", "test", limit=24)
+    res = data_randomization(true, ds.x, ds.y, permuted_model=perm, ceiling_model=other,
+                             methods=["gradient", "guided_backprop"], metrics=["spearman_abs"], calibrate=False,
+                             quiet=True)
+    v = res.verdicts().set_index("method")
+    assert list(v.index) == ["gradient", "guided_backprop"] and set(v["variant"]) == {"permuted_labels"}
+    assert (v["reference"] != "none").all() and v["verdict"].isin(["pass", "fail", "inconclusive"]).all()
+    t = res.table
+    for method in v.index:
+        ceil = t[(t.method == method) & (t.variant == "other_seed")]["value"].mean()
+        assert v.loc[method, "ceiling"] == pytest.approx(ceil)
+    old = ceiling_verdicts(res).set_index("method")
+    for method in v.index:
+        if old.loc[method, "passes"]:
+            assert v.loc[method, "verdict"] == "pass"
+    no_ceiling = data_randomization(true, ds.x, ds.y, permuted_model=perm, methods=["gradient"],
+                                    metrics=["spearman_abs"], calibrate=False, quiet=True)
+    assert (no_ceiling.verdicts()["reference"] == "none").all()

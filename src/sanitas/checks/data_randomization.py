@@ -80,7 +80,9 @@ class DataRandomization(Check):
 
     def meta(self, meta: dict) -> dict:
         facts = {name: model_facts(m, self.x, self.y) for name, m in self.models}
-        return {"models": facts, "accuracy": {name: f["accuracy"] for name, f in facts.items()}}
+        return {"models": facts, "accuracy": {name: f["accuracy"] for name, f in facts.items()},
+                # its maps are the ceiling result.verdicts() judges the permuted-label model's against
+                "ceiling_variants": ["other_seed"] if len(self.models) > 2 else []}
 
     @classmethod
     def run_entry(cls, spec: dict, out: Path, quiet: bool):

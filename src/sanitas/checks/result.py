@@ -72,7 +72,15 @@ class CheckResult:
         """
         from sanitas.checks.verdicts import method_verdicts, stage_verdicts
 
-        stages = stage_verdicts(self.table, self.references, metric, n_boot=n_boot, seed=seed)
+        table = self.table
+        ceilings = self.meta.get("ceiling_variants") or []
+        if ceilings and len(table):  # a check whose ceiling model is a stage of its table (data randomization)
+            refs = table[table["variant"].isin(ceilings)].assign(reference="ceiling")
+            references = refs if self.references is None else pd.concat([self.references, refs], ignore_index=True)
+            table = table[~table["variant"].isin(ceilings)]
+        else:
+            references = self.references
+        stages = stage_verdicts(table, references, metric, n_boot=n_boot, seed=seed)
         return stages if per == "stage" else method_verdicts(stages)
 
     def pivot(self, metric: str = "spearman_abs", stat: str = "mean") -> pd.DataFrame:

@@ -238,7 +238,7 @@ def _finish(res, out, report, metrics, table=None) -> None:
             click.echo(f"  {line}")
     if table is not None:
         click.echo(table.round(3).to_string(index=False))
-    if res.kind == "model_randomization":
+    if res.kind in ("model_randomization", "data_randomization"):
         _print_verdicts(res)
     click.echo(f"\nresults: {out}/results.parquet, {out}/results.csv\nreport:  {report}")
 

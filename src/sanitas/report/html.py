@@ -84,14 +84,23 @@ def reading(kind: str) -> str:
 def verdict_section(result) -> dict | None:
     """The method verdicts (with confidence intervals) shown right after the overview, from the same function as
     the command line and the API (``result.verdicts()``); None for checks without stage verdicts."""
-    if result.kind != "model_randomization" or not len(result.table):
+    if result.kind not in ("model_randomization", "data_randomization") or not len(result.table):
         return None
     v = result.verdicts()
     if not len(v):
         return None
-    shown = v[["method", "verdict", "variant", "estimate", "ci_low", "ci_high", "ceiling", "floor", "n", "excluded",
-               "why"]].rename(columns={"variant": "judged at stage"})
+    shown = v[[c for c in ("method", "verdict", "variant", "estimate", "ci_low", "ci_high", "ceiling", "floor", "n",
+                           "excluded", "why") if c in v]].rename(columns={"variant": "judged at stage"})
     judged = v["reference"].ne("none").any()
+    if result.kind == "data_randomization":
+        text = ("A method passes when its maps of the permuted-label model are clearly less alike the true-label "
+                "model's maps than the maps of the model trained with another seed are (the ceiling: the whole 95% "
+                "interval of the difference below 0), fails when they are clearly not, and is inconclusive "
+                "otherwise." if judged else "No verdict without a ceiling: train a second true-label model "
+                "(ceiling: true in a config; the default of `sanitas data-randomization`).")
+        return {"id": "verdicts", "title": "Verdicts", "text": text, "figures": [],
+                "tables": [{"caption": "per method: verdict, mean similarity with its 95% interval over images, and "
+                                       "the ceiling", "html": table_html(shown.round(3))}]}
     text = ("A method passes when its maps on the randomized model are clearly less alike the original maps than "
             "the maps of two independently trained models are (the ceiling: the whole 95% interval of the "
             "difference below 0), fails when they are clearly not, and is inconclusive otherwise. The floor is how "
