@@ -20,7 +20,7 @@ Check ``competition_all_logits`` (figure 1), on the trained model, for each base
 Check ``competition_scores`` (figure 2), the first method's map of each image's label on the trained model,
 on the elements where the input is not zero (gradient x input is exactly 0 there: a spike the paper's
 ImageNet images do not have). Per image, the scores divided by their standard deviation, a one- and a
-two-Gaussian fit (``sklearn.mixture.GaussianMixture``); metrics ``bic_gain`` (BIC of one Gaussian minus
+two-Gaussian fit (maximum likelihood by EM, :func:`two_gaussians`); metrics ``bic_gain`` (BIC of one Gaussian minus
 BIC of the mixture, per element: > 0 prefers the mixture), ``zero_component_mean`` (the mean of the
 component nearer 0, in units of the scores' standard deviation), ``signal_component_mean`` (the other
 component's mean), ``signal_weight`` and, for competition, ``kept_signal`` / ``kept_zero``: the fraction of
@@ -182,34 +182,65 @@ def run_all_logits(spec: dict, out: Path, quiet: bool) -> Outcome:
 
 # -- figure 2: the distribution of the scores ---------------------------------------------------------------
 
-def mixture_stats(scores: np.ndarray, kept: np.ndarray, seed: int = 0) -> dict:
+def _normal_pdf(s: np.ndarray, mean, var) -> np.ndarray:
+    return np.exp(-0.5 * (s - mean) ** 2 / var) / np.sqrt(2 * np.pi * var)
+
+
+def two_gaussians(s: np.ndarray, iters: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Maximum-likelihood mixture of two Gaussians of 1-d data by EM: ``(weights, means, variances, log-lik)``.
+
+    Deterministic: three starts (means at the quantiles 0.5/0.9, 0.1/0.5, 0.25/0.75, each variance that of
+    the data), the best log-likelihood kept; variances floored at 1e-6 of the data's (a collapsed component)."""
+    s = np.asarray(s, dtype=np.float64).ravel()
+    var0 = float(s.var()) or 1.0
+    best = None
+    for lo, hi in ((0.5, 0.9), (0.1, 0.5), (0.25, 0.75)):
+        w, mu, var = np.array([0.5, 0.5]), np.quantile(s, [lo, hi]), np.array([var0, var0])
+        ll_old = -np.inf
+        for _ in range(iters):
+            dens = w * _normal_pdf(s[:, None], mu, var)                   # (n, 2)
+            total = dens.sum(1).clip(min=np.finfo(float).tiny)
+            ll = float(np.log(total).sum())
+            r = dens / total[:, None]
+            nk = r.sum(0).clip(min=1e-12)
+            w, mu = nk / len(s), (r * s[:, None]).sum(0) / nk
+            var = np.maximum((r * (s[:, None] - mu) ** 2).sum(0) / nk, 1e-6 * var0)
+            if ll - ll_old < 1e-9 * len(s):
+                break
+            ll_old = ll
+        dens = w * _normal_pdf(s[:, None], mu, var)
+        ll = float(np.log(dens.sum(1).clip(min=np.finfo(float).tiny)).sum())
+        if best is None or ll > best[3]:
+            best = (w, mu, var, ll)
+    return best
+
+
+def mixture_stats(scores: np.ndarray, kept: np.ndarray) -> dict:
     """One image's standardized scores: a one- and a two-Gaussian fit, and which component's elements the
     competitive map kept (``kept``: bool per element). See the module docs for the keys."""
-    from sklearn.mixture import GaussianMixture
-
-    s = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    s = np.asarray(scores, dtype=np.float64).ravel()
     s = s / (s.std() or 1.0)
-    one = GaussianMixture(1, random_state=seed).fit(s)
-    two = GaussianMixture(2, random_state=seed, n_init=3).fit(s)
-    means = two.means_.ravel()
+    n = len(s)
+    ll_one = float(np.log(_normal_pdf(s, s.mean(), s.var() or 1.0).clip(min=np.finfo(float).tiny)).sum())
+    w, means, var, ll_two = two_gaussians(s)
+    bic_one, bic_two = 2 * np.log(n) - 2 * ll_one, 5 * np.log(n) - 2 * ll_two
     z = int(np.argmin(np.abs(means)))
-    post = two.predict_proba(s)
+    dens = w * _normal_pdf(s[:, None], means, var)
+    post = dens / dens.sum(1, keepdims=True).clip(min=np.finfo(float).tiny)
     kept = np.asarray(kept, dtype=np.float64).ravel()
-    return {"bic_gain": (one.bic(s) - two.bic(s)) / len(s), "zero_component_mean": float(means[z]),
-            "signal_component_mean": float(means[1 - z]), "signal_weight": float(two.weights_[1 - z]),
+    return {"bic_gain": (bic_one - bic_two) / n, "zero_component_mean": float(means[z]),
+            "signal_component_mean": float(means[1 - z]), "signal_weight": float(w[1 - z]),
             "kept_signal": float((post[:, 1 - z] * kept).sum() / post[:, 1 - z].sum()),
             "kept_zero": float((post[:, z] * kept).sum() / post[:, z].sum()),
-            "_scores": s.ravel(), "_kept": kept.astype(bool)}
+            "_scores": s, "_kept": kept.astype(bool)}
 
 
-def _scores_figure(fits: list[dict], method: str, seed: int, path: Path) -> Path:
-    from sklearn.mixture import GaussianMixture
-
+def _scores_figure(fits: list[dict], method: str, path: Path) -> Path:
     from sanitas.report.figures import new_figure, save_figure
 
     pooled = np.concatenate([f["_scores"] for f in fits])
     kept = np.concatenate([f["_kept"] for f in fits])
-    g = GaussianMixture(2, random_state=seed, n_init=3).fit(pooled.reshape(-1, 1))
+    weights, means, variances, _ = two_gaussians(pooled)
     lim = float(np.quantile(np.abs(pooled), 0.998))
     bins = np.linspace(-lim, lim, 81)
     t = np.linspace(-lim, lim, 400)
@@ -221,7 +252,7 @@ def _scores_figure(fits: list[dict], method: str, seed: int, path: Path) -> Path
                 histtype="step", color="C3", lw=1.2, label="of which kept by competition")
         total = np.zeros_like(t)
         for j in range(2):
-            m, sd, w = g.means_.ravel()[j], float(np.sqrt(g.covariances_.ravel()[j])), g.weights_[j]
+            m, sd, w = means[j], float(np.sqrt(variances[j])), weights[j]
             dens = w * np.exp(-0.5 * ((t - m) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
             total += dens
             ax.plot(t, dens, color=f"C{j}", lw=1, ls="--", label=f"Gaussian {j + 1}: mean {m:+.2f}, sd {sd:.2f}")
@@ -257,11 +288,11 @@ def run_scores(spec: dict, out: Path, quiet: bool) -> Outcome:
     fits = []
     for i in range(len(chosen)):
         where = (ds.x[i] != 0).expand_as(chosen[i])
-        fits.append(mixture_stats(chosen[i][where].cpu().numpy(), kept[i][where].cpu().numpy(), int(spec["seed"])))
+        fits.append(mixture_stats(chosen[i][where].cpu().numpy(), kept[i][where].cpu().numpy()))
     keys = [k for k in fits[0] if not k.startswith("_")]
     values = {k: np.array([f[k] for f in fits]) for k in keys}
     table = _rows(name, "trained", 0, values, np.zeros(len(fits), dtype=bool))
-    figs = [_scores_figure(fits, name, int(spec["seed"]), out / "figures" / "scores_histogram.png")]
+    figs = [_scores_figure(fits, name, out / "figures" / "scores_histogram.png")]
     summary = _summary(table)
     scalars = {f"mean/{k}": float(v.mean()) for k, v in values.items()}
     meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
