@@ -163,7 +163,8 @@ def run_random_net(spec: dict, out: Path, quiet: bool) -> Outcome:
         random = explainer(rand, ds.x, "all").detach()
     k = trained.shape[1]
     y = torch.as_tensor(ds.y)
-    ks = sorted({int(c) for c in spec.get("classes_compared", [2, 3, 5])} | {k})
+    compared = spec.get("classes_compared", [2, 3, 5])
+    ks = sorted({int(c) for c in (compared if isinstance(compared, list) else [compared])} | {k})
     if ks[0] < 2 or ks[-1] > k:
         from sanitas.errors import ConfigError
 
