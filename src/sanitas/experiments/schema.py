@@ -257,6 +257,12 @@ def _distributions(value, what):
         raise ConfigError(f"{what} must be a list of gaussian, uniform; got {value!r}")
 
 
+def _class_counts(value, what):
+    """A non-empty list of class counts (whole numbers >= 2)."""
+    for v in value if isinstance(value, list) and value else [value]:
+        _validation().count(v, f"{what} (a list of class counts >= 2) entry", minimum=2)
+
+
 def _mapping(value, what):
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a mapping, got {value!r}")
@@ -286,6 +292,8 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
                      "draws": _count()},
     "completeness": {},
+    "competition_all_logits": {}, "competition_scores": {}, "competition_quality": {"n_shuffles": _count()},
+    "competition_random_net": {"init": _string, "classes_compared": _class_counts},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
 }
 TOP: dict[str, Checker] = {
