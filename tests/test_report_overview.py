@@ -93,8 +93,8 @@ def test_verdicts_have_their_place_after_the_overview(tmp_path, monkeypatch):
 
 
 def test_report_of_an_api_run_has_its_maps(tmp_path):
-    """model_randomization(..., out=DIR) from Python writes no figures; `sanitas report DIR` draws the maps the
-    finished cells keep, beside their inputs."""
+    """model_randomization(..., out=DIR) from Python writes its figures and report.html as every check does
+    (figures=False: none); `sanitas report DIR` draws the maps the finished cells keep, beside their inputs."""
     from sanitas.checks import model_randomization
     from sanitas.data import load_dataset
     from sanitas.models import build_model
@@ -102,8 +102,12 @@ def test_report_of_an_api_run_has_its_maps(tmp_path):
     torch.manual_seed(0)
     net = build_model("cnn", (1, 8, 8), 10)
     ds = load_dataset("digits", "test").sample(3)
-    model_randomization(net, ds.x, ds.y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, quiet=True)
-    assert not (tmp_path / "figures").exists()
+    res = model_randomization(net, ds.x, ds.y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path / "a",
+                              quiet=True)
+    assert res.report == tmp_path / "a" / "report.html" and res.report.exists() and res.figures
+    model_randomization(net, ds.x, ds.y, methods=["gradient"], metrics=["spearman_abs"], out=tmp_path, quiet=True,
+                        figures=False)
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "report.html").exists()
     r = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert r.exit_code == 0, r.output
     maps = _section((tmp_path / "report.html").read_text(), "maps")

@@ -74,7 +74,7 @@ class Check:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y=None, *, methods, metrics=None, target: str | None = None,
                  seed: int = 0, out: str | Path | None = None, quiet: bool | None = None, resume: bool = True,
-                 calibrate: bool | None = None, show: int = 8, output=None, executor=None):
+                 calibrate: bool | None = None, show: int = 8, output=None, executor=None, figures: bool = True):
         self.model, self.x, self.y = model, x, y
         self.labels_given = y is not None
         self.methods, self.metrics = methods, self.default_metrics if metrics is None else metrics
@@ -84,6 +84,9 @@ class Check:
         self.out = Path(out) if out is not None else None
         self.quiet, self.resume, self.output, self.executor = quiet, resume, output, executor
         self.calibrate = self.calibrates if calibrate is None else bool(calibrate)
+        self.figures = bool(figures)
+        #: what the run was about (model spec, dataset), shown in the report: set by a config entry or command
+        self.about: dict[str, Any] | None = None
         self.reference: nn.Module = model
         self.normalize: str | None = None
         self.draws = 1
@@ -192,9 +195,21 @@ class Check:
             res = CheckResult(self.name, table, cal, meta, shown, x[:self.show].cpu(), names, self.out,
                               references=refs)
             self.finish(res)
+            if self.about is not None:
+                meta["about"] = self.about
             if self.out is not None:
                 engine.write_outputs(self.out, table, meta, cal, refs, images=x[:self.show])
+        if self.out is not None and self.figures:
+            self.draw(res)
         return res
+
+    def draw(self, result: CheckResult) -> None:
+        """The figures and ``report.html`` of a result written to ``out`` (every check's: :mod:`sanitas.report`)."""
+        from sanitas.report.figures import check_figures
+        from sanitas.report.html import check_report
+
+        result.figures = check_figures(result, self.out)
+        result.report = check_report(result, self.out, result.figures)
 
     # -- a config entry -----------------------------------------------------------------------------------
     @classmethod
@@ -221,9 +236,9 @@ class Check:
         t0 = time.perf_counter()
         src, net, ds = _data(spec, quiet, f"the {cls.name} check")
         check = cls.from_spec(spec, net, ds.x, ds.y, out, quiet)
-        check.output = src.output
+        check.output, check.about = src.output, about_run(src, ds)
         res = check.run()
-        return _check_outcome(res, out, t0, check.scalars(res), about_run(src, ds))
+        return _check_outcome(res, out, t0, check.scalars(res))
 
 
 def legacy_positional(fn_name: str, args: tuple, names: tuple[str, ...]) -> dict:

@@ -127,7 +127,7 @@ def _test_accuracy(src, model, dataset, seed: int, quiet: bool) -> float:
 def data_randomization(model: nn.Module, x, y=None, *args, permuted_model: nn.Module | None = None, methods=None,
                        metrics=DataRandomization.default_metrics, ceiling_model: nn.Module | None = None,
                        target=None, seed: int = 0, out=None, quiet=None, resume: bool = True, calibrate: bool = True,
-                       output=None, executor=None) -> CheckResult:
+                       output=None, executor=None, figures: bool = True) -> CheckResult:
     """Run :class:`DataRandomization`: ``data_randomization(model, x, y, permuted_model=..., methods=[...])``.
 
     :func:`train_for_data_randomization` trains the permuted-label model (and the ceiling) of any architecture.
@@ -151,7 +151,7 @@ def data_randomization(model: nn.Module, x, y=None, *args, permuted_model: nn.Mo
     kw = {"methods": methods, "metrics": metrics, **legacy}
     return DataRandomization(model, x, y, permuted_model=permuted_model, ceiling_model=ceiling_model, target=target,
                              seed=seed, out=out, quiet=quiet, resume=resume, calibrate=calibrate, output=output,
-                             executor=executor, **kw).run()
+                             executor=executor, figures=figures, **kw).run()
 
 
 @dataclass

@@ -77,14 +77,14 @@ class InputInvariance(Check):
 def input_invariance(model: nn.Module, x, y=None, *args, methods=None, metrics=InputInvariance.default_metrics,
                      shift: float = -1.0, shift_baselines: bool = False, target=None, seed: int = 0, out=None,
                      quiet=None, resume: bool = True, calibrate: bool = False, output=None,
-                     executor=None) -> CheckResult:
+                     executor=None, figures: bool = True) -> CheckResult:
     """Run :class:`InputInvariance`: ``input_invariance(model, x, y, methods=[...], shift=-1.0)`` (Kindermans et
     al. shift [0, 1] images to [-1, 0]). A method that cannot explain the model is left out
     (``result.meta["refused"]``); ``executor`` as in :func:`~sanitas.checks.model_randomization`."""
     kw = {"methods": methods, "metrics": metrics, "shift": shift, "shift_baselines": shift_baselines,
           **legacy_positional("input_invariance", args, ("methods", "metrics"))}
     return InputInvariance(model, x, y, target=target, seed=seed, out=out, quiet=quiet, resume=resume,
-                           calibrate=calibrate, output=output, executor=executor, **kw).run()
+                           calibrate=calibrate, output=output, executor=executor, figures=figures, **kw).run()
 
 
 class _ShiftCompensated(nn.Module):

@@ -233,7 +233,7 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y=None, *args, method
                         quiet: bool | None = None, resume: bool = True, calibrate: bool = True, show: int = 8,
                         bn_stats: str | None = None, smooth_samples: int = 50, smooth_sigma: float = 0.1,
                         map_stats=(), output=None, draws: int = 1, ceiling_model=None,
-                        executor=None) -> CheckResult:
+                        executor=None, figures: bool = True) -> CheckResult:
     """Run the model parameter randomization test (:class:`ModelRandomization`) and return a :class:`CheckResult`.
 
     ``mode``: 'cascading' (top layer first, cumulatively down; ``order='bottom_up'`` reverses),
@@ -246,7 +246,8 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y=None, *args, method
     'default', 'permute'. ``target``: 'label' (default: the labels ``y``; with ``y=None`` the trained model's
     prediction), 'original' (the trained model's prediction) or 'predicted' (each stage's own prediction).
     Each explanation is computed once per (stage, method) and scored by every metric; with
-    ``out`` finished stages are stored and a re-run with the same config resumes.
+    ``out`` finished stages are stored and a re-run with the same config resumes, and the results files,
+    figures and ``report.html`` are written there (``figures=False``: the results files only).
     ``map_stats``: names from :data:`MAP_STATS` (``nonzero_fraction``, ``nonzero_fraction_nz`` = among
     input elements that are not zero, ``map_sum``) recorded per stage as extra rows of the table.
     ``output``: which part of the model's output holds the logits when that is ambiguous (see
@@ -270,4 +271,4 @@ def model_randomization(model: nn.Module, x: torch.Tensor, y=None, *args, method
                               normalize=normalize, out=out, quiet=quiet, resume=resume, calibrate=calibrate,
                               show=show, bn_stats=bn_stats, smooth_samples=smooth_samples, smooth_sigma=smooth_sigma,
                               map_stats=map_stats, output=output, draws=draws, ceiling_model=ceiling_model,
-                              executor=executor, **kw).run()
+                              executor=executor, figures=figures, **kw).run()

@@ -57,6 +57,9 @@ class CheckResult:
     out_dir: Path | None = None
     #: floor and ceiling comparisons (``reference`` column: "floor" / "ceiling"), see ``verdicts()``
     references: pd.DataFrame | None = None
+    #: the figures and ``report.html`` drawn when the check wrote its results to a directory
+    figures: list[Path] = field(default_factory=list)
+    report: Path | None = None
 
     def summary(self) -> pd.DataFrame:
         return summarize_table(self.table)

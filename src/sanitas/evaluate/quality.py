@@ -205,6 +205,9 @@ class Quality(Check):
     def finish(self, result) -> None:
         pass
 
+    def draw(self, result) -> None:
+        pass  # run() draws the quality figures and report, from the QualityResult
+
     def run(self) -> QualityResult:
         """The check's cells through :func:`sanitas.engine.run`, then the pairwise tests, figures and report."""
         t0 = time.perf_counter()

@@ -179,17 +179,21 @@ def _data(spec: dict, quiet: bool, needs_layers: str | None = None, **train_kwar
 
 
 def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outcome:
+    """A check result as an experiment's Outcome; with ``about`` (what the run was about, when the check was
+    called without it) the report is written again with it. A result without a report gets one here."""
     from sanitas.report.about import annotate
     from sanitas.report.figures import check_figures
     from sanitas.report.html import check_report
 
     if about is not None:
         annotate(res, out, about)
-    figs = check_figures(res, out)
-    report = check_report(res, out, figs)
+    if not res.figures:
+        res.figures = check_figures(res, out)
+    if about is not None or res.report is None:
+        res.report = check_report(res, out, res.figures)
     summary = res.summary()
-    return Outcome(res.table, dict(scalars or {}), res.calibration, figs, report, time.perf_counter() - t0,
-                   summary, res)
+    return Outcome(res.table, dict(scalars or {}), res.calibration, list(res.figures), res.report,
+                   time.perf_counter() - t0, summary, res)
 
 
 def run_entry(check: str, spec: dict, out: Path, quiet: bool, where: str = "command line") -> Outcome:
