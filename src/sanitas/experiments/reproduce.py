@@ -206,8 +206,13 @@ def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
 
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
                only: list[str] | None = None, quiet: bool = False, report: bool = True,
-               executor: str | Any | None = None, address: str | None = None) -> PaperRun:
+               executor: str | Any | None = None, address: str | None = None,
+               dataset: str | None = None) -> PaperRun:
     """Run every experiment of a config into ``out`` (resuming), then judge its claims.
+
+    ``dataset`` (e.g. ``"mnist"``) runs the same protocol on another dataset: every experiment's dataset is
+    replaced (:func:`~sanitas.experiments.config.resolve`), and the dataset is loaded first, so that one that
+    is neither on disk nor downloadable is an error before anything runs.
 
     A failed experiment does not stop the others; it is listed in ``PaperRun.failed`` (the command
     line exits non-zero). ``out`` is locked against a second writer for the whole run.
@@ -221,9 +226,20 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
         cfg = config
     else:
         cfg = load_config(config)
-    cfg = resolve(cfg, quick=quick, images=images, only=only)
+    cfg = resolve(cfg, quick=quick, images=images, only=only, dataset=dataset)
+    if dataset is not None:
+        available(dataset)
     with directory_lock(out) as directory, _executor_scope(executor, address):
         return _run_locked(cfg, directory, quiet, report)
+
+
+def available(dataset: str) -> None:
+    """Load ``dataset``'s test split (from disk, or downloaded and checked against its SHA-256 where that is
+    allowed: :mod:`sanitas.data.idx_datasets`); raises :class:`~sanitas.errors.DatasetNotFoundError` saying
+    where it looked and how to get it."""
+    from sanitas.data import load_dataset
+
+    load_dataset(dataset, "test")
 
 
 def _executor_scope(executor, address):
@@ -302,9 +318,10 @@ class Reproduction(NamedTuple):
 
 def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reproduce", *, quick: bool = False,
               images: int | None = None, quiet: bool = False, executor: str | Any | None = None,
-              address: str | None = None) -> Reproduction:
+              address: str | None = None, dataset: str | None = None) -> Reproduction:
     """Run the shipped configs (``"all"`` or paper names); returns (runs, claims table, combined report).
-    ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper)."""
+    ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper); ``dataset``
+    (e.g. ``"mnist"``): the same protocols on another dataset (see :func:`run_config`)."""
     from sanitas.experiments.report import combined_report
 
     names = list_papers() if papers == "all" or papers == ["all"] else (
@@ -312,14 +329,17 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     unknown = [p for p in names if p not in list_papers()]
     if unknown:
         raise ConfigError(f"unknown paper(s) {unknown}: choose from {list_papers()} or 'all'")
+    if dataset is not None:
+        available(dataset)
     t0 = time.perf_counter()
     with directory_lock(out) as directory, _executor_scope(executor, address):
-        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet) for name in names]
+        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet, dataset=dataset)
+                for name in names]
         claims = pd.concat([r.claims for r in runs], ignore_index=True)
         write_claims(directory, claims)
         total = time.perf_counter() - t0
         atomic_write_json(directory / "reproduce.json", {"papers": names, "quick": quick, "images": images,
-                                                         "seconds": total,
+                                                         "dataset": dataset, "seconds": total,
                                                          "paper_seconds": {r.paper: r.seconds for r in runs}})
         report = combined_report(runs, directory, claims, seconds=total)
     return Reproduction(runs, claims, report)
