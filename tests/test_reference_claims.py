@@ -146,3 +146,21 @@ def test_a_run_stores_its_references_and_claims_read_them_back(tmp_path):
     plain = run_config(config, out, quiet=True, report=False)
     assert not (out / "one" / REFERENCES).exists()
     assert set(plain.claims["verdict"]) == {NOT_RUN}
+
+
+def test_the_shipped_reference_claims_are_judged():
+    """sanity-checks' floor and ceiling claims, judged on a synthetic randomization of their methods."""
+    from sanitas.experiments import load_config
+
+    cfg = load_config("sanity-checks")
+    uses = [c for c in cfg["claims"] if "'reference'" in repr(c)]
+    assert {c["experiment"] for c in uses} >= {"cascading-cnn", "independent-mlp"} and len(uses) >= 4
+    for c in uses:
+        method = c["measure"]["method"]
+        table = _frame(None, {0: 1.0, 1: 0.4, 2: 0.2}).assign(method=method)
+        refs = pd.concat([_frame("floor", {1: 0.42, 2: 0.1}, seed=1), _frame("ceiling", {1: 0.7}, seed=2)],
+                         ignore_index=True).assign(method=method)
+        v = evaluate_claim(c, "sanity-checks", StoredOutcome(table, references=refs))
+        assert v.verdict != NOT_RUN, v
+        v = evaluate_claim(c, "sanity-checks", StoredOutcome(table))
+        assert v.verdict == NOT_RUN and ("draws: 2" in v.why or "model_seeds: 2" in v.why)
