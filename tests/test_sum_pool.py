@@ -68,6 +68,12 @@ def test_closed_form_matches_autograd_and_the_definition(filters, kernel, channe
     hand = closed_form_gradient(x, w, relu=relu)
     torch.testing.assert_close(hand, _loops(x, w, relu))
     torch.testing.assert_close(hand, _autograd(model, x))
+    # the same as the activation pattern correlated with the flipped filters (summed over filters)
+    a = (torch.nn.functional.conv2d(x, w, padding=kernel // 2) > 0).double() if relu else \
+        torch.ones(3, filters, 7, 6, dtype=torch.float64)
+    flipped = sum(torch.nn.functional.conv2d(a[:, f:f + 1], w[f:f + 1].flip(-1, -2).transpose(0, 1),
+                                             padding=kernel // 2) for f in range(filters))
+    torch.testing.assert_close(hand, flipped)
     # the closed form is not the gradient of another filter
     assert not torch.allclose(closed_form_gradient(x, w.flip(-1, -2), relu=relu), hand)
 

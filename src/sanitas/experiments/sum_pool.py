@@ -10,7 +10,9 @@ placed on the pixels it reads, to the gradient:
     d l / d x_ij = sum_pq a_pq w_(i - p + c, j - q + c)        (c = k // 2, zero padding, w read as torch
                                                               reads it: a cross-correlation)
 
-i.e. a masked sum of flipped filters (:func:`closed_form_gradient`). The paper writes
+i.e. a masked sum of filters: the activation pattern convolved with ``w`` (a true convolution), which is the
+cross-correlation that torch's ``conv2d`` computes with the flipped filter (:func:`closed_form_gradient`).
+The paper writes
 ``sum_kl a_(i+k, j+l) w_kl`` for a convolution in the flipped convention and ``a = 1{w * x >= 0}``;
 autograd's ReLU has derivative 0 at 0, so the two differ only where ``w * x`` is exactly 0 (for a filter
 without bias: a black ``k x k`` neighbourhood). "This implies that the 3 x 3 activation pattern local to
