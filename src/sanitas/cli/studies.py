@@ -34,9 +34,11 @@ def run_cmd(config, out, quick, images, only, executor, address, quiet):
 @click.option("--images", "-n", type=COUNT, default=None, help="override every experiment's number of images")
 @click.option("--show", is_flag=True, help="print the config of PAPER (YAML) instead of running it")
 @click.option("--list", "list_", is_flag=True, help="list the papers and their claims")
+@click.option("--dataset", default=None, help="run the same protocol on this dataset instead (e.g. mnist: from disk, "
+              "or downloaded and checksum-verified unless SANITAS_OFFLINE is set)")
 @_executor_options
 @_quiet_option
-def reproduce(papers, out, quick, images, show, list_, executor, address, quiet):
+def reproduce(papers, out, quick, images, show, list_, dataset, executor, address, quiet):
     """Re-run the papers' experiments (PAPERS: names or `all`) and state which claims hold."""
     from sanitas.errors import ConfigError
     from sanitas.experiments import config_text, list_papers, load_config
@@ -59,7 +61,7 @@ def reproduce(papers, out, quick, images, show, list_, executor, address, quiet)
     if out is None:
         raise ConfigError("reproduce needs --out DIR (where results, claims.csv and report.html go)")
     runs, claims, report = run_all(list(papers), out, quick=quick, images=images, quiet=quiet, executor=executor,
-                                   address=address)
+                                   address=address, dataset=dataset)
     _print_claims(claims)
     click.echo(f"\nclaims: {out}/claims.csv\nreport: {report}")
     _exit_if_failed(runs)

@@ -15,6 +15,11 @@ Measures (all read the experiment's tidy table or its named scalars):
   original), ``all_but_last``, ``original``, a stage index or a stage/variant name; ``reduce`` is
   ``mean`` (default), ``min`` or ``max`` across the selected stages; ``init`` selects one scheme of an
   experiment that ran several (``init: [truncated_normal, uniform]``).
+* ``{method, metric, reference: floor|ceiling}``: a model randomization's reference rows
+  (``references.parquet``) instead of its results: ``floor``, the similarity of two random draws of the
+  same stage (draw r vs draw 0; needs ``draws: 2`` or more; ``stages`` and ``reduce`` select stages as
+  above), or ``ceiling``, the similarity of the maps of a second trained model (another seed) to the
+  reference model's (needs ``model_seeds: 2`` or more; one comparison, so no ``stages``).
 * ``{scalar: name}``: a number the experiment reported (``sanitas reproduce`` lists them).
 * ``{calibration: baseline, metric}``: the calibration mean (e.g. ``input_x_uniform``: the
   input-dominance null of adebayo2018 section 5.2).
@@ -45,6 +50,8 @@ from sanitas.errors import ConfigError
 from sanitas.utils.bootstrap import Dist, Resampler, table_mean
 from sanitas.verdict import FAILS, HOLDS, INCONCLUSIVE, LEVEL, NOT_RUN, judge
 
+#: the reference rows a measure can read (see the module docs)
+REFERENCE_KINDS = ("floor", "ceiling")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _SHORT = re.compile(r"^\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 #: bootstrap resamples per claim (images x draws x model seeds)
@@ -115,6 +122,12 @@ def _check_measure(m, where: str) -> None:
             raise ConfigError(f"{where}: measure {m!r} needs {key!r} (or use scalar:, calibration:, sub:, ratio:)")
     if m.get("reduce", "mean") not in ("mean", "min", "max"):
         raise ConfigError(f"{where}: reduce must be mean, min or max, got {m['reduce']!r}")
+    if "reference" in m:
+        if m["reference"] not in REFERENCE_KINDS:
+            raise ConfigError(f"{where}: reference must be floor or ceiling, got {m['reference']!r}")
+        if m["reference"] == "ceiling" and ("stages" in m or "reduce" in m):
+            raise ConfigError(f"{where}: a ceiling is one comparison (a second trained model against the "
+                              "reference), not one per stage: leave out stages/reduce")
 
 
 def validate_claim(claim, experiments: dict, where: str) -> None:
@@ -204,7 +217,7 @@ def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
         if not len(row):
             raise MeasureError(f"no calibration row for baseline {m['calibration']!r}, metric {m['metric']!r}")
         return _calibration_dist(row.iloc[0], resampler)
-    t = outcome.table
+    t = outcome.table if "reference" not in m else _references(m["reference"], outcome)
     rows = t[(t["method"] == m["method"]) & (t["metric"] == m["metric"])]
     if "variant" in m:
         rows = rows[rows["variant"] == m["variant"]]
@@ -214,8 +227,10 @@ def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
                                f"{m['init']}] to measure init {m['init']!r}")
         rows = rows[rows["init"] == m["init"]]
     if not len(rows):
-        raise MeasureError(f"no rows for method {m['method']!r}, metric {m['metric']!r}"
-                           + (f", init {m['init']!r}" if "init" in m else ""))
+        raise MeasureError(f"no {m['reference'] + ' ' if 'reference' in m else ''}rows for method {m['method']!r}, "
+                           f"metric {m['metric']!r}" + (f", init {m['init']!r}" if "init" in m else ""))
+    if m.get("reference") == "ceiling":  # one comparison, whatever stage index the ceiling rows carry
+        return table_mean(rows, resampler, exclude=_excluded(rows))
     keys = rows.groupby(["stage", "variant"]).size().index
     means = pd.Series(range(len(keys)), index=keys)
     sel = _select_stages(means, m.get("stages", "all"))
@@ -226,6 +241,17 @@ def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
         part = rows[(rows["stage"] == stage) & (rows["variant"] == variant)]
         dists.append(table_mean(part, resampler, exclude=_excluded(part)))  # NaN and degenerate maps left out
     return dists[0] if len(dists) == 1 else Dist.reduce(dists, m.get("reduce", "mean"))
+
+
+def _references(kind: str, outcome) -> pd.DataFrame:
+    """The experiment's ``kind`` (floor / ceiling) rows, or why there are none."""
+    refs = getattr(outcome, "references", None)
+    rows = refs[refs["reference"] == kind] if refs is not None and "reference" in refs else None
+    if rows is None or not len(rows):
+        need = "draws: 2 or more (two random draws of each stage)" if kind == "floor" else \
+            "model_seeds: 2 or more (a second trained model)"
+        raise MeasureError(f"the experiment stored no {kind} rows: a {kind} needs a model randomization with {need}")
+    return rows
 
 
 def _fmt(m) -> str:
@@ -242,11 +268,15 @@ def _fmt(m) -> str:
     if "abs" in m:
         return f"|{_fmt(m['abs'])}|"
     parts = [m["method"], m["metric"]]
+    if "reference" in m:
+        parts.append("floor (two random draws)" if m["reference"] == "floor" else "ceiling (a second trained model)")
     if "variant" in m:
         parts.append(m["variant"])
     if "init" in m:
         parts.append(f"({m['init']} init)")
     stages = m.get("stages", "all")
+    if m.get("reference") == "ceiling":
+        return " ".join(str(p) for p in parts)
     if stages in ("first", "last", "original") or isinstance(stages, int):
         parts.append(f"at the {stages} stage" if isinstance(stages, str) else f"at stage {stages}")
     elif m.get("reduce", "mean") != "mean" or stages != "all":

@@ -67,8 +67,12 @@ def validate(cfg: Any, where: str = "config", lines: dict | None = None) -> None
 
 
 def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = None,
-            only: list[str] | None = None) -> dict[str, Any]:
-    """The config with the quick profile / image count applied and defaults filled into each experiment."""
+            only: list[str] | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """The config with the quick profile / image count applied and defaults filled into each experiment.
+
+    ``dataset`` runs the same protocol on another dataset (``mnist``, any registered name or a path): it
+    replaces the dataset of the config and of every experiment, and drops their ``classes:`` (which order the
+    classes of the config's own dataset); models are then trained on it (cached under its name)."""
     cfg = copy.deepcopy(cfg)
     if quick:
         q = cfg.get("quick") or {}
@@ -79,6 +83,14 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
             elif key != "experiments":
                 cfg[key] = value
     cfg.pop("quick", None)
+    if dataset is not None:
+        if not isinstance(dataset, str) or not dataset.strip():
+            raise ConfigError(f"dataset must be a dataset name or path, got {dataset!r}")
+        cfg["dataset"] = dataset
+        cfg.pop("classes", None)
+        for exp in cfg["experiments"].values():
+            exp["dataset"] = dataset
+            exp.pop("classes", None)
     for name, exp in cfg["experiments"].items():
         exp.setdefault("dataset", cfg.get("dataset", "fashion-mnist"))
         if cfg.get("classes") is not None:

@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,9 +38,55 @@ from sanitas.utils.progress import log, warn
 
 DONE = "done.json"
 #: Bump when what done.json records changes: older finished experiments then run again.
-DONE_FORMAT = 2
+#: 3: done.json records references.parquet (floors and ceilings), which claims read.
+DONE_FORMAT = 3
 #: The tables of a finished experiment that are read back, checked against done.json's SHA-256.
-STORED_TABLES = ("results.parquet", "summary.parquet", "calibration.csv")
+STORED_TABLES = ("results.parquet", "summary.parquet", "calibration.csv", "references.parquet")
+#: The floor and ceiling rows of a model randomization (``reference`` column: floor / ceiling).
+REFERENCES = "references.parquet"
+
+
+@dataclass
+class StoredOutcome(Outcome):
+    """An :class:`Outcome` with the reference rows its experiment stored (``references.parquet``: the floor,
+    draw r vs draw 0 of a stage, and the ceiling, a second trained model vs the reference), which claims
+    read with ``{..., reference: floor|ceiling}``. ``None`` when the experiment stored none."""
+
+    references: pd.DataFrame | None = None
+
+
+def _with_references(oc: Outcome, references: pd.DataFrame | None) -> StoredOutcome:
+    return StoredOutcome(**{f.name: getattr(oc, f.name) for f in fields(Outcome)}, references=references)
+
+
+def _init_dirs(spec: dict, out: Path) -> list[Path]:
+    inits = spec.get("init")
+    if spec.get("check") != "model_randomization" or not isinstance(inits, list):
+        return []
+    return [out / str(init) for init in inits]
+
+
+def _clear_references(spec: dict, out: Path) -> None:
+    """References of an earlier run (``draws: 2``, now 1) must not pass for this run's: a check writes them
+    only when it has some (a randomization rebuilds them from its stored cells when it resumes)."""
+    for folder in [out, *_init_dirs(spec, out)]:
+        for name in (REFERENCES, "references.csv"):
+            (folder / name).unlink(missing_ok=True)
+
+
+def _gather_references(spec: dict, out: Path) -> None:
+    """An experiment that ran one randomization per init scheme (``init: [a, b]``) keeps each scheme's
+    references under ``out/<init>/``; they are written together to ``out/references.parquet`` with an
+    ``init`` column, as its results are, so that claims select them with ``init:``."""
+    parts = []
+    for folder in _init_dirs(spec, out):
+        path = folder / REFERENCES
+        if path.is_file():
+            frame = read_table(path)
+            frame.insert(0, "init", folder.name)
+            parts.append(frame)
+    if parts:
+        atomic_write_table(out / REFERENCES, pd.concat(parts, ignore_index=True))
 
 
 @dataclass
@@ -151,15 +197,22 @@ def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
     table = read_table(out / "results.parquet")
     cal = read_table(out / "calibration.csv") if "calibration.csv" in tables else None
     summary = read_table(out / "summary.parquet") if "summary.parquet" in tables else None
+    refs = read_table(out / REFERENCES) if REFERENCES in tables else None
     figs = [out / f for f in info.get("figures", []) if (out / f).is_file()]
     report = out / info["report"] if info.get("report") else None
-    return Outcome(table, info.get("scalars", {}), cal, figs, report, float(info.get("seconds", 0.0)), summary)
+    return StoredOutcome(table, info.get("scalars", {}), cal, figs, report, float(info.get("seconds", 0.0)), summary,
+                         refs)
 
 
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
                only: list[str] | None = None, quiet: bool = False, report: bool = True,
-               executor: str | Any | None = None, address: str | None = None) -> PaperRun:
+               executor: str | Any | None = None, address: str | None = None,
+               dataset: str | None = None) -> PaperRun:
     """Run every experiment of a config into ``out`` (resuming), then judge its claims.
+
+    ``dataset`` (e.g. ``"mnist"``) runs the same protocol on another dataset: every experiment's dataset is
+    replaced (:func:`~sanitas.experiments.config.resolve`), and the dataset is loaded first, so that one that
+    is neither on disk nor downloadable is an error before anything runs.
 
     A failed experiment does not stop the others; it is listed in ``PaperRun.failed`` (the command
     line exits non-zero). ``out`` is locked against a second writer for the whole run.
@@ -173,9 +226,20 @@ def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = Fals
         cfg = config
     else:
         cfg = load_config(config)
-    cfg = resolve(cfg, quick=quick, images=images, only=only)
+    cfg = resolve(cfg, quick=quick, images=images, only=only, dataset=dataset)
+    if dataset is not None:
+        available(dataset)
     with directory_lock(out) as directory, _executor_scope(executor, address):
         return _run_locked(cfg, directory, quiet, report)
+
+
+def available(dataset: str) -> None:
+    """Load ``dataset``'s test split (from disk, or downloaded and checked against its SHA-256 where that is
+    allowed: :mod:`sanitas.data.idx_datasets`); raises :class:`~sanitas.errors.DatasetNotFoundError` saying
+    where it looked and how to get it."""
+    from sanitas.data import load_dataset
+
+    load_dataset(dataset, "test")
 
 
 def _executor_scope(executor, address):
@@ -211,8 +275,12 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
         try:
             ensure_dir(exp_out)
             (exp_out / DONE).unlink(missing_ok=True)  # unfinished until this run says otherwise
+            _clear_references(spec, exp_out)
             oc = runner_for(spec["check"])(spec, exp_out, quiet)
+            _gather_references(spec, exp_out)
             _save_done(exp_out, spec_for_key, oc)
+            refs = exp_out / REFERENCES
+            oc = _with_references(oc, read_table(refs) if refs.is_file() else None)
         except SanitasError as exc:
             run.failed[name] = str(exc)
             run.not_run[name] = f"failed: {exc}"
@@ -250,9 +318,10 @@ class Reproduction(NamedTuple):
 
 def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reproduce", *, quick: bool = False,
               images: int | None = None, quiet: bool = False, executor: str | Any | None = None,
-              address: str | None = None) -> Reproduction:
+              address: str | None = None, dataset: str | None = None) -> Reproduction:
     """Run the shipped configs (``"all"`` or paper names); returns (runs, claims table, combined report).
-    ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper)."""
+    ``executor``, ``address``: as in :func:`run_config` (one Ray session serves every paper); ``dataset``
+    (e.g. ``"mnist"``): the same protocols on another dataset (see :func:`run_config`)."""
     from sanitas.experiments.report import combined_report
 
     names = list_papers() if papers == "all" or papers == ["all"] else (
@@ -260,14 +329,17 @@ def reproduce(papers: str | list[str] = "all", out: str | Path = "sanitas-reprod
     unknown = [p for p in names if p not in list_papers()]
     if unknown:
         raise ConfigError(f"unknown paper(s) {unknown}: choose from {list_papers()} or 'all'")
+    if dataset is not None:
+        available(dataset)
     t0 = time.perf_counter()
     with directory_lock(out) as directory, _executor_scope(executor, address):
-        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet) for name in names]
+        runs = [run_config(name, directory / name, quick=quick, images=images, quiet=quiet, dataset=dataset)
+                for name in names]
         claims = pd.concat([r.claims for r in runs], ignore_index=True)
         write_claims(directory, claims)
         total = time.perf_counter() - t0
         atomic_write_json(directory / "reproduce.json", {"papers": names, "quick": quick, "images": images,
-                                                         "seconds": total,
+                                                         "dataset": dataset, "seconds": total,
                                                          "paper_seconds": {r.paper: r.seconds for r in runs}})
         report = combined_report(runs, directory, claims, seconds=total)
     return Reproduction(runs, claims, report)

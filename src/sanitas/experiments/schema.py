@@ -291,6 +291,7 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     "edge_detectors": {"detectors": _detectors, "edge_input": _flag},
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
                      "draws": _count()},
+    "sum_pool_conv": {"filters": _count(), "kernel": _count(), "detector": _one_of("sobel", "canny")},
     "completeness": {},
     "competition_all_logits": {}, "competition_scores": {}, "competition_quality": {"n_shuffles": _count()},
     "competition_random_net": {"init": _string, "classes_compared": _class_counts},
@@ -303,7 +304,7 @@ TOP: dict[str, Checker] = {
 }
 QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds"}
 #: checks that run without a model
-MODEL_FREE = ("calibration", "input_noise")
+MODEL_FREE = ("calibration", "input_noise", "sum_pool_conv")
 #: the model_randomization modes that draw each randomized stage several times (``draws``)
 DRAW_MODES = ("cascading", "independent", "smooth")
 
