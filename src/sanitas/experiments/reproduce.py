@@ -201,7 +201,7 @@ def load_outcome(out: Path, spec: dict | None = None) -> Outcome | None:
     figs = [out / f for f in info.get("figures", []) if (out / f).is_file()]
     report = out / info["report"] if info.get("report") else None
     return StoredOutcome(table, info.get("scalars", {}), cal, figs, report, float(info.get("seconds", 0.0)), summary,
-                         refs)
+                         references=refs)
 
 
 def run_config(config: dict | str | Path, out: str | Path, *, quick: bool = False, images: int | None = None,
