@@ -297,6 +297,8 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
                      "draws": _count()},
     "completeness": {},
+    "input_robustness": {"scales": _positives, "shifts": _positives, "linear": _flag},
+    "upsampling": {"against": _one_of("nearest", "bicubic"), "n_shuffles": _count(), "fullgrad": _flag},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
     "evaluate": {
         "layers": _texts, "target": _one_of("predicted", "label"), "orders": _texts, "removal": _string,
