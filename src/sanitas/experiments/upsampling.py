@@ -83,8 +83,6 @@ def upsampling_table(model: nn.Module, x: torch.Tensor, interpolations=INTERPOLA
                      seed: int = 0, quiet: bool = True,
                      fullgrad: bool = True) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """The table of the module docs, and the first image's maps (for the figure)."""
-    import torch
-
     from sanitas.engine import as_image_batch, constant_maps
     from sanitas.errors import NotApplicableError
     from sanitas.evaluate import perturbation_scores
