@@ -165,3 +165,4 @@ def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
 # experiments defined in their own modules register their runners on import
 from sanitas.experiments import edges, input_noise, shared_zeros, sum_pool  # noqa: E402,F401
 from sanitas.experiments import competition_maps, competition_quality  # noqa: E402,F401
+from sanitas.experiments import linear_zero_bias, upsampling  # noqa: E402,F401  (grabska2020 figure 1, B.1, E)

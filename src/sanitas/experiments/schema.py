@@ -295,6 +295,8 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     "completeness": {},
     "competition_all_logits": {}, "competition_scores": {}, "competition_quality": {"n_shuffles": _count()},
     "competition_random_net": {"init": _string, "classes_compared": _class_counts},
+    "input_robustness": {"scales": _positives, "shifts": _positives, "linear": _flag},
+    "upsampling": {"against": _one_of("nearest", "bicubic"), "n_shuffles": _count(), "fullgrad": _flag},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
 }
 TOP: dict[str, Checker] = {
