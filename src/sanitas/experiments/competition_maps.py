@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from sanitas.errors import ConfigError
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, _data, build_methods, model_call, runner
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
 def run_all_logits(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Similarity between the maps of different logits of an image, plain and competitive (module docs)."""
     from sanitas.checks.model_randomization import resolve_metrics
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)
@@ -170,14 +169,11 @@ def run_all_logits(spec: dict, out: Path, quiet: bool) -> Outcome:
     summary = _summary(table)
     scalars = {f"mean/{r['metric']}/{r['method']}": float(r["mean"]) for r in summary.to_dict("records")}
     scalars["num_classes"] = float(next(iter(shown.values())).shape[0])
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the maps of every logit (gupta2019 figure 1)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: the maps of every logit (gupta2019 figure 1)", scalars=scalars,
         text=("Per image, the mean similarity between the maps of two different classes (all pairs), for each "
               "method and its competitive version computed from the same maps. gupta2019 figure 1: the input "
               "shows through the map of every logit; competition keeps each pixel in at most two maps."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
 
 
 # -- figure 2: the distribution of the scores ---------------------------------------------------------------
@@ -274,8 +270,6 @@ def run_scores(spec: dict, out: Path, quiet: bool) -> Outcome:
     """The scores' histogram and its two-Gaussian fit, and what competition keeps of each component."""
     import torch
 
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)
@@ -295,12 +289,10 @@ def run_scores(spec: dict, out: Path, quiet: bool) -> Outcome:
     figs = [_scores_figure(fits, name, out / "figures" / "scores_histogram.png")]
     summary = _summary(table)
     scalars = {f"mean/{k}": float(v.mean()) for k, v in values.items()}
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the distribution of saliency scores (gupta2019 figure 2)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: the distribution of saliency scores (gupta2019 figure 2)",
+        scalars=scalars,
         text=("Per image, the map of its label on the elements where the input is not 0, divided by its standard "
               "deviation, fitted with one and with two Gaussians; bic_gain > 0 prefers two. zero/signal component: "
               "the fitted Gaussian nearer to / farther from 0; kept_*: the fraction of each component's elements "
               "that the competitive map keeps (gupta2019 section 4, remark 2)."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from sanitas.experiments.competition_maps import (_rows, _summary, base_methods, chosen_maps, compete_all,
                                                   competitive_name)
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, _data, model_call, runner
 
 if TYPE_CHECKING:
@@ -107,9 +108,8 @@ def _scores_figure(table: pd.DataFrame, path: Path) -> Path:
 @runner("competition_quality")
 def run_quality(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Plain and competitive maps of the trained model under the decision-flip metric (module docs)."""
-    from sanitas.engine import constant_maps, versions, write_outputs
+    from sanitas.engine import constant_maps
     from sanitas.evaluate.perturbation import perturbation_scores
-    from sanitas.report.html import check_report_simple
     from sanitas.utils.forward import inference_logits
 
     t0 = time.perf_counter()
@@ -133,16 +133,13 @@ def run_quality(spec: dict, out: Path, quiet: bool) -> Outcome:
             _scores_figure(table, out / "figures" / "quality_scores.png")]
     summary = _summary(table)
     scalars = {f"mean/{r['metric']}/{r['method']}": float(r["mean"]) for r in summary.to_dict("records")}
-    meta = {"config": spec, "versions": versions(), "perturbation": scores.attrs.get("sanitas", {}),
-            "timings": {"total": time.perf_counter() - t0}}
-    meta["perturbation"].pop("xi_index", None)
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: competition and the quality of the map (gupta2019 figure 4)", summary, figs, meta,
+    perturbation = {k: v for k, v in scores.attrs.get("sanitas", {}).items() if k != "xi_index"}
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: competition and the quality of the map (gupta2019 figure 4)",
+        scalars=scalars, meta={"perturbation": perturbation},
         text=("Each method's map of the predicted class and its competitive version, scored by the decision-flip "
               "metric of grabska2020 (e_minus: signal removed, least salient first, before the decision flips; "
               "delta_e_minus: e_minus minus that of maps of other images, the shuffled-map baseline)."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
 
 
 @runner("competition_random_net")
@@ -150,9 +147,7 @@ def run_random_net(spec: dict, out: Path, quiet: bool) -> Outcome:
     """The fraction of pixels competition keeps on a fully randomized model, per number of classes."""
     import torch
 
-    from sanitas.engine import versions, write_outputs
     from sanitas.randomize import randomize
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)
@@ -181,14 +176,12 @@ def run_random_net(spec: dict, out: Path, quiet: bool) -> Outcome:
     figs = [_survival_figure(table, ks, out / "figures" / "random_net_survivors.png")]
     summary = table.groupby(["variant"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
     summary["expected_random_votes"] = [float("nan")] + [random_vote_survivors(c) for c in ks]
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: competition on a randomized network (gupta2019 section 4)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: competition on a randomized network (gupta2019 section 4)",
+        scalars=scalars,
         text=("The fraction of the elements with a non-zero vote that the competitive map keeps, on the fully "
               "randomized model with the competition among the first K' logits, against 2/K' (1 - 2^-K'), "
               "the fraction for independent symmetric votes; the trained model's for comparison."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
 
 
 def _survival_figure(table: pd.DataFrame, ks: list[int], path: Path) -> Path:

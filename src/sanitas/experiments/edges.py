@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, _data, build_methods, model_call, runner
 
 if TYPE_CHECKING:
@@ -91,8 +92,6 @@ def run_edge_detectors(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Each method's map on the trained model against edge detectors' maps, and against its own map of the
     input times its edge map (see the module docs)."""
     from sanitas.checks.model_randomization import resolve_metrics
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
     from sanitas.utils.progress import log
 
     t0 = time.perf_counter()
@@ -107,11 +106,8 @@ def run_edge_detectors(spec: dict, out: Path, quiet: bool) -> Outcome:
     ok = table[~table["constant_map"]]
     summary = ok.groupby(["method", "variant", "metric"], sort=False)["value"].agg(["mean", "count"]).reset_index()
     scalars = {f"mean/{r['metric']}/{r['variant']}/{r['method']}": float(r["mean"]) for r in summary.to_dict("records")}
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: saliency maps against edge detectors", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: saliency maps against edge detectors", scalars=scalars,
         text=("Each method's map on the trained model against model-free edge maps of the same image (adebayo2018 "
               "figure 1), and against its own map of the image multiplied by its edge map (section 5.4, figure 37). "
               "The figure shows the first image: edge maps, then each method's map."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, _images, runner
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
 def run_input_noise(spec: dict, out: Path, quiet: bool) -> Outcome:
     """x * u vs x * v as the noise between u and v grows (see the module docs)."""
     from sanitas.checks.model_randomization import resolve_metrics
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     ds, seed = _images(spec), int(spec["seed"])
@@ -88,10 +87,7 @@ def run_input_noise(spec: dict, out: Path, quiet: bool) -> Outcome:
     figs = [_figure(table, out / "figures" / "input_noise.png")]
     summary = (table.groupby(["method", "metric", "noise"], sort=False)["value"].mean().unstack("noise").reset_index())
     summary.columns = [c if isinstance(c, str) else f"sigma {c:g}" for c in summary.columns]
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: x * u vs x * v as the noise grows", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: x * u vs x * v as the noise grows",
         text=("Similarity of x * u and x * v (the input times two random 'gradients', v = u + sigma e) and of u and v "
               "themselves, as sigma grows (adebayo2018 section 5.2, figure 19)."))
-    return Outcome(table, {}, None, figs, report, time.perf_counter() - t0, summary)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sanitas.experiments.runner_base import Outcome, _images, dataset_of, model_call, model_sources, runner
+from sanitas.experiments.runner_base import Outcome, study_outcome, _images, dataset_of, model_call, model_sources, runner
 
 if TYPE_CHECKING:
     import torch
@@ -149,8 +149,6 @@ def _train_linear(spec: dict, bias: bool, quiet: bool):
 @runner("linear_zero_bias")
 def run_linear_zero_bias(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Figure 1: the linear classifier with and without bias (see the module docs)."""
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     trained = {v: _train_linear(spec, v == "with bias", quiet) for v in VARIANTS}
@@ -161,15 +159,13 @@ def run_linear_zero_bias(spec: dict, out: Path, quiet: bool) -> Outcome:
     summary = summary.reset_index()
     scalars = {f"test_accuracy/{v}": float(t.metrics["test_accuracy"]) for v, t in trained.items()}
     scalars.update({f"mean/{r['metric']}/{r['variant']}": float(r["mean"]) for r in summary.to_dict("records")})
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the zero-bias linear classifier (grabska2020 figure 1)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: the zero-bias linear classifier (grabska2020 figure 1)",
+        scalars=scalars,
         text=("A linear classifier trained with and without bias. Without bias the input x gradient maps sum to "
               "the logit exactly (completeness_residual 0); with a bias they miss it by b_c. Rows of the figure: the "
               "weights of each class (the gradient), then x * w_c for two images, titled with the logit f and the "
               "sum of the map."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
 
 
 def robustness_table(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, scales=SCALES, shifts=SHIFTS,
@@ -233,9 +229,7 @@ def _robustness_figure(table: pd.DataFrame, path: Path) -> Path:
 @runner("input_robustness")
 def run_input_robustness(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Supplement B.1: accuracy under scaled and shifted inputs (see the module docs)."""
-    from sanitas.engine import versions, write_outputs
     from sanitas.models import load_model
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     ds = _images(spec)
@@ -252,10 +246,8 @@ def run_input_robustness(spec: dict, out: Path, quiet: bool) -> Outcome:
     summary = acc.groupby(["method", "variant"], sort=False)["value"].mean().unstack("variant").reset_index()
     means = acc.groupby(["method", "variant"])["value"].mean()
     scalars = {f"accuracy/{m}/{v}": float(val) for (m, v), val in means.items()}
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: accuracy under scaled and shifted inputs (grabska2020 supplement B.1)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: accuracy under scaled and shifted inputs (grabska2020 supplement B.1)",
+        scalars=scalars,
         text=("Test accuracy of each model with its pixel values multiplied by s or shifted by c times their value "
               "range. A zero-bias linear classifier keeps every prediction under any positive scaling."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

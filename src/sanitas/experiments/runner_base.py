@@ -196,6 +196,23 @@ def _check_outcome(res, out: Path, t0: float, scalars=None, about=None) -> Outco
                    time.perf_counter() - t0, summary, res)
 
 
+def study_outcome(out: Path, spec: dict, t0: float, table: pd.DataFrame, summary: pd.DataFrame, figures: list,
+                  title: str, text: str, scalars: dict | None = None, meta: dict | None = None,
+                  calibration: pd.DataFrame | None = None) -> Outcome:
+    """How an experiment that is not a check ends: its results files and meta.json (``meta``: entries besides
+    the config, versions and time), a report of its summary and figures (``title``, ``text``: what it shows),
+    and its Outcome."""
+    from sanitas.engine import write_outputs
+    from sanitas.report.html import check_report_simple
+    from sanitas.utils.versions import versions
+
+    meta = {"config": spec, "versions": versions(), **(meta or {}), "timings": {"total": time.perf_counter() - t0}}
+    write_outputs(out, table, meta, calibration)
+    report = check_report_simple(out, title, summary, figures, meta, text)
+    return Outcome(table, dict(scalars or {}), calibration, list(figures), report, time.perf_counter() - t0,
+                   summary)
+
+
 def run_entry(check: str, spec: dict, out: Path, quiet: bool, where: str = "command line") -> Outcome:
     """One config entry (``check: NAME`` and its keys, as in an experiment of a config), validated like a
     config's and run by what runs it in ``sanitas run``: how every check command runs."""

@@ -19,7 +19,8 @@ from sanitas.errors import ConfigError
 # the shared parts live in runner_base; they are re-exported here, where runners have always been found
 from sanitas.experiments.runner_base import (RUNNERS, Outcome, _check_outcome, _data, _images,  # noqa: F401
                                              build_methods, ceiling_models, check_names, check_options, dataset_of,
-                                             model_call, model_label, model_sources, runner, runner_for)
+                                             model_call, model_label, model_sources, runner, runner_for,
+                                             study_outcome)
 
 
 _MR_KEYS = ("mode", "init", "target", "order", "blocks", "normalize", "map_stats", "calibrate", "bn_stats",
@@ -100,9 +101,7 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Approximate completeness (gupta2019 section 4.1): sum of map vs logit per image across classes, per class
     across images, and pooled. The table holds the per-image fits (metric ``r2_per_image``, ``alpha_per_image``);
     scalars ``r2/...`` (pooled), ``r2_per_image/...`` and ``r2_per_class/...`` (medians)."""
-    from sanitas.engine import versions, write_outputs
     from sanitas.evaluate import completeness
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)
@@ -124,13 +123,10 @@ def run_completeness(spec: dict, out: Path, quiet: bool) -> Outcome:
     summary = pd.DataFrame(rows)
     # one row per image and method: claims read the per-image fits with their bootstrap interval
     table = pd.concat(per_image, ignore_index=True)
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(out, "sanitas: approximate completeness", summary, figs, meta,
-                                 text="Least-squares fits of sum(map_c(x)) = alpha * logit_c(x) + beta: per image "
-                                      "across its classes (what competition compares), per class across images, "
-                                      "and over all images and classes at once (gupta2019, section 4.1).")
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
+    return study_outcome(out, spec, t0, table, summary, figs, "sanitas: approximate completeness", scalars=scalars,
+                         text="Least-squares fits of sum(map_c(x)) = alpha * logit_c(x) + beta: per image "
+                              "across its classes (what competition compares), per class across images, "
+                              "and over all images and classes at once (gupta2019, section 4.1).")
 
 
 @runner("biases")

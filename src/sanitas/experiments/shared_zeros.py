@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, _data, build_methods, model_call, runner
 
 if TYPE_CHECKING:
@@ -107,8 +108,6 @@ def _figure(curve: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
 def run_shared_zeros(spec: dict, out: Path, quiet: bool) -> Outcome:
     """The shared-zeros curve with the model's measured points (see the module docs)."""
     from sanitas.checks import model_randomization
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     seed = int(spec["seed"])
@@ -153,13 +152,10 @@ def run_shared_zeros(spec: dict, out: Path, quiet: bool) -> Outcome:
         .reset_index().rename(columns={"variant": "what"}),
         pd.DataFrame({"what": ["null at the images' zeros"], "fraction": [mean_frac], "spearman": [float(null.mean())]}),
     ], ignore_index=True)
-    meta = {"config": spec, "versions": versions(), "size": size, "samples": samples,
-            "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: Spearman's rho and shared zeros", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: Spearman's rho and shared zeros",
+        scalars=scalars, meta={"size": size, "samples": samples},
         text=("Spearman correlation of two positive random maps of one input's size as the fraction of elements "
               "where both are zero grows (sundararajan2019 figure 1), with the measured spearman_abs of the model's "
               "maps under cascading randomization at each image's fraction of baseline pixels (first and last "
               "randomized stage). The model's randomization report: maps/report.html."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sanitas.experiments.runner_base import Outcome, _images, build_methods, runner
+from sanitas.experiments.runner_base import Outcome, study_outcome, _images, build_methods, runner
 
 if TYPE_CHECKING:
     import torch
@@ -186,8 +186,6 @@ def _figure(shown: dict, path: Path) -> Path:
 def run_sum_pool_conv(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Maps of a random 1-layer sum-pooling convolution against edge maps (see the module docs)."""
     from sanitas.checks.model_randomization import resolve_metrics
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
     from sanitas.utils.progress import log
 
     t0 = time.perf_counter()
@@ -202,12 +200,10 @@ def run_sum_pool_conv(spec: dict, out: Path, quiet: bool) -> Outcome:
     figs = [_figure(shown, out / "figures" / "sum_pool.png")]
     ok = table[~table["constant_map"]]
     summary = ok.groupby(["method", "variant", "metric"], sort=False)["value"].agg(["mean", "count"]).reset_index()
-    meta = {"config": spec, "versions": versions(), "scalars": scalars, "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the 1-layer sum-pooling convolution", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: the 1-layer sum-pooling convolution",
+        scalars=scalars, meta={"scalars": scalars},
         text=("Maps of a random 1-layer convolution with ReLU and sum pooling (adebayo2018 section 5.3, figure 7) and "
               "of its linear twin, against the edge map of the same image, of another image, and on a random input "
               "(the image's pixels permuted) against its own edge map. The figure: the first image, its edge map and "
               "each method's map; below, the same for the random input."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sanitas.experiments.runner_base import Outcome, _data, model_call, runner
+from sanitas.experiments.runner_base import Outcome, study_outcome, _data, model_call, runner
 
 if TYPE_CHECKING:
     import torch
@@ -162,8 +162,6 @@ def _figure(table: pd.DataFrame, x, shown: dict, interpolations, path: Path) -> 
 @runner("upsampling")
 def run_upsampling(spec: dict, out: Path, quiet: bool) -> Outcome:
     """Supplement E: layer maps up-sampled with each interpolation, scored with delta e- (see the module docs)."""
-    from sanitas.engine import versions, write_outputs
-    from sanitas.report.html import check_report_simple
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)
@@ -176,11 +174,9 @@ def run_upsampling(spec: dict, out: Path, quiet: bool) -> Outcome:
     summary = ok.groupby(["method", "variant", "metric"], sort=False)["value"].agg(["mean", "count"]).reset_index()
     scalars = {f"mean/{r['metric']}/{r['variant']}/{r['method']}": float(r["mean"])
                for r in summary.to_dict("records")}
-    meta = {"config": spec, "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: bilinear or block up-sampling of layer maps (grabska2020 supplement E)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: bilinear or block up-sampling of layer maps (grabska2020 supplement E)",
+        scalars=scalars,
         text=("delta e- (Eq. 20) of activity and bias maps of the layers smaller than the input, of the aggregate over "
               "all layers and of FullGrad, up-sampled bilinearly or by blocks (nearest), with the input gradient for "
               "reference. The figure: delta e- per method and interpolation, then the first image's maps."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
