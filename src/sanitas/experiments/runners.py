@@ -283,3 +283,4 @@ def run_evaluate(spec: dict, out: Path, quiet: bool) -> Outcome:
 
 # experiments defined in their own modules register their runners on import
 from sanitas.experiments import edges, input_noise, shared_zeros  # noqa: E402,F401
+from sanitas.experiments import flip_metrics, zero_bias_resnet  # noqa: E402,F401

@@ -296,6 +296,9 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
     "edge_detectors": {"detectors": _detectors, "edge_input": _flag},
     "shared_zeros": {"fractions": _fractions, "samples": _count(minimum=2), "baseline": _number(), "init": _string,
                      "draws": _count()},
+    "zero_bias_resnet": {"n_shuffles": _count(minimum=1), "layers": _names, "distill_options": _mapping,
+                         "epochs": _count(), "train_size": _count()},
+    "flip_metrics": {"n_shuffles": _count(minimum=1), "layers": _names, "epochs": _count(), "train_size": _count()},
     "completeness": {},
     "biases": {"distill": _distill, "distill_options": _mapping, "accuracy_images": _count()},
     "evaluate": {
