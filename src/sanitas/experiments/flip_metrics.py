@@ -113,6 +113,8 @@ def scalars_of(table: pd.DataFrame) -> dict[str, float]:
 
 
 def _figure(table: pd.DataFrame, points: dict, out: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     from sanitas.report.figures import new_figure, save_figure
 
     variants = list(dict.fromkeys(table["variant"]))
@@ -136,6 +138,7 @@ def _figure(table: pd.DataFrame, points: dict, out: Path) -> Path:
             ax.set_title(f"{variant}" + (": vs shuffled maps" if r == 0 else ": shuffled maps as maps"), fontsize=7)
             ax.set_xlabel("layer (dashed: down-sampling after it; dotted: all-layers)", fontsize=6)
             ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=5)
     fig.tight_layout()
     return save_figure(fig, out / "figures" / "flip_metrics.png", dpi=120)

@@ -39,6 +39,8 @@ from torch import nn
 
 from sanitas.experiments.runners import Outcome, dataset_of, model_call, model_sources, runner
 
+#: line colours of the figure, by method (line style by network)
+COLORS = {"signed": "C0", "saliency": "C1", "activity": "C2"}
 #: the training options an experiment may give its model (a cheap model for the quick profile)
 TRAIN_KEYS = ("epochs", "train_size")
 
@@ -182,6 +184,8 @@ def scalars_of(table: pd.DataFrame, accuracy: dict[str, float]) -> dict[str, flo
 
 
 def _figures(table: pd.DataFrame, raw: dict, layers: list[str], x: torch.Tensor, out: Path) -> list[Path]:
+    from matplotlib.ticker import MaxNLocator
+
     from sanitas.report.figures import new_figure, save_figure
 
     figs = []
@@ -215,10 +219,11 @@ def _figures(table: pd.DataFrame, raw: dict, layers: list[str], x: torch.Tensor,
                 ax.axhline(float(means.iloc[0]), ls=":", color="grey" if variant == "vanilla" else "k", lw=1,
                            label=f"gradient ({variant})")
                 continue
-            ax.plot(means.index, means.to_numpy(), marker="o", ms=3, ls="-" if variant == "vanilla" else "--",
-                    label=f"{method} ({variant})")
+            ax.plot(means.index, means.to_numpy(), marker="o", ms=3, color=COLORS.get(method, "C3"),
+                    ls={"vanilla": "-", "zero-bias": "--"}.get(variant, ":"), label=f"{method} ({variant})")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("layer (0: input)", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=5)
     fig.tight_layout()
