@@ -171,8 +171,9 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def scalars_of(table: pd.DataFrame, accuracy: dict[str, float]) -> dict[str, float]:
-    """``accuracy/<variant>`` (on the explained images), ``max_gap/<variant>`` (largest per-layer mean completeness gap over the hidden
-    layers) and ``mean/<metric>/<variant>/<method>`` over the hidden layers."""
+    """``accuracy/<variant>`` (on the explained images), ``max_gap/<variant>`` (largest per-layer mean
+    completeness gap over the hidden layers) and ``mean/<metric>/<variant>/<method>`` over the hidden layers;
+    the runner adds ``test_accuracy/<variant>`` (the whole test set)."""
     out = {f"accuracy/{k}": float(v) for k, v in accuracy.items()}
     hidden = table[table["stage"] > 0]
     gaps = hidden[hidden["metric"] == "completeness_gap"].groupby(["variant", "stage"])["value"].mean()
