@@ -162,3 +162,4 @@ def run_biases(spec: dict, out: Path, quiet: bool) -> Outcome:
 from sanitas.experiments import edges, input_noise, shared_zeros, sum_pool  # noqa: E402,F401
 from sanitas.experiments import competition_maps, competition_quality  # noqa: E402,F401
 from sanitas.experiments import linear_zero_bias, upsampling  # noqa: E402,F401  (grabska2020 figure 1, B.1, E)
+from sanitas.experiments import flip_metrics, zero_bias_resnet  # noqa: E402,F401
