@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, dataset_of, model_call, model_sources, runner
 from sanitas.experiments.zero_bias_resnet import TRAIN_KEYS, _rows, attributions, layer_maps, spec_layers
 
@@ -147,10 +148,8 @@ def _figure(table: pd.DataFrame, points: dict, out: Path) -> Path:
 @runner("flip_metrics")
 def run_flip_metrics(spec: dict, out: Path, quiet: bool) -> Outcome:
     """e-, e+, e_Delta, their shuffled baselines and delta versions per layer and model (see the module docs)."""
-    from sanitas.engine import versions, write_outputs
     from sanitas.experiments.runners import _images
     from sanitas.models import load_model
-    from sanitas.report.html import check_report_simple
     from sanitas.utils.progress import log
 
     t0 = time.perf_counter()
@@ -173,14 +172,11 @@ def run_flip_metrics(spec: dict, out: Path, quiet: bool) -> Outcome:
     figs = [_figure(table, points, out)]
     summary = (table.groupby(["variant", "method", "stage", "metric"], sort=False)["value"]
                .agg(["mean", "count"]).reset_index())
-    meta = {"config": spec, "layers": layer_sets, "downsampling_points": {k: list(v) for k, v in points.items()},
-            "versions": versions(), "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the three perturbation metrics and the down-sampling artefact (grabska2020 supplement F)",
-        summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs,
+        "sanitas: the three perturbation metrics and the down-sampling artefact (grabska2020 supplement F)",
+        scalars=scalars, meta={"layers": layer_sets, "downsampling_points": {k: list(v) for k, v in points.items()}},
         text=("Per-layer saliency maps |a^{h,l}| (bilinear), their all-layer aggregate and the input gradient, "
               "scored by e-, e+, e_Delta, with shuffled maps of other images as the maps (e^xi) and as the "
               "reference (delta e). 'downsampling' rows: metric at the layer just before a down-sampling minus "
               "the layer before it at the same resolution."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, dataset_of, model_call, model_sources, runner
 
 #: line colours of the figure, by method (line style by network)
@@ -235,13 +236,11 @@ def _figures(table: pd.DataFrame, raw: dict, layers: list[str], x: torch.Tensor,
 @runner("zero_bias_resnet")
 def run_zero_bias_resnet(spec: dict, out: Path, quiet: bool) -> Outcome:
     """The original, distilled zero-bias and brute-force zero-bias network compared (see the module docs)."""
-    from sanitas.engine import versions, write_outputs
     from sanitas.evaluate.zero_bias import zero_bias
     from sanitas.experiments.runners import _images
     from sanitas.models import load_model
     from sanitas.models.distill import distill_zero_bias
     from sanitas.models.train import accuracy
-    from sanitas.report.html import check_report_simple
     from sanitas.utils.progress import log
 
     t0 = time.perf_counter()
@@ -264,14 +263,11 @@ def run_zero_bias_resnet(spec: dict, out: Path, quiet: bool) -> Outcome:
     scalars.update({f"test_accuracy/{k}": float(student.metrics[v]) for k, v in test.items() if v in student.metrics})
     figs = _figures(table, raw, layers, ds.x, out)
     summary = _summary(table)
-    meta = {"config": spec, "layers": layers, "distilled": student.metrics, "versions": versions(),
-            "timings": {"total": time.perf_counter() - t0}}
-    write_outputs(out, table, meta)
-    report = check_report_simple(
-        out, "sanitas: the zero-bias ResNet (grabska2020 Fig. 4, supplement D)", summary, figs, meta,
+    return study_outcome(
+        out, spec, t0, table, summary, figs, "sanitas: the zero-bias ResNet (grabska2020 Fig. 4, supplement D)", scalars=scalars,
+        meta={"layers": layers, "distilled": student.metrics},
         text=("Activity attributions a^{h,l} of the stem and every residual block, in the trained network, its "
               "zero-bias version (bias decay + distillation, T = 100) and with its biases zeroed by brute force: "
               "how far their gross sums are from the logit (completeness, Eq. 6), their share of negative "
               "evidence, their correlation with the original's, and the decision-flip quality of the signed "
               "and unsigned maps (delta e-, Eq. 20)."))
-    return Outcome(table, scalars, None, figs, report, time.perf_counter() - t0, summary)
