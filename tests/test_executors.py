@@ -48,6 +48,20 @@ def test_ray_writes_the_same_tables_as_the_local_executor(small, ray_executor, t
     assert ray.is_initialized()  # the caller's Ray is left running
 
 
+def test_the_quality_check_on_ray_writes_the_local_tables(small, ray_executor, tmp_path):
+    """The decision-flip evaluation is a check on the engine too: its cells (explain, then the flip search) run as
+    Ray tasks and give the local tables byte for byte."""
+    from sanitas.evaluate import evaluate_quality
+
+    m, x, _ = small
+    kw = dict(methods=["gradient", "random"], n_shuffles=2, figures=False, test_method="asymptotic", quiet=True)
+    evaluate_quality(m, x, out=tmp_path / "local", **kw)
+    remote = evaluate_quality(m, x, out=tmp_path / "ray", executor=ray_executor, **kw)
+    for name in ("results.csv", "results.parquet"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    assert set(remote.table["method"]) == {"gradient", "random"}
+
+
 def test_a_run_started_locally_resumes_on_ray(small, ray_executor, tmp_path):
     out = tmp_path / "mixed"
     full = _run(small, tmp_path / "full", None)
