@@ -93,6 +93,7 @@ def verdict_section(result) -> dict | None:
                            "excluded", "why") if c in v]].rename(columns={"variant": "judged at stage"})
     judged = v["reference"].ne("none").any()
     if result.kind == "data_randomization":
+        shown = shown.drop(columns=["floor"], errors="ignore")  # one permuted-label model: no random draws
         text = ("A method passes when its maps of the permuted-label model are clearly less alike the true-label "
                 "model's maps than the maps of the model trained with another seed are (the ceiling: the whole 95% "
                 "interval of the difference below 0), fails when they are clearly not, and is inconclusive "
