@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, dataset_of, model_call, model_sources, runner
 from sanitas.experiments.zero_bias_resnet import TRAIN_KEYS, _rows, attributions, layer_maps, spec_layers
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading a finished study's tables needs none
+    import torch
 
 DIP_METRICS = ("e_minus_xi", "e_plus_xi", "e_delta_xi", "delta_e_minus", "delta_e_plus", "delta_e_delta")
 

@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from sanitas.experiments.runner_base import study_outcome
 from sanitas.experiments.runners import Outcome, dataset_of, model_call, model_sources, runner
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading a finished study's tables needs none
+    import torch
+    from torch import nn
 
 #: line colours of the figure, by method (line style by network)
 COLORS = {"signed": "C0", "saliency": "C1", "activity": "C2"}
@@ -49,6 +52,8 @@ TRAIN_KEYS = ("epochs", "train_size")
 def depth_layers(model: nn.Module) -> list[str]:
     """The layers whose attributions are compared: for a residual network its stem and every residual
     block (modules whose class name ends in ``Block``), otherwise every ``Conv2d``, in module order."""
+    from torch import nn
+
     named = list(model.named_modules())
     blocks = [n for n, m in named if type(m).__name__.endswith("Block")]
     if blocks:
@@ -72,6 +77,8 @@ def attributions(model: nn.Module, x: torch.Tensor, layers: list[str], target: t
     ``maps[0]`` the input attributions sum_c x * df/dx, ``maps[l]`` the activity attributions of ``layers[l-1]``;
     the class is ``target`` or the model's prediction.
     """
+    import torch
+
     from sanitas.explain._core import eval_mode, logits_of, model_device, selection
     from sanitas.explain.layers import layer_attributions
 
@@ -99,12 +106,16 @@ def completeness_gap(maps: list[torch.Tensor], logit: torch.Tensor) -> list[torc
 
 def negative_share(a: torch.Tensor) -> torch.Tensor:
     """sum(max(-a, 0)) / sum(|a|) per image: the share of negative evidence in an attribution map."""
+    import torch
+
     a = a.flatten(1).double()
     return (-a).clamp_min(0).sum(1) / a.abs().sum(1).clamp_min(torch.finfo(torch.float64).tiny)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson's r between two maps of each image (NaN when one is constant)."""
+    import torch
+
     a, b = a.flatten(1).double(), b.flatten(1).double()
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     den = (a.norm(dim=1) * b.norm(dim=1))
@@ -123,6 +134,8 @@ def layer_maps(maps: list[torch.Tensor], size, signed: bool) -> list[torch.Tenso
 
 
 def _rows(variant: str, method: str, stage: int, metric: str, values) -> pd.DataFrame:
+    import torch
+
     v = values.detach().double().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, dtype=np.float64)
     return pd.DataFrame({"method": method, "variant": variant, "stage": stage, "metric": metric,
                          "image": np.arange(len(v)), "value": v, "constant_map": False})
