@@ -147,3 +147,28 @@ def study_config(path, experiment: dict, **top):
     cfg = {"paper": "study", "dataset": "digits", "images": 4, **top, "experiments": {"one": experiment}}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def stand_in_runners(monkeypatch):
+    """Every experiment of a reproduce/run_config call runs a fast stand-in (check classes and registered
+    runners alike), which writes a one-row table; the specs it was given are listed in the returned list."""
+    import importlib
+
+    import pandas as pd
+
+    from sanitas.experiments.runners import Outcome
+
+    reproduce_mod = importlib.import_module("sanitas.experiments.reproduce")  # the package exports a function too
+
+    seen: list[dict] = []
+
+    def fake(spec, out, quiet):
+        seen.append(spec)
+        t = pd.DataFrame({"method": ["x"], "variant": ["v"], "stage": [1], "metric": ["m"], "image": [0],
+                          "value": [0.0]})
+        t.to_parquet(out / "results.parquet")
+        return Outcome(t, {"inverse_num_classes": 0.1}, None, [], None, 0.0)
+
+    monkeypatch.setattr(reproduce_mod, "runner_for", lambda kind: fake)
+    return seen

@@ -16,8 +16,6 @@ from sanitas.data import load_dataset, write_idx
 from sanitas.data.idx_datasets import SPLIT_FILES, locate
 from sanitas.errors import DatasetNotFoundError
 from sanitas.experiments import resolve, run_config
-from sanitas.experiments import runners as runners_mod
-from sanitas.experiments.runners import Outcome
 
 SIZES = {"train": 60, "test": 12}
 
@@ -109,27 +107,17 @@ def test_a_dataset_that_is_not_there_fails_before_anything_runs(tmp_path, monkey
     assert not (tmp_path / "out" / "cascading").exists()
 
 
-def test_reproduce_and_the_command_line_pass_the_dataset_through(fake_mnist, tmp_path, monkeypatch):
+def test_reproduce_and_the_command_line_pass_the_dataset_through(fake_mnist, tmp_path, stand_in_runners):
     from sanitas.cli import main
     from sanitas.experiments import reproduce
 
-    seen = []
-
-    def fake(spec, out, quiet):
-        seen.append(spec["dataset"])
-        t = pd.DataFrame({"method": ["x"], "variant": ["v"], "stage": [1], "metric": ["m"], "image": [0],
-                          "value": [0.0]})
-        t.to_parquet(out / "results.parquet")
-        return Outcome(t, {"inverse_num_classes": 0.1}, None, [], None, 0.0)
-
-    for kind in list(runners_mod.RUNNERS):
-        monkeypatch.setitem(runners_mod.RUNNERS, kind, fake)
+    seen = stand_in_runners
     reproduce("sanity-checks", tmp_path / "api", quick=True, quiet=True, dataset="mnist")
-    assert seen and set(seen) == {"mnist"}
+    assert seen and {spec["dataset"] for spec in seen} == {"mnist"}
     assert json.loads((tmp_path / "api" / "reproduce.json").read_text())["dataset"] == "mnist"
     seen.clear()
     res = CliRunner().invoke(main, ["reproduce", "sanity-checks", "--quick", "--quiet", "--dataset", "mnist",
                                     "--out", str(tmp_path / "cli")])
-    assert seen and set(seen) == {"mnist"}, res.output
+    assert seen and {spec["dataset"] for spec in seen} == {"mnist"}, res.output
     cfg = yaml.safe_load(json.dumps(json.loads((tmp_path / "cli" / "sanity-checks" / "study.json").read_text())))
     assert cfg["config"]["dataset"] == "mnist"

@@ -290,18 +290,10 @@ def test_cli_run_and_report(tiny_config, tiny_run):
         assert set(study["not_run"]) == {"never"}, study["not_run"]
 
 
-def test_reproduce_runs_papers_into_one_report(tmp_path, monkeypatch):
+def test_reproduce_runs_papers_into_one_report(tmp_path, stand_in_runners):
     """reproduce = one run per paper + combined claims/report; here with a fast stand-in runner."""
     from sanitas.experiments import reproduce
 
-    def fake(spec, out, quiet):
-        t = pd.DataFrame({"method": ["x"], "variant": ["v"], "stage": [1], "metric": ["m"], "image": [0],
-                          "value": [0.0]})
-        t.to_parquet(out / "results.parquet")
-        return Outcome(t, {"inverse_num_classes": 0.1}, None, [], None, 0.0)
-
-    for kind in list(runners_mod.RUNNERS):
-        monkeypatch.setitem(runners_mod.RUNNERS, kind, fake)
     runs, claims, report = reproduce(["sensitivity", "competition"], tmp_path, quick=True, quiet=True)
     assert report.is_file() and (tmp_path / "claims.csv").is_file()
     assert set(claims["paper"]) == {"sensitivity", "competition"}
