@@ -261,15 +261,13 @@ def _scores_figure(fits: list[dict], method: str, path: Path) -> Path:
     axes[0].legend(fontsize=6)
     fig.suptitle("saliency scores of the label's map, all images pooled, and a two-Gaussian fit (gupta2019 fig. 2)",
                  fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)
 
 
 @runner("competition_scores")
 def run_scores(spec: dict, out: Path, quiet: bool) -> Outcome:
     """The scores' histogram and its two-Gaussian fit, and what competition keeps of each component."""
     import torch
-
 
     t0 = time.perf_counter()
     src, net, ds = _data(spec, quiet)

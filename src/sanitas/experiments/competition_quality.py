@@ -101,8 +101,7 @@ def _scores_figure(table: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=6)
     ax.set_title("decision-flip metric (grabska2020), mean and 95% CI\n"
                  "e_minus: higher is better; e_plus: lower is better", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)
 
 
 @runner("competition_quality")
@@ -202,5 +201,4 @@ def _survival_figure(table: pd.DataFrame, ks: list[int], path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title("competition on a randomized network (gupta2019 section 4)", fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)

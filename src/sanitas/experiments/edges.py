@@ -83,8 +83,7 @@ def _figure(x: torch.Tensor, shown: dict[str, torch.Tensor], path: Path) -> Path
         ax.imshow(img, cmap="gray")
         ax.set_title(name, fontsize=6)
         ax.axis("off")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120, tight=True)
 
 
 @runner("edge_detectors")

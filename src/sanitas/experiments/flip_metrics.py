@@ -144,8 +144,7 @@ def _figure(table: pd.DataFrame, points: dict, out: Path) -> Path:
             ax.tick_params(labelsize=6)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=5)
-    fig.tight_layout()
-    return save_figure(fig, out / "figures" / "flip_metrics.png", dpi=120)
+    return save_figure(fig, out / "figures" / "flip_metrics.png", dpi=120, tight=True)
 
 
 @runner("flip_metrics")

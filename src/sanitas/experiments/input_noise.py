@@ -70,8 +70,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(metric, fontsize=9)
         ax.set_ylim(-0.1, 1.05)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)
 
 
 @runner("input_noise")

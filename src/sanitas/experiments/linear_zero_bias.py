@@ -131,8 +131,7 @@ def _linear_figure(x, shown: dict, path: Path) -> Path:
             ax.set_yticks([])
             if i is None:
                 axes[r][0].set_frame_on(False)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=130)
+    return save_figure(fig, path, dpi=130, tight=True)
 
 
 def _train_linear(spec: dict, bias: bool, quiet: bool):
@@ -222,8 +221,7 @@ def _robustness_figure(table: pd.DataFrame, path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{kind} (grabska2020 supplement B.1)", fontsize=9)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)
 
 
 @runner("input_robustness")

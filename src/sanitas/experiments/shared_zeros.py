@@ -100,8 +100,7 @@ def _figure(curve: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("Spearman rank correlation")
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=True)
 
 
 @runner("shared_zeros")

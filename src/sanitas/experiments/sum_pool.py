@@ -178,8 +178,7 @@ def _figure(shown: dict, path: Path) -> Path:
         img = m[0].mean(0) if name in ("input", "random input") else m[0].abs().sum(0)
         ax.imshow(img.float().cpu().numpy(), cmap="gray")
         ax.set_title(name, fontsize=5)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120, tight=True)
 
 
 @runner("sum_pool_conv")

@@ -155,8 +155,7 @@ def _figure(table: pd.DataFrame, x, shown: dict, interpolations, path: Path) -> 
         ax.imshow(m[0].abs().sum(0).cpu().numpy(), cmap="gray")
         ax.set_title(name.replace(" | ", "\n"), fontsize=5)
         ax.axis("off")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120, tight=True)
 
 
 @runner("upsampling")

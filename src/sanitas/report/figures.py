@@ -23,8 +23,10 @@ def new_figure(figsize, dpi: float | None = None) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
-    """Write ``fig`` as PNG to ``path``, creating the folder."""
+def save_figure(fig: Figure, path: str | Path, tight: bool = False, **savefig_kwargs) -> Path:
+    """Write ``fig`` as PNG to ``path``, creating the folder (``tight``: lay it out with ``tight_layout`` first)."""
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", **savefig_kwargs)
