@@ -164,3 +164,18 @@ def test_the_shipped_reference_claims_are_judged():
         assert v.verdict != NOT_RUN, v
         v = evaluate_claim(c, "sanity-checks", StoredOutcome(table))
         assert v.verdict == NOT_RUN and ("draws: 2" in v.why or "model_seeds: 2" in v.why)
+
+
+def test_a_stage_whose_maps_all_collapsed_is_not_run_with_its_name_not_a_nan():
+    """alexnet1 under truncated-normal cascading: the lower stages' maps are all degenerate; a claim over
+    every stage says which stages have nothing left and why, instead of "the measure is NaN"."""
+    oc = _outcome(stages={1: 0.8, 2: 0.7, 3: 0.6})
+    oc.table.loc[oc.table["stage"] >= 2, "degenerate_map"] = True
+    claim = _claim({"method": "gradient", "metric": "spearman_abs", "stages": "all", "reduce": "min"}, "> 0.5")
+    v = evaluate_claim(claim, "p", oc)
+    assert v.verdict == NOT_RUN
+    assert "layer2, layer3" in v.why and "60 degenerate (the signal vanished)" in v.why
+    assert "init: default" in v.why
+    # the stages that kept their signal are still judged
+    v1 = evaluate_claim({**claim, "measure": {**claim["measure"], "stages": "first"}}, "p", oc)
+    assert v1.verdict == HOLDS

@@ -236,11 +236,30 @@ def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
     sel = _select_stages(means, m.get("stages", "all"))
     if not len(sel):
         raise MeasureError(f"stage selector {m.get('stages')!r} matched no stage")
-    dists = []
+    dists, empty = [], []
     for stage, variant in sel.index:
         part = rows[(rows["stage"] == stage) & (rows["variant"] == variant)]
         dists.append(table_mean(part, resampler, exclude=_excluded(part)))  # NaN and degenerate maps left out
+        if dists[-1].n == 0:
+            empty.append((variant, part))
+    if empty:
+        raise MeasureError(_no_maps_left(m["method"], empty))
     return dists[0] if len(dists) == 1 else Dist.reduce(dists, m.get("reduce", "mean"))
+
+
+def _no_maps_left(method: str, empty: list[tuple[str, pd.DataFrame]]) -> str:
+    """Why a measure has nothing to judge at some stages: its maps there are all degenerate, constant or NaN."""
+    names = [v for v, _ in empty]
+    rows = pd.concat([p for _, p in empty])
+    count = {c: int(rows[c].astype("boolean").fillna(False).sum()) if c in rows else 0
+             for c in ("degenerate_map", "constant_map")}
+    parts = [f"{count['degenerate_map']} degenerate (the signal vanished)" if count["degenerate_map"] else "",
+             f"{count['constant_map']} constant" if count["constant_map"] else ""]
+    kinds = ", ".join(p for p in parts if p) or "every score NaN"
+    hint = (" - an init that keeps the signal (init: default) can judge these stages"
+            if count["degenerate_map"] else "")
+    shown = ", ".join(map(str, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"no map of {method} is left to judge at stage(s) {shown} ({kinds} of {len(rows)} scores){hint}")
 
 
 def _references(kind: str, outcome) -> pd.DataFrame:
