@@ -320,3 +320,36 @@ def test_quality_runners_report_scalars_for_the_claims(tmp_path):
     assert 0 <= bi["zero_bias_accuracy/cnn"] <= 1 and "r2/cnn" in bi and "accuracy_drop/cnn" in bi
     assert list(run.claims["verdict"]) == ["holds", "holds"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "ev" / "report.html").is_file()
+
+
+def test_training_key_trains_the_studys_models_on_a_subset(tmp_path, monkeypatch):
+    """``training: {train_size: N}`` reaches every experiment, which runs inside training_defaults: a model it
+    trains sees N images (the quick profile's smaller models); per experiment it can be overridden."""
+    import importlib
+
+    from sanitas.experiments.config import resolve, validate
+    from sanitas.experiments.runners import Outcome
+    from sanitas.models import train
+
+    reproduce_mod = importlib.import_module("sanitas.experiments.reproduce")
+    seen = {}
+
+    def runner(spec, out, quiet):
+        seen[out.name] = train("linear", "digits", epochs=1, seed=3, cache=False).metrics["n_train"]
+        return Outcome(pd.DataFrame({"method": ["x"], "variant": ["v"], "stage": [1], "metric": ["m"],
+                                     "image": [0], "value": [0.0]}), {}, None, [], None, 0.0)
+
+    monkeypatch.setattr(reproduce_mod, "runner_for", lambda kind: runner)
+    exp = {"check": "model_randomization", "model": "linear", "methods": ["gradient"]}
+    cfg = {"paper": "t", "dataset": "digits", "images": 2, "training": {"train_size": 300},
+           "experiments": {"a": dict(exp), "b": {**exp, "training": {"train_size": 200}}}}
+    run_config(cfg, tmp_path, quiet=True)
+    assert seen == {"a": 300, "b": 200}
+    assert train("linear", "digits", epochs=1, seed=3, cache=False).metrics["n_train"] > 300   # the scope ended
+    with pytest.raises(ConfigError, match="training takes"):
+        validate({**cfg, "training": {"epochs": 2}})
+    # the shipped quick profiles train smaller models; the full profiles train on every image
+    for paper in list_papers():
+        quick, full = resolve(load_config(paper), quick=True), resolve(load_config(paper))
+        assert all(e.get("training", {}).get("train_size") for e in quick["experiments"].values()), paper
+        assert not any("training" in e for e in full["experiments"].values()), paper

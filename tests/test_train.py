@@ -100,3 +100,23 @@ def test_bad_config_values():
         train("linear", "digits", epochs=0)
     with pytest.raises(ConfigError):
         train("linear", "digits", target_accuracy=95)
+
+
+def test_training_defaults_scope_trains_on_a_subset_and_ends_with_the_block():
+    from sanitas.models import training_defaults
+
+    full = train("linear", "digits", epochs=1, seed=11, cache=False)
+    with training_defaults(train_size=300):
+        small = train("linear", "digits", epochs=1, seed=11, cache=False)
+        explicit = train("linear", "digits", epochs=1, seed=11, train_size=200, cache=False)  # an explicit size wins
+        with training_defaults():   # nested: every image again
+            inner = train("linear", "digits", epochs=1, seed=11, cache=False)
+    assert small.metrics["n_train"] == 300 and small.config["train_size"] == 300
+    assert explicit.metrics["n_train"] == 200
+    assert inner.metrics["n_train"] == full.metrics["n_train"] > 300
+    with pytest.raises(RuntimeError), training_defaults(train_size=300):
+        raise RuntimeError("boom")
+    after = train("linear", "digits", epochs=1, seed=11, cache=False)   # the scope ended, also after the error
+    assert after.metrics["n_train"] == full.metrics["n_train"]
+    with pytest.raises(ConfigError, match="train_size"), training_defaults(train_size=0):
+        pass

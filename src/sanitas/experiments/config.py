@@ -6,7 +6,9 @@ paper's checkable claims (see :mod:`sanitas.experiments.claims`). ``quick:`` hol
 of the small profile that ``make demo`` runs. ``draws`` (random draws of every randomized stage) and
 ``model_seeds`` (1 + the number of independently trained copies of the model whose maps are the
 ceiling of the per-method verdicts) are defaults for the model randomization experiments; the shipped
-configs draw 5 times in the full profile and once in ``quick:``. Copy one (``sanitas reproduce --show PAPER``), edit
+configs draw 5 times in the full profile and once in ``quick:``. ``training: {train_size: N}`` (top level, or
+per experiment) trains every model the study trains on a seeded subset of N training images (the quick
+profile's smaller models; :func:`sanitas.models.train.training_defaults`). Copy one (``sanitas reproduce --show PAPER``), edit
 it, and run it with ``sanitas run CONFIG --out DIR``.
 """
 
@@ -96,6 +98,8 @@ def resolve(cfg: dict[str, Any], *, quick: bool = False, images: int | None = No
         if cfg.get("classes") is not None:
             exp.setdefault("classes", cfg["classes"])
         exp.setdefault("seed", cfg.get("seed", 0))
+        if cfg.get("training"):
+            exp.setdefault("training", dict(cfg["training"]))
         exp.setdefault("images", cfg.get("images", 64))
         if exp["check"] == "model_randomization":
             # the config's draws / model_seeds are defaults for the experiments that take them (draws: the

@@ -254,6 +254,8 @@ def _executor_scope(executor, address):
 
 
 def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
+    from sanitas.models.train import training_defaults   # imports torch: not when a finished study is read
+
     run = PaperRun(cfg, out)
     t0 = time.perf_counter()
     for name, spec in cfg["experiments"].items():
@@ -276,7 +278,8 @@ def _run_locked(cfg: dict, out: Path, quiet: bool, report: bool) -> PaperRun:
             ensure_dir(exp_out)
             (exp_out / DONE).unlink(missing_ok=True)  # unfinished until this run says otherwise
             _clear_references(spec, exp_out)
-            oc = runner_for(spec["check"])(spec, exp_out, quiet)
+            with training_defaults(**(spec.get("training") or {})):   # the models this experiment trains
+                oc = runner_for(spec["check"])(spec, exp_out, quiet)
             _gather_references(spec, exp_out)
             _save_done(exp_out, spec_for_key, oc)
             refs = exp_out / REFERENCES

@@ -273,6 +273,20 @@ def _skip(value, what):
         raise ConfigError(f"{what} must be a reason (text) or true/false, got {value!r}")
 
 
+#: what ``training:`` may set for the models a study trains (see :func:`sanitas.models.train.training_defaults`)
+TRAINING_KEYS = ("train_size",)
+
+
+def _training(value, what):
+    _mapping(value, what)
+    unknown = sorted(set(value) - set(TRAINING_KEYS))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; training takes {list(TRAINING_KEYS)} (e.g. "
+                          "{train_size: 12000}: every model the study trains sees a seeded subset of 12,000 images)")
+    if "train_size" in value:
+        _count()(value["train_size"], f"{what}: train_size")
+
+
 def _distill(value, what):
     if not isinstance(value, bool):
         _texts(value, what)
@@ -283,7 +297,7 @@ def _distill(value, what):
 COMMON: dict[str, Checker] = {
     "check": _string, "model": _model, "dataset": _dataset, "images": _count(), "seed": _seed, "methods": _methods,
     "metrics": _metrics, "description": _string, "skip": _skip, "output": _output, "classes": _classes,
-    "resume": _flag,
+    "resume": _flag, "training": _training,
 }
 #: the options of config entries that are not check classes (a check class declares its own ``options``)
 BY_CHECK: dict[str, dict[str, Checker]] = {
@@ -305,9 +319,10 @@ BY_CHECK: dict[str, dict[str, Checker]] = {
 TOP: dict[str, Checker] = {
     "paper": _string, "title": _string, "reference": _string, "description": _string, "dataset": _dataset,
     "classes": _classes, "seed": _seed, "images": _count(), "experiments": _mapping, "claims": lambda v, w: None,
-    "quick": _mapping, "draws": _count(), "model_seeds": _count(),
+    "quick": _mapping, "draws": _count(), "model_seeds": _count(), "training": _training,
 }
-QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds"}
+QUICK_TOP = {"title", "description", "dataset", "classes", "seed", "images", "experiments", "draws", "model_seeds",
+             "training"}
 #: checks that run without a model
 MODEL_FREE = ("calibration", "input_noise", "sum_pool_conv")
 #: the model_randomization modes that draw each randomized stage several times (``draws``)

@@ -20,7 +20,7 @@ _WHERE = {
     "architecture": "resolve", "fresh_model": "resolve", "load_model": "resolve",
     "ModelSource": "spec", "model_source": "spec",
     "TrainedModel": "train", "accuracy": "train", "permute_labels": "train", "train": "train",
-    "training_config": "train",
+    "training_config": "train", "training_defaults": "train",
     "MODELS": "zoo", "ModelSpec": "zoo", "build_model": "zoo", "model_names": "zoo",
 }
 

@@ -12,6 +12,7 @@ model is still returned, with a warning that names the path (``TrainedModel.save
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import math
 import platform
@@ -85,6 +86,27 @@ def _dataset_key(name, ds: Dataset) -> str:
 
 #: training defaults for an architecture that is not a reference model (a user's class, file, directory)
 USER_DEFAULTS = {"epochs": 5, "lr": 1e-3, "batch_size": 128}
+
+_SCOPE: contextvars.ContextVar[dict] = contextvars.ContextVar("sanitas_training_defaults", default={})
+
+
+@contextlib.contextmanager
+def training_defaults(*, train_size: int | None = None):
+    """Within the block, :func:`train` calls that give no ``train_size`` use this one: every model trained there
+    (and looked up in the cache) sees a seeded subset of ``train_size`` training images.
+
+    A study's ``training: {train_size: N}`` runs its experiments in such a block: the quick profile trains
+    smaller models without touching the code of each experiment. The size is part of the model's training
+    config, so these models are cached apart from the ones trained on every image. Nested blocks override;
+    ``train_size=None`` restores training on every image. The setting ends with the block, also when it raises.
+    """
+    if train_size is not None:
+        train_size = validation.count(train_size, "train_size")
+    token = _SCOPE.set({"train_size": train_size})
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 def training_config(model, dataset: str = "fashion-mnist", labels: str = "true", seed: int = 0, *,
@@ -254,6 +276,8 @@ def train(model, dataset: str = "fashion-mnist", labels: str = "true", seed: int
     epoch; ``metrics["memorized"]`` says whether it was reached within ``epochs``.
     """
     src = model_source(model)
+    if train_size is None:
+        train_size = _SCOPE.get().get("train_size")
     cfg = training_config(src, dataset, labels, seed, epochs=epochs, lr=lr, batch_size=batch_size,
                           weight_decay=weight_decay, train_size=train_size, target_accuracy=target_accuracy,
                           model_kwargs=model_kwargs)
