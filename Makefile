@@ -29,7 +29,7 @@ data:
 browser:
 	@sh scripts/install-browser.sh
 
-# A small but complete `reproduce` of the papers (quick profile): ~10 min on 2 cores the first
+# A small but complete `reproduce` of the papers (quick profile): ~7 min on 2 cores the first
 # time (models are trained and cached), about a minute afterwards; ends with the report's path.
 demo: install
 	$(BIN)/sanitas reproduce all --quick --out $(DEMO_OUT)
