@@ -1,3 +1,5 @@
+import json
+
 from click.testing import CliRunner
 
 from sanitas.cli import main
@@ -77,9 +79,16 @@ def test_top_classes_flag_names_the_approximation(tmp_path):
 def test_data_randomization_and_input_invariance_commands(tmp_path):
     r = CliRunner().invoke(main, ["data-randomization", "linear", "--dataset", "digits", "--methods", "gradient",
                                   "--metrics", "spearman_abs", "--images", "8", "--epochs", "2",
-                                  "--target-accuracy", "0.9", "--out", str(tmp_path / "dr"), "--quiet"])
+                                  "--target-accuracy", "0.9", "--train-size", "all", "--out", str(tmp_path / "dr"),
+                                  "--quiet"])
     assert r.exit_code == 0, r.output
     assert "NOT reached" in r.output and "passes" in r.output and (tmp_path / "dr" / "report.html").exists()
+    from sanitas.data import load_dataset
+
+    meta = json.loads((tmp_path / "dr" / "meta.json").read_text())
+    assert meta["permuted_training"]["n_train"] == len(load_dataset("digits", "train"))   # every training image
+    r = CliRunner().invoke(main, ["data-randomization", "linear", "--dataset", "digits", "--train-size", "some"])
+    assert r.exit_code == 2 and "'some' is not a whole number" in r.output
     r = CliRunner().invoke(main, ["input-invariance", "linear", "--dataset", "digits", "--methods",
                                   "gradient,input_x_gradient", "--images", "8", "--out", str(tmp_path / "ii"), "-q"])
     assert r.exit_code == 0, r.output

@@ -353,3 +353,13 @@ def test_training_key_trains_the_studys_models_on_a_subset(tmp_path, monkeypatch
         quick, full = resolve(load_config(paper), quick=True), resolve(load_config(paper))
         assert all(e.get("training", {}).get("train_size") for e in quick["experiments"].values()), paper
         assert not any("training" in e for e in full["experiments"].values()), paper
+
+
+def test_data_randomization_entry_takes_all_training_images():
+    from sanitas.experiments.config import validate
+
+    exp = {"check": "data_randomization", "model": "cnn", "methods": ["gradient"]}
+    validate({"paper": "t", "experiments": {"d": {**exp, "train_size": "all"}}})
+    validate({"paper": "t", "experiments": {"d": {**exp, "train_size": 500}}})
+    with pytest.raises(ConfigError, match="a positive count, or all"):
+        validate({"paper": "t", "experiments": {"d": {**exp, "train_size": "most"}}})

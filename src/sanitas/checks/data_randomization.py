@@ -24,7 +24,7 @@ from sanitas import engine
 from sanitas.checks.base import Check, legacy_positional
 from sanitas.checks.result import CheckResult, model_facts, summarize_table
 from sanitas.errors import InputError, ModelError
-from sanitas.experiments.schema import _count, _flag, _number
+from sanitas.experiments.schema import _count, _count_or_all, _flag, _number
 from sanitas.explain._core import model_device
 from sanitas.utils.forward import inference_logits
 from sanitas.utils.hashing import model_fingerprint
@@ -43,7 +43,7 @@ class DataRandomization(Check):
     every model explains the labels ``y``."""
 
     name = "data_randomization"
-    options = {"train_size": _count(), "epochs": _count(), "lr": _number(above=0),
+    options = {"train_size": _count_or_all, "epochs": _count(), "lr": _number(above=0),
                "target_accuracy": _number(above=0, maximum=1), "ceiling": _flag}
     reading = ("Each number is the similarity between a method's map of the model trained on the true labels and its "
                "map of the same architecture trained on permuted labels (which can only memorize). A method that "
@@ -93,9 +93,11 @@ class DataRandomization(Check):
         t0 = time.perf_counter()
         seed = int(spec["seed"])
         src, true_model, ds = _data(spec, quiet, "data randomization (training its architecture afresh)", seed=seed)
+        train_size = spec.get("train_size", 2000)   # "all": the paper's protocol, every training image
         with model_call(output=src.output):
             trio = train_for_data_randomization(src, dataset_of(spec), seed=seed,
-                                                train_size=spec.get("train_size", 2000), epochs=spec.get("epochs", 100),
+                                                train_size=None if train_size == "all" else train_size,
+                                                epochs=spec.get("epochs", 100),
                                                 lr=spec.get("lr", 3e-4), target_accuracy=spec.get("target_accuracy",
                                                                                                   0.95),
                                                 ceiling=spec.get("ceiling", True), quiet=quiet)

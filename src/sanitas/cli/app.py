@@ -34,6 +34,19 @@ class _Validated(click.ParamType):
 COUNT = _Validated("count")
 SEED = _Validated("seed")
 
+
+class _CountOrAll(_Validated):
+    """A count, or ``all`` (kept as the string ``"all"``)."""
+
+    name = "integer|all"
+
+    def convert(self, value, param, ctx):
+        return "all" if isinstance(value, str) and value.strip().lower() == "all" else super().convert(value, param,
+                                                                                                      ctx)
+
+
+COUNT_OR_ALL = _CountOrAll("count")
+
 MODEL_HELP = ("MODEL is a reference model's name (`sanitas models`), a file saved with torch.save(model, path) or "
               "torch.jit.save, a class and its weights (mymodels.py:Net@weights.pt, package.module:Net(width=32)"
               "@weights.pt; a class without @weights is trained by sanitas), or a Hugging Face model directory "

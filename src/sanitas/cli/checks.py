@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from sanitas.cli.app import (COUNT, SEED, MODEL_HELP, _quiet_option, _output_option, _data_options, _dataset, main,
+from sanitas.cli.app import (COUNT, COUNT_OR_ALL, SEED, MODEL_HELP, _quiet_option, _output_option, _data_options, _dataset, main,
                              _csv, _methods, TOP_CLASSES_HELP, _output, _calls, _blocks, _finish, _entry,
                              _run_check, _executor_options)
 
@@ -67,8 +67,9 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
 @click.option("--metrics", default="spearman_abs,spearman,ssim,hog", show_default=True)
 @click.option("--images", "-n", default=64, show_default=True, type=COUNT)
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--train-size", default=2000, show_default=True, type=COUNT,
-              help="training subset for the permuted-label model (cnn memorizes 2000 in ~6 min on 2 cores)")
+@click.option("--train-size", default="2000", show_default=True, type=COUNT_OR_ALL,
+              help="training images of the permuted-label model: a seeded subset of this size, or all (the paper's "
+                   "protocol; hours on a 2-core CPU)")
 @click.option("--target-accuracy", default=0.95, show_default=True, type=float,
               help="stop permuted-label training at this training accuracy")
 @click.option("--epochs", default=100, show_default=True, type=COUNT, help="epoch budget of permuted-label training")

@@ -87,6 +87,12 @@ def _count(minimum=1) -> Checker:
     return lambda value, what: _validation().count(value, what, minimum=minimum)
 
 
+def _count_or_all(value, what):
+    """A positive count, or ``all`` (e.g. every training image)."""
+    if value != "all":
+        _validation().count(value, what + " (a positive count, or all)")
+
+
 def _seed(value, what):
     _validation().seed(value, what)
 
