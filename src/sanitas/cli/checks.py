@@ -69,7 +69,7 @@ def randomize(model, dataset, classes, methods, metrics, mode, order, init, targ
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--train-size", default="2000", show_default=True, type=COUNT_OR_ALL,
               help="training images of the permuted-label model: a seeded subset of this size, or all (the paper's "
-                   "protocol; hours on a 2-core CPU)")
+                   "protocol: the cnn memorized 60,000 in 43 epochs, 49 min on a 2-core CPU, with --epochs 60)")
 @click.option("--target-accuracy", default=0.95, show_default=True, type=float,
               help="stop permuted-label training at this training accuracy")
 @click.option("--epochs", default=100, show_default=True, type=COUNT, help="epoch budget of permuted-label training")
