@@ -182,12 +182,16 @@ def _calibration_dist(row: pd.Series, resampler: Resampler | None) -> Dist:
     return Dist(mean, rng.normal(mean, sd, resampler.n_boot), int(row.get("n", 0) or 0))
 
 
+def _flagged(rows: pd.DataFrame, column: str) -> pd.Series:
+    """Rows whose ``column`` flag (constant_map, degenerate_map) is set; a table or a row without the flag (NaN: a
+    row of another kind in a combined table) is not flagged."""
+    if column not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows[column].astype("boolean").fillna(False).astype(bool)
+
+
 def _excluded(rows: pd.DataFrame) -> pd.Series:
-    out = pd.Series(False, index=rows.index)
-    for c in ("constant_map", "degenerate_map"):
-        if c in rows:  # a row without the flag (NaN: a row of another kind in a combined table) is not excluded
-            out |= rows[c].astype("boolean").fillna(False).astype(bool)
-    return out
+    return _flagged(rows, "constant_map") | _flagged(rows, "degenerate_map")
 
 
 def measure(m, outcome, resampler: Resampler | None = None) -> Dist:
@@ -251,8 +255,7 @@ def _no_maps_left(method: str, empty: list[tuple[str, pd.DataFrame]]) -> str:
     """Why a measure has nothing to judge at some stages: its maps there are all degenerate, constant or NaN."""
     names = [v for v, _ in empty]
     rows = pd.concat([p for _, p in empty])
-    count = {c: int(rows[c].astype("boolean").fillna(False).sum()) if c in rows else 0
-             for c in ("degenerate_map", "constant_map")}
+    count = {c: int(_flagged(rows, c).sum()) for c in ("degenerate_map", "constant_map")}
     parts = [f"{count['degenerate_map']} degenerate (the signal vanished)" if count["degenerate_map"] else "",
              f"{count['constant_map']} constant" if count["constant_map"] else ""]
     kinds = ", ".join(p for p in parts if p) or "every score NaN"
