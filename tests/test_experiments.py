@@ -184,7 +184,32 @@ def test_run_config_writes_results_claims_and_report(tiny_run):
     assert set(t["metric"]) == {"spearman_abs", "ssim", "nonzero_fraction"}
     html = (out / "report.html").read_text()
     assert "Tiny test study" in html and html.count('<tr class="claim">') == 4
-    assert "Verdict per method" in html and "mean_randomized" in html
+    assert "Verdict per method" in html and "judged at stage" in html and "mean_randomized" not in html
+
+
+def test_reproduce_report_judges_methods_with_the_checks_own_verdicts(tmp_path):
+    """Regression: the combined report had its own rule (mean over the randomized stages < 0.5 passes), which
+    passed a method whose first randomized stage stays far above the ceiling while the check's verdicts()
+    failed it. The table now comes from result.verdicts() (rebuilt from the stored tables)."""
+    import numpy as np
+
+    from sanitas.experiments.report import method_verdicts
+    from sanitas.experiments.reproduce import PaperRun, StoredOutcome
+
+    rng = np.random.default_rng(0)
+    rows, refs = [], []
+    for img in range(20):
+        for stage, value in ((0, 1.0), (1, 0.97), (2, 0.1), (3, 0.1)):
+            rows.append({"method": "guided_backprop", "stage": stage, "variant": f"s{stage}", "draw": 0,
+                         "metric": "spearman_abs", "image": img, "value": value + rng.normal(0, 0.01)})
+        refs.append({"reference": "ceiling", "method": "guided_backprop", "stage": 0, "metric": "spearman_abs",
+                     "image": img, "draw": 0, "value": 0.6 + rng.normal(0, 0.01)})
+    oc = StoredOutcome(pd.DataFrame(rows), references=pd.DataFrame(refs))
+    run = PaperRun({"paper": "p", "experiments": {"mr": {"check": "model_randomization", "model": "cnn"}}}, tmp_path,
+                   outcomes={"mr": oc})
+    v = method_verdicts([run])
+    assert v["verdict"].tolist() == ["fail"] and v["judged at stage"].tolist() == ["s1"]
+    assert v["ci_low"].iloc[0] > 0.9 and "ceiling" in v["why"].iloc[0]
 
 
 def test_finished_experiments_are_loaded_not_rerun(tiny_run, tiny_config, monkeypatch):
@@ -363,3 +388,4 @@ def test_data_randomization_entry_takes_all_training_images():
     validate({"paper": "t", "experiments": {"d": {**exp, "train_size": 500}}})
     with pytest.raises(ConfigError, match="a positive count, or all"):
         validate({"paper": "t", "experiments": {"d": {**exp, "train_size": "most"}}})
+

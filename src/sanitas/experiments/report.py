@@ -16,7 +16,6 @@ from sanitas.report.html import embed_png, render, table_html
 
 VERDICT_CLASS = {"holds": "verdict-pass", "does not hold": "verdict-fail", "inconclusive": "verdict-inconclusive",
                  "not run": "verdict-skip"}
-PASS_THRESHOLD = 0.5
 
 
 def claims_html(claims: pd.DataFrame) -> str:
@@ -28,8 +27,8 @@ def claims_html(claims: pd.DataFrame) -> str:
         m = r.get("measured")
         measured = "" if m is None or (isinstance(m, float) and m != m) else f"{float(m):.3f}"
         cls = VERDICT_CLASS.get(r["verdict"], "")
-        cells = [html.escape(str(r["id"])), html.escape(str(r["paper"])),
-                 f'<span class="wrap">{html.escape(str(r["claim"]))}</span>',
+        cells = [f'<span class="wrap id">{html.escape(str(r["id"]))}</span>', html.escape(str(r["paper"])),
+                 f'<span class="wrap claim">{html.escape(str(r["claim"]))}</span>',
                  f'<span class="wrap">{html.escape(str(r["expected"]))}</span>', measured,
                  f'<span class="{cls}">{html.escape(str(r["verdict"]))}</span>',
                  f'<span class="wrap">{html.escape(str(r["why"]) if r["why"] == r["why"] else "")}</span>']
@@ -38,37 +37,55 @@ def claims_html(claims: pd.DataFrame) -> str:
             f"</table>")
 
 
-def method_verdicts(runs) -> pd.DataFrame:
-    """Per randomization experiment and method: similarity at the first, on average over, and at the last randomized stage.
+def _check_results(oc, spec: dict, out: Path):
+    """``(init, CheckResult)`` of a randomization experiment: the result it ran with, or one rebuilt from the
+    tables a finished experiment stored (one per init scheme where it ran several)."""
+    from sanitas.checks.result import CheckResult
+    from sanitas.utils.io import read_json
 
-    A method *passes* when its similarity to the trained model's map (the experiment's first
-    metric), averaged over the randomized stages, is below 0.5: randomizing the top layers already
-    changes the map, as it should. A method that only changes once the lowest layers are destroyed
-    (Guided Backprop) fails. The input-dominance null (x*u vs x*v) is shown beside it to tell
-    "changed" from "input-driven".
+    if isinstance(oc.result, CheckResult):
+        return [(None, oc.result)]
+    refs = getattr(oc, "references", None)
+    inits = list(dict.fromkeys(oc.table["init"])) if "init" in oc.table else [None]
+    out_list = []
+    for init in inits:
+        folder = out if init is None else out / str(init)
+        meta = read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
+        table, r = oc.table, refs
+        if init is not None:
+            table = table[table["init"] == init].drop(columns="init")
+            if r is not None and "init" in r:
+                r = r[r["init"] == init].drop(columns="init")
+        out_list.append((init, CheckResult(spec["check"], table, oc.calibration, meta if isinstance(meta, dict) else {},
+                                           references=r)))
+    return out_list
+
+
+def method_verdicts(runs) -> pd.DataFrame:
+    """Per randomization experiment and method: the verdict of ``result.verdicts()``, the same function as the
+    command line, the Python API and each experiment's own report (:mod:`sanitas.checks.verdicts`).
+
+    A method passes when its maps on the randomized model are clearly less alike the original maps than the maps
+    of two independently trained models are (the ceiling: the whole 95% interval of the difference below 0),
+    fails when they are clearly not, and is inconclusive otherwise; it is judged at the first randomized stage
+    that can separate methods (where some method's random draws disagree more than two trained models do).
+    Without a second trained model (the quick profile) no method is judged: "not judged" with the estimate and
+    its interval.
     """
     rows = []
     for run in runs:
         for name, oc in run.outcomes.items():
             spec = run.config["experiments"][name]
-            if spec["check"] != "model_randomization" or not len(oc.table):
+            if spec["check"] not in ("model_randomization", "data_randomization") or not len(oc.table):
                 continue
-            metric = (spec.get("metrics") or ["spearman_abs"])[0]
-            t = oc.table[oc.table["metric"] == metric]
-            null = None
-            if oc.calibration is not None and len(oc.calibration):
-                c = oc.calibration[(oc.calibration["metric"] == metric) &
-                                   (oc.calibration["baseline"] == "input_x_uniform")]
-                null = float(c["mean"].iloc[0]) if len(c) else None
-            for method, g in t.groupby("method", sort=False):
-                means = g.groupby("stage")["value"].mean()
-                randomized = means[means.index > 0]
-                first, last = float(means.get(1, float("nan"))), float(means.iloc[-1])
-                avg = float(randomized.mean())
-                rows.append({"paper": run.paper, "experiment": name, "model": model_label(spec), "method": method,
-                             "metric": metric, "first_randomized": first, "mean_randomized": avg,
-                             "last_randomized": last, "input_null": null,
-                             "verdict": "passes" if avg < PASS_THRESHOLD else "fails"})
+            for init, res in _check_results(oc, spec, Path(run.out) / name):
+                v = res.verdicts()
+                for r in v.to_dict("records"):
+                    rows.append({"paper": run.paper, "experiment": name if init is None else f"{name} ({init})",
+                                 "model": model_label(spec), "method": r["method"], "verdict": r["verdict"],
+                                 "judged at stage": r["variant"], "estimate": r["estimate"], "ci_low": r["ci_low"],
+                                 "ci_high": r["ci_high"], "ceiling": r.get("ceiling"), "floor": r.get("floor"),
+                                 "n": r["n"], "excluded": r["excluded"], "why": r["why"]})
     return pd.DataFrame(rows)
 
 
@@ -124,9 +141,12 @@ def _summary_sections(runs, claims: pd.DataFrame, seconds: float) -> list[dict]:
                              "html": claims_html(claims)}]}]
     mv = method_verdicts(runs)
     if len(mv):
-        sections.append({"id": "verdicts", "title": "Verdict per method (model parameter randomization)",
+        sections.append({"id": "verdicts", "title": "Verdict per method (randomization checks)",
                          "text": method_verdicts.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
-                         "figures": [], "tables": [{"caption": "", "html": table_html(mv)}]})
+                         "figures": [], "tables": [{"caption": "per experiment and method: the verdict, the stage it is "
+                                                            "judged at, the mean similarity with its 95% interval, "
+                                                            "the ceiling and the floor",
+                                                 "html": table_html(mv.round(3))}]})
     return sections
 
 

@@ -28,6 +28,7 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
 .wrap{display:inline-block;white-space:normal;min-width:9em;max-width:22em;text-align:left}.muted{color:#777;font-size:.85em}pre{background:#f8f8f8;padding:8px;overflow-x:auto;font-size:.8em}
 .n{color:#777;font-size:.8em}.excluded{color:#8a6d00;font-size:.8em}
 table.overview th{text-align:left;cursor:default}table.overview td.text{text-align:left;white-space:normal;max-width:60em}
+table.claims .wrap{max-width:14em;overflow-wrap:break-word}table.claims .wrap.claim{max-width:24em}table.claims .wrap.id{min-width:6em;max-width:10em}
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ subtitle }}</p>
@@ -56,11 +57,16 @@ def embed_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
+#: text cells longer than this wrap (at most 22em wide) instead of widening their table past the page
+WRAP_CHARS = 40
+
+
 def table_html(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     def fmt(v):
         if isinstance(v, float):
             return "nan" if v != v else float_format.format(v)
-        return html.escape(str(v))
+        text = html.escape(str(v))
+        return f'<span class="wrap">{text}</span>' if len(str(v)) > WRAP_CHARS else text
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
