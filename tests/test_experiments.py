@@ -389,3 +389,14 @@ def test_data_randomization_entry_takes_all_training_images():
     with pytest.raises(ConfigError, match="a positive count, or all"):
         validate({"paper": "t", "experiments": {"d": {**exp, "train_size": "most"}}})
 
+
+def test_a_randomization_entry_draws_its_report_once(tiny_config, tmp_path, monkeypatch):
+    """The check drew its report, then the entry drew it again with what the run was about: once is enough."""
+    import sanitas.report.html as report_html
+
+    calls = []
+    real = report_html.check_report
+    monkeypatch.setattr(report_html, "check_report", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    run = run_config(tiny_config, tmp_path / "o", quick=True, quiet=True, only=["cascading"])
+    assert len(calls) == 1 and "about" in run.outcomes["cascading"].result.meta
+    assert "cnn" in (tmp_path / "o" / "cascading" / "report.html").read_text()

@@ -66,7 +66,8 @@ def _randomization(spec, src, net, ds, ceilings, out, quiet, t0, scalars, **kw) 
         res = model_randomization(net, ds.x, ds.y, methods=build_methods(spec.get("methods")),
                                   metrics=spec.get("metrics", ["spearman_abs", "spearman", "ssim"]), seed=int(spec["seed"]),
                                   out=out, resume=spec.get("resume", True), quiet=quiet,
-                                  ceiling_model=ceilings or None, **kw)
+                                  ceiling_model=ceilings or None, figures=False, **kw)
+    # figures and report are drawn once, by _check_outcome, with what the run was about
     return _check_outcome(res, out, t0, scalars, about_run(src, ds))
 
 
