@@ -140,6 +140,14 @@ def tiny_run(tiny_config, tmp_path_factory):
     return run_config(tiny_config, out, quick=True, quiet=True)
 
 
+def tiny_study(body: str, images: int = 6) -> dict:
+    """A study config on digits (``paper: tiny``, seed 0, ``images`` images) with the experiments and claims of
+    ``body`` (YAML)."""
+    import yaml
+
+    return yaml.safe_load(f"paper: tiny\ndataset: digits\nseed: 0\nimages: {images}\n{body}")
+
+
 def study_config(path, experiment: dict, **top):
     """Write a one-experiment study config (``paper: study``, digits, 4 images unless ``top`` says otherwise)."""
     import yaml

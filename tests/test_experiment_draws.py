@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import yaml
 
 from sanitas.errors import ConfigError
 from sanitas.experiments import load_config, resolve, run_config
 from sanitas.experiments.config import validate
 
-BASE = """
-paper: tiny
-dataset: digits
-seed: 0
-images: 6
+from conftest import tiny_study
+
+BODY = """
 experiments:
   cascading:
     check: model_randomization
@@ -32,7 +29,7 @@ claims:
 
 
 def _cfg(**top):
-    cfg = yaml.safe_load(BASE)
+    cfg = tiny_study(BODY)
     cfg.update(top)
     return cfg
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from sanitas.errors import ConfigError
 from sanitas.experiments import run_config
 from sanitas.experiments.claims import HOLDS, NOT_RUN
 from sanitas.experiments.config import load_config, validate
+
+from conftest import tiny_study
 
 
 def _linear(weight, bias=None):
@@ -151,11 +152,7 @@ def test_upsampling_table_on_a_two_resolution_net():
 
 # -- the config and its claims ----------------------------------------------------------------------------
 
-TINY = """
-paper: tiny
-dataset: digits
-seed: 0
-images: 12
+BODY = """
 experiments:
   linear:
     check: linear_zero_bias
@@ -189,7 +186,7 @@ claims:
 
 
 def test_experiments_and_claims_on_digits(tmp_path):
-    cfg = yaml.safe_load(TINY)
+    cfg = tiny_study(BODY, images=12)
     run = run_config(cfg, tmp_path, quiet=True)
     assert list(run.claims["verdict"]) == [HOLDS, HOLDS, HOLDS, HOLDS, NOT_RUN, HOLDS]
     assert "no rows for method 'vgg-small'" in run.claims.iloc[4]["why"]
@@ -201,11 +198,11 @@ def test_experiments_and_claims_on_digits(tmp_path):
 
 
 def test_config_keys_are_checked():
-    cfg = yaml.safe_load(TINY)
+    cfg = tiny_study(BODY, images=12)
     cfg["experiments"]["up"]["against"] = "linear"
     with pytest.raises(ConfigError, match="against"):
         validate(cfg)
-    cfg = yaml.safe_load(TINY)
+    cfg = tiny_study(BODY, images=12)
     cfg["experiments"]["robust"]["shifts"] = [-1.0]
     with pytest.raises(ConfigError, match="shifts"):
         validate(cfg)

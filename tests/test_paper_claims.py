@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from sanitas.errors import ConfigError
 from sanitas.experiments import evaluate_claim, run_config
 from sanitas.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN
 from sanitas.experiments.config import validate
 from sanitas.experiments.runners import Outcome
+
+from conftest import tiny_study
 
 
 def _claim(measure, expect):
@@ -101,11 +102,7 @@ def test_init_list_is_checked():
 
 def test_randomization_with_two_init_schemes(tmp_path):
     """init: [truncated_normal, uniform] runs the test per scheme; the claims compare them and a re-run loads it."""
-    cfg = yaml.safe_load("""
-paper: tiny
-dataset: digits
-seed: 0
-images: 6
+    cfg = tiny_study("""
 experiments:
   inits:
     check: model_randomization
@@ -171,11 +168,7 @@ def test_shared_zero_curve_claims_on_synthetic_tables():
 
 
 def test_shared_zeros_experiment_on_digits(tmp_path):
-    cfg = yaml.safe_load("""
-paper: tiny
-dataset: digits
-seed: 0
-images: 6
+    cfg = tiny_study("""
 experiments:
   zeros:
     check: shared_zeros
@@ -263,11 +256,7 @@ def test_input_dominance_persists(prod_last, raw_last, verdict):
 
 
 def test_input_noise_runs_without_a_model(tmp_path):
-    cfg = yaml.safe_load("""
-paper: tiny
-dataset: digits
-seed: 0
-images: 5
+    cfg = tiny_study(images=5, body="""
 experiments:
   noise:
     check: input_noise
@@ -313,11 +302,7 @@ def test_edge_comparison_scores_methods_against_detectors():
 
 
 def test_edge_detectors_experiment_on_digits(tmp_path):
-    cfg = yaml.safe_load("""
-paper: tiny
-dataset: digits
-seed: 0
-images: 6
+    cfg = tiny_study("""
 experiments:
   edges:
     check: edge_detectors
@@ -341,11 +326,7 @@ claims:
 
 
 def test_data_randomization_runner_reports_memorization_and_chance(tmp_path):
-    cfg = yaml.safe_load("""
-paper: tiny
-dataset: digits
-seed: 0
-images: 6
+    cfg = tiny_study("""
 experiments:
   data:
     check: data_randomization
