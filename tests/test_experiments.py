@@ -34,6 +34,18 @@ def test_shipped_configs_load_and_cover_the_four_papers():
         assert yaml.safe_load(config_text(p)) == cfg
 
 
+def test_every_shipped_claim_cites_where_its_paper_says_it():
+    """Issue 18: each claim names the section, figure, appendix, ... of the statement it encodes (or says that
+    the paper does not make it)."""
+    import re
+
+    place = re.compile(r"\b(sections?|figures?|figs?\.|appendix|appendices|supplements?|footnote|theorem|definition|"
+                       r"eqs?\.|remark)", re.I)
+    missing = [f"{p}: {c['id']}" for p in list_papers() for c in load_config(p)["claims"]
+               if not place.search(c["claim"])]
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["experiments"]["cascading"].update(check="bogus"), "unknown check 'bogus'"),
     (lambda c: c["claims"][0].update(experiment="nope"), "unknown experiment 'nope'"),
