@@ -15,6 +15,11 @@ def _num(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _short(text: str, width: int = 90) -> str:
+    """``text`` cut at a word boundary to at most ``width`` characters (with "..." where it was cut)."""
+    return text if len(text) <= width else text[:width - 3].rsplit(" ", 1)[0] + "..."
+
+
 def markdown(claims: pd.DataFrame) -> str:
     rows = ["| claim | paper | statement | measured [95% CI] | n (excluded) | verdict |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -25,7 +30,7 @@ def markdown(claims: pd.DataFrame) -> str:
         n = "" if pd.isna(r.n) else f"{int(r.n)}" + (f" ({int(r.excluded)})" if r.excluded and not pd.isna(r.excluded)
                                                     else "")
         why = str(r.why).removeprefix("skipped: ")
-        verdict = r.verdict if r.verdict != "not run" else f"not run ({why[:70]})"
+        verdict = r.verdict if r.verdict != "not run" else f"not run ({_short(why)})"
         statement = str(r.claim).replace("|", "\\|")
         rows.append(f"| {r.id} | {r.paper} | {statement} | {measured} | {n} | {verdict} |")
     return "\n".join(rows) + "\n"
