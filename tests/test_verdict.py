@@ -131,7 +131,7 @@ def test_without_a_ceiling_the_verdict_says_what_is_missing(trained_cnn, fmnist_
 
 
 def test_a_stage_where_every_floor_reaches_the_ceiling_cannot_separate_methods():
-    from sanitas.checks.verdicts import method_verdicts, stage_verdicts
+    from sanitas.check_verdicts import method_verdicts, stage_verdicts
 
     rng = np.random.default_rng(0)
     rows, refs = [], []

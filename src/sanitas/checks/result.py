@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # a stored result is read without torch (sanitas report DIR)
+    import torch
 
 
 def summarize_table(table: pd.DataFrame, by=("method", "stage", "variant", "metric"), n_boot: int = 1000,
@@ -66,25 +68,17 @@ class CheckResult:
 
     def verdicts(self, metric: str | None = None, per: str = "method", n_boot: int = 2000,
                  seed: int = 0) -> pd.DataFrame:
-        """Verdicts with 95% intervals against the floor and the ceiling (:mod:`sanitas.checks.verdicts`).
+        """Verdicts with 95% intervals against the floor and the ceiling (:mod:`sanitas.check_verdicts`).
 
         ``per="method"``: one row per method (its verdict at the first stage that can separate
         methods); ``per="stage"``: one row per method and randomized stage. Columns: method, stage,
         estimate, ci_low, ci_high, reference, verdict (pass / fail / inconclusive / not judged), why,
         n, excluded (constant or degenerate maps). ``metric`` defaults to spearman_abs.
         """
-        from sanitas.checks.verdicts import method_verdicts, stage_verdicts
+        from sanitas.check_verdicts import check_verdicts
 
-        table = self.table
-        ceilings = self.meta.get("ceiling_variants") or []
-        if ceilings and len(table):  # a check whose ceiling model is a stage of its table (data randomization)
-            refs = table[table["variant"].isin(ceilings)].assign(reference="ceiling")
-            references = refs if self.references is None else pd.concat([self.references, refs], ignore_index=True)
-            table = table[~table["variant"].isin(ceilings)]
-        else:
-            references = self.references
-        stages = stage_verdicts(table, references, metric, n_boot=n_boot, seed=seed)
-        return stages if per == "stage" else method_verdicts(stages)
+        return check_verdicts(self.table, self.references, self.meta.get("ceiling_variants"), metric, per,
+                              n_boot=n_boot, seed=seed)
 
     def pivot(self, metric: str = "spearman_abs", stat: str = "mean") -> pd.DataFrame:
         """Methods x stages table of one metric's mean (or ci_low, ci_high, nan_count)."""

@@ -84,7 +84,7 @@ class QualityResult:
         estimate is the mean over images with a 95% bootstrap interval, judged by :func:`sanitas.verdict.judge`
         as every verdict is: *pass* when the whole interval is on the better side of 0, *fail* when it is all on
         the other side, *inconclusive* otherwise. Columns as :meth:`sanitas.checks.CheckResult.verdicts`'s."""
-        from sanitas.checks.verdicts import LABELS
+        from sanitas.check_verdicts import LABELS
         from sanitas.utils.bootstrap import Resampler, table_mean
         from sanitas.verdict import judge
 

@@ -37,14 +37,16 @@ def claims_html(claims: pd.DataFrame) -> str:
             f"</table>")
 
 
-def _check_results(oc, spec: dict, out: Path):
-    """``(init, CheckResult)`` of a randomization experiment: the result it ran with, or one rebuilt from the
-    tables a finished experiment stored (one per init scheme where it ran several)."""
-    from sanitas.checks.result import CheckResult
+def _check_verdicts(oc, out: Path):
+    """``(init, verdicts)`` of a randomization experiment, one per init scheme where it ran several: the verdicts
+    of the result it ran with, or of the tables a finished experiment stored (with its meta.json), by the same
+    function (:func:`sanitas.check_verdicts.check_verdicts`), without torch."""
+    from sanitas.check_verdicts import check_verdicts
     from sanitas.utils.io import read_json
 
-    if isinstance(oc.result, CheckResult):
-        return [(None, oc.result)]
+    result = oc.result
+    if hasattr(result, "verdicts"):
+        return [(None, result.verdicts())]
     refs = getattr(oc, "references", None)
     inits = list(dict.fromkeys(oc.table["init"])) if "init" in oc.table else [None]
     out_list = []
@@ -56,14 +58,14 @@ def _check_results(oc, spec: dict, out: Path):
             table = table[table["init"] == init].drop(columns="init")
             if r is not None and "init" in r:
                 r = r[r["init"] == init].drop(columns="init")
-        out_list.append((init, CheckResult(spec["check"], table, oc.calibration, meta if isinstance(meta, dict) else {},
-                                           references=r)))
+        ceilings = meta.get("ceiling_variants") if isinstance(meta, dict) else None
+        out_list.append((init, check_verdicts(table, r, ceilings)))
     return out_list
 
 
 def method_verdicts(runs) -> pd.DataFrame:
     """Per randomization experiment and method: the verdict of ``result.verdicts()``, the same function as the
-    command line, the Python API and each experiment's own report (:mod:`sanitas.checks.verdicts`).
+    command line, the Python API and each experiment's own report (:mod:`sanitas.check_verdicts`).
 
     A method passes when its maps on the randomized model are clearly less alike the original maps than the maps
     of two independently trained models are (the ceiling: the whole 95% interval of the difference below 0),
@@ -78,8 +80,7 @@ def method_verdicts(runs) -> pd.DataFrame:
             spec = run.config["experiments"][name]
             if spec["check"] not in ("model_randomization", "data_randomization") or not len(oc.table):
                 continue
-            for init, res in _check_results(oc, spec, Path(run.out) / name):
-                v = res.verdicts()
+            for init, v in _check_verdicts(oc, Path(run.out) / name):
                 for r in v.to_dict("records"):
                     rows.append({"paper": run.paper, "experiment": name if init is None else f"{name} ({init})",
                                  "model": model_label(spec), "method": r["method"], "verdict": r["verdict"],

@@ -121,3 +121,20 @@ def method_verdicts(stages: pd.DataFrame) -> pd.DataFrame:
                     "ceiling": pick.get("ceiling", math.nan), "floor": pick.get("floor", math.nan),
                     "n": pick["n"], "excluded": int(ms["excluded"].sum()), "why": pick["why"]})
     return pd.DataFrame(out)
+
+
+def check_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, ceiling_variants=(),
+                   metric: str | None = None, per: str = "method", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The verdicts of one check's stored tables, as ``CheckResult.verdicts()`` gives them; torch-free, so that a
+    report rebuilt from a results directory judges with the very same function.
+
+    ``ceiling_variants``: the variants of ``table`` that are the ceiling model's maps (data randomization, where
+    the second trained model is a stage of the table); they move to the references.
+    """
+    ceilings = list(ceiling_variants or [])
+    if ceilings and len(table):
+        refs = table[table["variant"].isin(ceilings)].assign(reference="ceiling")
+        references = refs if references is None else pd.concat([references, refs], ignore_index=True)
+        table = table[~table["variant"].isin(ceilings)]
+    stages = stage_verdicts(table, references, metric, n_boot=n_boot, seed=seed)
+    return stages if per == "stage" else method_verdicts(stages)
