@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sanitas.errors import ConfigError
 from sanitas.utils.bootstrap import Dist, Resampler, table_mean
 from sanitas.verdict import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, judge
 
@@ -148,3 +149,51 @@ def test_a_stage_where_every_floor_reaches_the_ceiling_cannot_separate_methods()
     stages = stage_verdicts(pd.DataFrame(rows), pd.DataFrame(refs))
     assert (stages["verdict"] == "inconclusive").all() and not stages["separable"].any()
     assert (method_verdicts(stages)["verdict"] == "inconclusive").all()
+
+
+def _near_ceiling(gap: float, n: int = 64, draws: int = 5):
+    """A method whose randomized maps score ``gap`` below the ceiling with little noise (paired per image), and a
+    second method with room between floor and ceiling, so that the stage can separate methods."""
+    rng = np.random.default_rng(1)
+    rows, refs = [], []
+    for method, ceil, floor in (("input_dominated", 0.906, 0.891), ("gradient", 0.38, 0.21)):
+        base = ceil - gap if method == "input_dominated" else 0.23
+        for img in range(n):
+            shift = rng.normal(0, 0.01)
+            for draw in range(draws):
+                rows.append({"method": method, "stage": 1, "variant": "output", "draw": draw, "image": img,
+                             "metric": "spearman_abs", "value": base + shift + rng.normal(0, 0.003)})
+                refs.append({"reference": "floor", "method": method, "stage": 1, "metric": "spearman_abs",
+                             "image": img, "draw": draw, "value": floor + shift + rng.normal(0, 0.003)})
+            refs.append({"reference": "ceiling", "method": method, "stage": 0, "metric": "spearman_abs", "image": img,
+                         "draw": 0, "value": ceil + shift + rng.normal(0, 0.003)})
+    return pd.DataFrame(rows), pd.DataFrame(refs)
+
+
+def test_a_drop_smaller_than_the_smallest_effect_does_not_pass():
+    """Regression: input x gradient on the full-profile CNN scored 0.894 against a ceiling of 0.906 (floor 0.891);
+    with 320 image-draw pairs the paired interval of the difference, about [-0.02, -0.005], lay below 0, and the
+    method *passed* the check its paper says it fails. A drop below the ceiling counts only from MIN_EFFECT on."""
+    from sanitas.check_verdicts import MIN_EFFECT, check_verdicts
+
+    table, refs = _near_ceiling(gap=0.012)
+    v = check_verdicts(table, refs).set_index("method")
+    assert MIN_EFFECT == 0.05
+    assert v.loc["input_dominated", "verdict"] == "fail"
+    assert "smallest effect" in v.loc["input_dominated", "why"]
+    assert v.loc["gradient", "verdict"] == "pass"
+    # the bare statistical comparison (min_effect=0) passes it: the interval is below the ceiling
+    bare = check_verdicts(table, refs, min_effect=0).set_index("method")
+    assert bare.loc["input_dominated", "verdict"] == "pass" and bare.loc["input_dominated", "ci_high"] < 0.906
+    # a drop clearly beyond the smallest effect passes; one whose interval straddles it is inconclusive
+    assert check_verdicts(*_near_ceiling(gap=0.1)).set_index("method").loc["input_dominated", "verdict"] == "pass"
+    assert check_verdicts(*_near_ceiling(gap=0.05)).set_index("method").loc["input_dominated", "verdict"] == \
+        "inconclusive"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.05", float("nan")])
+def test_min_effect_is_checked(bad):
+    from sanitas.check_verdicts import check_verdicts
+
+    with pytest.raises(ConfigError, match="min_effect"):
+        check_verdicts(*_near_ceiling(gap=0.1, n=4, draws=2), min_effect=bad)

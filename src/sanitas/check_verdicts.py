@@ -10,10 +10,19 @@ methods, and the verdict says so instead of failing them (see :func:`stage_verdi
 
 Every number is a mean over images (and draws) with a bootstrap interval over images, draws and
 model seeds (:mod:`sanitas.utils.bootstrap`), paired across method, floor and ceiling; verdicts come
-from :func:`sanitas.verdict.judge`: *pass* when the whole interval of (method - ceiling) is below 0,
-*fail* when it is all at or above 0, *inconclusive* otherwise. Constant and degenerate maps (the
-signal vanished) are left out and counted. The method's overall verdict is its verdict at the first
-randomized stage that can separate methods (the top layer, in the paper's top-down cascade).
+from :func:`sanitas.verdict.judge`: *pass* when the whole interval of (method - ceiling) is below
+``-min_effect``, *fail* when it is all at or above it, *inconclusive* otherwise. Constant and
+degenerate maps (the signal vanished) are left out and counted. The method's overall verdict is its
+verdict at the first randomized stage that can separate methods (the top layer, in the paper's
+top-down cascade).
+
+``min_effect`` (:data:`MIN_EFFECT`, 0.05 of the similarity by default) is the smallest drop below the
+ceiling that counts as sensitivity. With 64 images and 5 draws a paired interval is narrow enough to
+call a drop of 0.01 significant: input x gradient on the sanity-checks CNN scores 0.894 after the
+output layer is randomized against a ceiling of 0.906 (two trained CNNs; its floor, two random draws,
+is 0.891): every model, trained or random, gives it the same map of the input, and without the
+smallest effect it would *pass* the check that its paper (gupta2019) says it fails. ``min_effect=0``
+gives the bare statistical comparison.
 """
 
 from __future__ import annotations
@@ -22,10 +31,13 @@ import math
 
 import pandas as pd
 
+from sanitas.errors import ConfigError
 from sanitas.utils.bootstrap import Dist, Resampler, table_mean
 from sanitas.verdict import FAILS, HOLDS, INCONCLUSIVE, LEVEL, NOT_RUN, judge
 
 LABELS = {HOLDS: "pass", FAILS: "fail", INCONCLUSIVE: "inconclusive", NOT_RUN: "not judged"}
+#: the smallest drop of the similarity below the ceiling that counts as a method's sensitivity
+MIN_EFFECT = 0.05
 CEILING = "ceiling: maps of an independently trained model"
 NO_CEILING = ("no ceiling: pass ceiling_model= (the same architecture trained with another seed; "
               "--model-seeds 2 on the command line) to judge sensitivity")
@@ -49,11 +61,13 @@ def default_metric(table: pd.DataFrame) -> str:
 
 
 def stage_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, metric: str | None = None,
-                   n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+                   n_boot: int = 2000, seed: int = 0, level: float = LEVEL,
+                   min_effect: float = MIN_EFFECT) -> pd.DataFrame:
     """One row per method and randomized stage: estimate, CI, floor, ceiling, verdict, n, excluded.
 
     A stage *can separate methods* when for at least one method two random draws of it disagree
-    more than two trained models do (that method's floor is clearly below its ceiling). Where no
+    more than two trained models do (that method's floor is clearly, by ``min_effect``, below its
+    ceiling). Where no
     method's floor is (the maps of any two random draws stay more alike than those of two trained
     models), a method that does not fall below its ceiling is *inconclusive*, not failed: the stage
     leaves no room to show sensitivity. A method's own high floor is no excuse where another method
@@ -62,6 +76,8 @@ def stage_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, metric:
     """
     if not len(table):
         return pd.DataFrame()
+    if not (isinstance(min_effect, (int, float)) and 0 <= min_effect < 1):
+        raise ConfigError(f"min_effect must be a number in [0, 1) (a drop of the similarity), got {min_effect!r}")
     metric = metric or default_metric(table)
     refs = references if references is not None else pd.DataFrame(columns=["reference", "method", "metric", "stage"])
     resampler = Resampler(n_boot, seed)
@@ -78,7 +94,7 @@ def stage_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, metric:
     room: dict[int, bool | None] = {}  # stage -> can separate methods (None: no floor measured)
     for method, stage, _, _, _, ceiling, floor in cells:
         if floor is not None and ceiling is not None:
-            room[stage] = room.get(stage, False) or judge(floor, "<", ceiling, level=level)[0] == HOLDS
+            room[stage] = room.get(stage, False) or judge(floor, "<", ceiling - min_effect, level=level)[0] == HOLDS
     rows = []
     for method, stage, variant, st, value, ceiling, floor in cells:
         lo, hi = value.ci(level)
@@ -92,9 +108,12 @@ def stage_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, metric:
         else:
             row["reference"] = CEILING
             row["ceiling"], (row["ceiling_ci_low"], row["ceiling_ci_high"]) = ceiling.estimate, ceiling.ci(level)
-            verdict, diff = judge(value, "<", ceiling, level=level)
+            verdict, _ = judge(value, "<", ceiling - min_effect, level=level)
+            diff = value - ceiling
             d_lo, d_hi = diff.ci(level)
             why = f"method - ceiling = {diff.estimate:+.3f} [{d_lo:+.3f}, {d_hi:+.3f}]"
+            if min_effect and verdict != HOLDS and d_hi < 0:
+                why += f": below the ceiling, but not by the smallest effect {min_effect:g}"
             if verdict == NOT_RUN:
                 why = "no finite scores (every map constant or degenerate?)"
             elif verdict != HOLDS and room.get(stage) is False:
@@ -124,7 +143,8 @@ def method_verdicts(stages: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, ceiling_variants=(),
-                   metric: str | None = None, per: str = "method", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+                   metric: str | None = None, per: str = "method", n_boot: int = 2000, seed: int = 0,
+                   min_effect: float = MIN_EFFECT) -> pd.DataFrame:
     """The verdicts of one check's stored tables, as ``CheckResult.verdicts()`` gives them; torch-free, so that a
     report rebuilt from a results directory judges with the very same function.
 
@@ -136,5 +156,5 @@ def check_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, ceiling
         refs = table[table["variant"].isin(ceilings)].assign(reference="ceiling")
         references = refs if references is None else pd.concat([references, refs], ignore_index=True)
         table = table[~table["variant"].isin(ceilings)]
-    stages = stage_verdicts(table, references, metric, n_boot=n_boot, seed=seed)
+    stages = stage_verdicts(table, references, metric, n_boot=n_boot, seed=seed, min_effect=min_effect)
     return stages if per == "stage" else method_verdicts(stages)

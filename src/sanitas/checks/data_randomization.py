@@ -1,7 +1,7 @@
 """Data randomization test (adebayo2018, section 4): the model trained on the true labels vs the same
 architecture trained on permuted labels (which can only memorize), with an optional *model-seed ceiling*: a
 second true-label model trained with another seed. A method passes only when true-vs-permuted similarity is
-clearly below the ceiling (the bootstrap CIs do not overlap).
+clearly below the ceiling, by at least the smallest effect (``result.verdicts()``, :mod:`sanitas.check_verdicts`).
 
 A check of :mod:`sanitas.checks.base`: :class:`DataRandomization` gives the variants (the true-label model,
 the permuted-label one, the ceiling) and :meth:`DataRandomization.run_entry` trains the permuted-label
@@ -22,7 +22,7 @@ from torch import nn
 
 from sanitas import engine
 from sanitas.checks.base import Check, legacy_positional
-from sanitas.checks.result import CheckResult, model_facts, summarize_table
+from sanitas.checks.result import CheckResult, model_facts
 from sanitas.errors import InputError, ModelError
 from sanitas.experiments.schema import _count, _count_or_all, _flag, _number
 from sanitas.explain._core import model_device
@@ -192,15 +192,14 @@ def train_for_data_randomization(model, dataset, *, seed: int = 0, train_size: i
 
 
 def ceiling_verdicts(result: CheckResult) -> pd.DataFrame:
-    """Per method and metric: passes when the true-vs-permuted CI lies below the model-seed ceiling's CI."""
-    s = summarize_table(result.table)
-    perm = s[s["variant"] == "permuted_labels"].set_index(["method", "metric"])
-    ceil = s[s["variant"] == "other_seed"].set_index(["method", "metric"])
+    """Per method and metric: ``result.verdicts(metric)`` (the one rule of every check, against the model-seed
+    ceiling), with ``permuted`` (the true-vs-permuted similarity), its interval, the ceiling, the verdict and
+    ``passes`` (verdict == "pass")."""
     rows = []
-    for key, r in perm.iterrows():
-        c = ceil.loc[key] if key in ceil.index else None
-        passes = bool(c is not None and r["ci_high"] < c["ci_low"])
-        rows.append({"method": key[0], "metric": key[1], "permuted": r["mean"], "permuted_ci_high": r["ci_high"],
-                     "ceiling": None if c is None else c["mean"], "ceiling_ci_low": None if c is None else c["ci_low"],
-                     "passes": passes})
-    return pd.DataFrame(rows)
+    for metric in dict.fromkeys(result.table["metric"]):
+        for r in result.verdicts(metric).to_dict("records"):
+            rows.append({"method": r["method"], "metric": metric, "permuted": r["estimate"],
+                         "permuted_ci_low": r["ci_low"], "permuted_ci_high": r["ci_high"],
+                         "ceiling": r.get("ceiling"), "verdict": r["verdict"], "passes": r["verdict"] == "pass"})
+    return pd.DataFrame(rows, columns=["method", "metric", "permuted", "permuted_ci_low", "permuted_ci_high",
+                                       "ceiling", "verdict", "passes"])

@@ -68,8 +68,9 @@ def method_verdicts(runs) -> pd.DataFrame:
     command line, the Python API and each experiment's own report (:mod:`sanitas.check_verdicts`).
 
     A method passes when its maps on the randomized model are clearly less alike the original maps than the maps
-    of two independently trained models are (the ceiling: the whole 95% interval of the difference below 0),
-    fails when they are clearly not, and is inconclusive otherwise; it is judged at the first randomized stage
+    of two independently trained models are (the ceiling: the whole 95% interval of the difference below -0.05,
+    the smallest drop that counts), fails when they are clearly not, and is inconclusive otherwise; it is judged
+    at the first randomized stage
     that can separate methods (where some method's random draws disagree more than two trained models do).
     Without a second trained model (the quick profile) no method is judged: "not judged" with the estimate and
     its interval.

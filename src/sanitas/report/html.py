@@ -90,6 +90,8 @@ def reading(kind: str) -> str:
 def verdict_section(result) -> dict | None:
     """The method verdicts (with confidence intervals) shown right after the overview, from the same function as
     the command line and the API (``result.verdicts()``); None for checks without stage verdicts."""
+    from sanitas.check_verdicts import MIN_EFFECT
+
     if result.kind not in ("model_randomization", "data_randomization") or not len(result.table):
         return None
     v = result.verdicts()
@@ -102,15 +104,17 @@ def verdict_section(result) -> dict | None:
         shown = shown.drop(columns=["floor"], errors="ignore")  # one permuted-label model: no random draws
         text = ("A method passes when its maps of the permuted-label model are clearly less alike the true-label "
                 "model's maps than the maps of the model trained with another seed are (the ceiling: the whole 95% "
-                "interval of the difference below 0), fails when they are clearly not, and is inconclusive "
-                "otherwise." if judged else "No verdict without a ceiling: train a second true-label model "
-                "(ceiling: true in a config; the default of `sanitas data-randomization`).")
+                f"interval of the difference below -{MIN_EFFECT:g}, the smallest drop that counts), fails when they "
+                "are clearly not, and is inconclusive otherwise." if judged else "No verdict without a ceiling: "
+                "train a second true-label model (ceiling: true in a config; the default of `sanitas "
+                "data-randomization`).")
         return {"id": "verdicts", "title": "Verdicts", "text": text, "figures": [],
                 "tables": [{"caption": "per method: verdict, mean similarity with its 95% interval over images, and "
                                        "the ceiling", "html": table_html(shown.round(3))}]}
     text = ("A method passes when its maps on the randomized model are clearly less alike the original maps than "
             "the maps of two independently trained models are (the ceiling: the whole 95% interval of the "
-            "difference below 0), fails when they are clearly not, and is inconclusive otherwise. The floor is how "
+            f"difference below -{MIN_EFFECT:g}, the smallest drop that counts), fails when they are clearly not, and "
+            "is inconclusive otherwise. The floor is how "
             "alike two random draws of the stage are; a stage where no method's floor is below its ceiling cannot "
             "separate methods. Each method is judged at the first randomized stage that can. Constant and "
             "degenerate maps (the signal vanished) are excluded and counted." if judged else
