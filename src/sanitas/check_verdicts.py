@@ -66,10 +66,10 @@ def stage_verdicts(table: pd.DataFrame, references: pd.DataFrame | None, metric:
     """One row per method and randomized stage: estimate, CI, floor, ceiling, verdict, n, excluded.
 
     A stage *can separate methods* when for at least one method two random draws of it disagree
-    more than two trained models do (that method's floor is clearly, by ``min_effect``, below its
-    ceiling). Where no
-    method's floor is (the maps of any two random draws stay more alike than those of two trained
-    models), a method that does not fall below its ceiling is *inconclusive*, not failed: the stage
+    more than two trained models do (that method's floor is clearly below its ceiling, by at least
+    ``min_effect``). Where no method's floor is (the maps of any two random draws stay more alike
+    than those of two trained models), a method that does not fall below its ceiling is
+    *inconclusive*, not failed: the stage
     leaves no room to show sensitivity. A method's own high floor is no excuse where another method
     shows the room exists (guided backprop's random draws agree at 0.97 because it ignores the
     randomized top layer; the gradient's agree at 0.3).
