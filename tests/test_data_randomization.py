@@ -191,3 +191,19 @@ def test_data_randomization_verdicts_use_the_other_seed_model_as_ceiling():
     no_ceiling = data_randomization(true, ds.x, ds.y, permuted_model=perm, methods=["gradient"],
                                     metrics=["spearman_abs"], calibrate=False, quiet=True)
     assert (no_ceiling.verdicts()["reference"] == "none").all()
+
+
+def test_the_permuted_label_model_does_not_share_the_true_models_initialisation(tmp_path, monkeypatch):
+    """Regression: the permuted-label model was initialised with the true-label model's seed; barely trained, the
+    two gave gradient maps alike at 0.85 while the ceiling (seed + 1) scored 0.11, so the check judged a shared
+    initialisation against a reference without one. True (seed), ceiling (seed + 1) and permuted (seed + 2) now
+    start from three different initialisations."""
+    from sanitas.checks.data_randomization import PERMUTED_SEED_OFFSET, train_for_data_randomization
+
+    monkeypatch.setenv("SANITAS_CACHE", str(tmp_path))
+    true = train("linear", "digits", epochs=1, seed=3, quiet=True)
+    trio = train_for_data_randomization("linear", "digits", seed=3, epochs=1, target_accuracy=None, quiet=True)
+    assert trio.permuted.config["seed"] == 3 + PERMUTED_SEED_OFFSET and PERMUTED_SEED_OFFSET not in (0, 1)
+    assert "seed 5" in trio.notes["permuted_labels"]
+    w_true, w_perm, w_ceil = (next(m.parameters()).detach() for m in (true.model, trio.permuted.model, trio.ceiling))
+    assert not torch.allclose(w_true, w_perm, atol=0.05) and not torch.allclose(w_ceil, w_perm, atol=0.05)
