@@ -185,11 +185,11 @@ def train_for_data_randomization(model, dataset, *, seed: int = 0, train_size: i
     from sanitas.models import model_source, train
 
     src = model_source(model)
-    perm = train(src, dataset, "permuted", seed=seed + PERMUTED_SEED_OFFSET, train_size=train_size, epochs=epochs, lr=lr,
+    perm_seed = seed + PERMUTED_SEED_OFFSET
+    perm = train(src, dataset, "permuted", seed=perm_seed, train_size=train_size, epochs=epochs, lr=lr,
                  target_accuracy=target_accuracy, quiet=quiet)
     notes = {"permuted_labels": f"the architecture of {src.describe()}, freshly initialised and trained on "
-                                f"permuted labels of {perm.config['dataset']} by sanitas (seed "
-                                f"{seed + PERMUTED_SEED_OFFSET})",
+                                f"permuted labels of {perm.config['dataset']} by sanitas (seed {perm_seed})",
              "true_labels": (f"{src.describe()} as given" if src.has_weights else
                              f"{src.describe()} trained on the true labels by sanitas (seed {seed})")}
     ceiling_model = None

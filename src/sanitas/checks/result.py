@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from sanitas.check_verdicts import MIN_EFFECT, check_verdicts
+
 if TYPE_CHECKING:  # a stored result is read without torch (sanitas report DIR)
     import torch
 
@@ -67,7 +69,7 @@ class CheckResult:
         return summarize_table(self.table)
 
     def verdicts(self, metric: str | None = None, per: str = "method", n_boot: int = 2000,
-                 seed: int = 0, min_effect: float | None = None) -> pd.DataFrame:
+                 seed: int = 0, min_effect: float = MIN_EFFECT) -> pd.DataFrame:
         """Verdicts with 95% intervals against the floor and the ceiling (:mod:`sanitas.check_verdicts`).
 
         ``per="method"``: one row per method (its verdict at the first stage that can separate
@@ -76,10 +78,8 @@ class CheckResult:
         n, excluded (constant or degenerate maps). ``metric`` defaults to spearman_abs. ``min_effect``: the
         smallest drop below the ceiling that passes (default :data:`sanitas.check_verdicts.MIN_EFFECT`, 0.05).
         """
-        from sanitas.check_verdicts import MIN_EFFECT, check_verdicts
-
         return check_verdicts(self.table, self.references, self.meta.get("ceiling_variants"), metric, per,
-                              n_boot=n_boot, seed=seed, min_effect=MIN_EFFECT if min_effect is None else min_effect)
+                              n_boot=n_boot, seed=seed, min_effect=min_effect)
 
     def pivot(self, metric: str = "spearman_abs", stat: str = "mean") -> pd.DataFrame:
         """Methods x stages table of one metric's mean (or ci_low, ci_high, nan_count)."""
